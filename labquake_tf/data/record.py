@@ -1,0 +1,52 @@
+"""The in-memory form every reader produces and every later step consumes."""
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Record:
+    """One experiment on a uniform time grid, features and targets aligned step by step.
+
+    ``time[i]`` is the END of the AE window behind ``features[i]``: a model that
+    sees steps ``<= i`` never sees AE recorded after ``time[i]`` (no look-ahead).
+    ``label_mask[i]`` is False where the targets are not real labels (e.g. the
+    DDS files count down to a non-existent event after the last real one).
+    ``events`` holds ``[onset, end]`` step indices of stick-slip failures
+    (onset = stress peak before the drop, end = minimum after it).
+    """
+
+    name: str
+    time: np.ndarray
+    features: np.ndarray
+    feature_names: List[str]
+    targets: Dict[str, np.ndarray]
+    label_mask: np.ndarray
+    events: Optional[np.ndarray] = None
+    source: str = ""
+    sha256: str = ""
+
+    def __post_init__(self):
+        n = len(self.time)
+        if self.features.ndim != 2 or self.features.shape[0] != n:
+            raise ValueError(
+                f"{self.name}: features must be (n_steps, n_features) with n_steps={n}, "
+                f"got {self.features.shape}")
+        if len(self.feature_names) != self.features.shape[1]:
+            raise ValueError(f"{self.name}: {len(self.feature_names)} feature names for "
+                             f"{self.features.shape[1]} feature columns")
+        for key, value in self.targets.items():
+            if len(value) != n:
+                raise ValueError(f"{self.name}: target {key!r} has {len(value)} steps, expected {n}")
+        if len(self.label_mask) != n:
+            raise ValueError(f"{self.name}: label_mask has {len(self.label_mask)} steps, expected {n}")
+
+    @property
+    def dt(self) -> float:
+        """Step in seconds (the records are uniform)."""
+        return float(np.median(np.diff(self.time))) if len(self.time) > 1 else float("nan")
+
+    def __len__(self):
+        return len(self.time)

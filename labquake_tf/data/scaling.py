@@ -1,0 +1,56 @@
+"""Min-max scaling, fit on the training part only and stored in the manifest.
+
+Every later step (training, evaluation, export, serving) rebuilds the scaler
+from ``to_dict()`` so predictions can be inverted to physical units.
+"""
+
+import numpy as np
+
+
+class MinMaxScaler:
+    """Maps each column of ``x`` from ``[data_min, data_max]`` to ``[0, 1]``."""
+
+    def __init__(self, data_min=None, data_max=None, names=None):
+        self.data_min = None if data_min is None else np.asarray(data_min, np.float64)
+        self.data_max = None if data_max is None else np.asarray(data_max, np.float64)
+        self.names = list(names) if names is not None else None
+
+    def fit(self, x, names=None):
+        x = _as_2d(x)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("MinMaxScaler.fit: input has NaN or inf")
+        self.data_min, self.data_max = x.min(axis=0), x.max(axis=0)
+        if names is not None:
+            self.names = list(names)
+        return self
+
+    @property
+    def scale(self):
+        span = self.data_max - self.data_min
+        # A constant column maps to 0 instead of dividing by zero.
+        return np.where(span > 0, span, 1.0)
+
+    def transform(self, x):
+        x = np.asarray(x)
+        return ((x - self.data_min) / self.scale).astype(np.float32)
+
+    def inverse_transform(self, x):
+        x = np.asarray(x)
+        return (x * self.scale + self.data_min).astype(np.float64)
+
+    def to_dict(self):
+        return {"min": self.data_min.tolist(), "max": self.data_max.tolist(), "names": self.names}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["min"], d["max"], d.get("names"))
+
+    def select(self, names):
+        """The scaler restricted to some columns, by name (e.g. one target)."""
+        idx = [self.names.index(n) for n in names]
+        return MinMaxScaler(self.data_min[idx], self.data_max[idx], names)
+
+
+def _as_2d(x):
+    x = np.asarray(x, np.float64)
+    return x[:, None] if x.ndim == 1 else x
