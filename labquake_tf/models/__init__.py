@@ -1,1 +1,8 @@
+"""The TCN: weight-normed causal blocks, a regression head, presets."""
 
+from labquake_tf.models.layers import TCNBlock, WeightNormConv1D
+from labquake_tf.models.tcn import (PRESETS, build_from_preset, build_tcn, decoder_blocks,
+                                    receptive_field)
+
+__all__ = ["PRESETS", "TCNBlock", "WeightNormConv1D", "build_from_preset", "build_tcn",
+           "decoder_blocks", "receptive_field"]

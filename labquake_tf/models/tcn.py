@@ -1,0 +1,65 @@
+"""The functional TCN of Wang, Xia, Yao & Marone (2025) and its presets."""
+
+import warnings
+
+import keras
+
+from labquake_tf.models.layers import TCNBlock
+
+PRESETS = {
+    # The pretraining model of the paper.
+    "paper": dict(seq_len=512, filters=512, kernel_size=8, blocks=9, dropout=0.1),
+    # The paper's fine-tuning shape: 5 blocks, 70-step windows.
+    "finetune-paper": dict(seq_len=70, filters=512, kernel_size=8, blocks=5, dropout=0.1),
+    # 4 blocks of kernel 4 see 91 steps, covering the 64-step window; 0.57 M parameters
+    # (0.53 M in the head's flatten->Dense): trains in minutes on 2 CPU cores.
+    "small": dict(seq_len=64, filters=32, kernel_size=4, blocks=4, dropout=0.1),
+    # For tests: receptive field 29 >= 16 steps, 0.14 M parameters (mostly the head).
+    "tiny": dict(seq_len=16, filters=8, kernel_size=3, blocks=3, dropout=0.0),
+}
+
+
+def receptive_field(kernel_size, blocks):
+    """Steps the decoder sees: two causal convs per block, dilation 2**i in block i."""
+    return 1 + 2 * (kernel_size - 1) * (2 ** blocks - 1)
+
+
+def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blocks=4,
+              dropout=0.1, name="tcn"):
+    """Input ``ae_features`` (seq_len, n_features) -> ``input_norm`` -> decoder blocks ->
+    ``head_*`` -> ``prediction`` (n_targets, float32 under any precision policy)."""
+    seen = receptive_field(kernel_size, blocks)
+    if seq_len > seen:
+        warnings.warn(f"seq_len={seq_len} exceeds the receptive field ({seen} steps) of "
+                      f"{blocks} blocks with kernel {kernel_size}: the prediction ignores "
+                      f"the first {seq_len - seen} steps of each window", stacklevel=2)
+    inputs = keras.Input((seq_len, n_features), name="ae_features")
+    # axis=1: one mean/variance per time step, as the reference BatchNorm1d(seq_len) does.
+    x = keras.layers.BatchNormalization(axis=1, name="input_norm")(inputs)
+    for i in range(blocks):
+        x = TCNBlock(filters, kernel_size, dilation_rate=2 ** i, dropout=dropout,
+                     name=f"decoder_block_{i}")(x)
+    # The reference head: Conv1d(filters, 64, 2, padding=1) pads both ends (length + 1).
+    dense = dict(kernel_initializer="glorot_uniform", bias_initializer="zeros")
+    x = keras.layers.ZeroPadding1D(1, name="head_pad")(x)
+    x = keras.layers.Conv1D(64, 2, activation="relu", name="head_conv", **dense)(x)
+    x = keras.layers.Flatten(name="head_flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", name="head_dense", **dense)(x)
+    outputs = keras.layers.Dense(n_targets, dtype="float32", name="prediction", **dense)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_from_preset(name, **overrides):
+    """``build_tcn`` with a preset's arguments, any of them overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown TCN preset {name!r}; choose one of {sorted(PRESETS)}")
+    return build_tcn(**{**PRESETS[name], **overrides})
+
+
+def decoder_blocks(model):
+    """The model's ``decoder_block_i`` layers, in order."""
+    names = {layer.name: layer for layer in model.layers}
+    blocks = []
+    while f"decoder_block_{len(blocks)}" in names:
+        blocks.append(names[f"decoder_block_{len(blocks)}"])
+    return blocks
