@@ -1,0 +1,204 @@
+"""Export a trained model as a SavedModel in TF Serving's layout.
+
+``saved_models/NAME/VERSION/`` holds three signatures:
+
+* ``serving_default``: raw log10-variance ``ae_features`` ``[batch, seq_len, n_features]``
+  -> one float32 output per target in physical units (MPa, s). The manifest's
+  min-max scalers are baked into the graph, so clients never see scaled numbers.
+* ``serving_scaled``: the model as trained, scaled inputs -> scaled outputs.
+* ``metadata``: no inputs -> ``metadata_json``, the same JSON as ``assets/metadata.json``.
+
+``assets/model.keras`` and ``assets/manifest.json`` ride along so fine-tuning can
+start from an export. The SavedModel loads with ``tf.saved_model.load`` alone:
+no labquake_tf import is needed to serve it.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+import labquake_tf
+
+DEFAULT_SIGNATURE = "serving_default"
+SCALED_SIGNATURE = "serving_scaled"
+METADATA_SIGNATURE = "metadata"
+INPUT_NAME = "ae_features"
+
+
+def export_model(model, manifest, name, base_dir="saved_models", version=None, force=False,
+                 extra_metadata=None):
+    """Write ``base_dir/name/version/`` atomically and return that path.
+
+    ``version`` defaults to one more than the largest existing version. An existing
+    version is replaced only with ``force=True``, and then only once the new one is
+    complete.
+    """
+    seq_len, n_features, targets = _check(model, manifest)
+    model_dir = pathlib.Path(base_dir) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = model_dir / str(version)
+    if final.exists() and not force:
+        raise FileExistsError(f"{final} already exists; pass force=True (--force) to replace it")
+
+    metadata = _metadata(manifest, targets, seq_len, extra_metadata)
+    # TF Serving only watches integer-named dirs, so a dot-named sibling is invisible to
+    # it and the final rename is atomic on the same filesystem.
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the export from a server run as another user
+    try:
+        _archive(model, manifest, targets, seq_len, n_features, metadata).write_out(
+            str(tmp), verbose=False)
+        assets = tmp / "assets"
+        assets.mkdir(exist_ok=True)
+        model.save(assets / "model.keras")
+        _write_json(assets / "manifest.json", manifest)
+        _write_json(assets / "metadata.json", metadata)
+        if final.exists():  # force: swap the old version out only now
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=model_dir))
+            os.replace(final, old / "v")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def next_version(model_dir):
+    """One more than the largest integer-named subdirectory (1 when there is none)."""
+    return max(versions(model_dir), default=0) + 1
+
+
+def versions(model_dir):
+    """Integer-named version dirs holding a complete SavedModel, in TF Serving's sense."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.name.isdigit() and (p / "saved_model.pb").exists())
+
+
+def read_metadata(version_dir):
+    """The metadata JSON written beside an export."""
+    path = pathlib.Path(version_dir) / "assets" / "metadata.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: not a labquake_tf export")
+    return json.loads(path.read_text())
+
+
+def _check(model, manifest):
+    for key in ("feature_names", "target_names", "seq_len", "scaler"):
+        if key not in manifest:
+            raise ValueError(f"manifest has no {key!r} field; it is needed to export")
+    for part in ("features", "targets"):
+        if part not in manifest["scaler"] or not {"min", "max"} <= set(manifest["scaler"][part]):
+            raise ValueError(f"manifest field 'scaler.{part}' needs 'min' and 'max'")
+    targets = list(manifest["target_names"])
+    seq_len, n_features = int(manifest["seq_len"]), len(manifest["feature_names"])
+    in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+    if in_shape[1:] != (seq_len, n_features):
+        raise ValueError(f"model input {in_shape} does not match the manifest's "
+                         f"seq_len={seq_len} and {n_features} feature_names")
+    if out_shape[-1] != len(targets):
+        raise ValueError(f"model output {out_shape} does not match the manifest's "
+                         f"target_names {targets}")
+    return seq_len, n_features, targets
+
+
+def _metadata(manifest, targets, seq_len, extra):
+    units = manifest.get("units") or {}
+    if not isinstance(units, dict):  # a list aligned with target_names
+        units = dict(zip(targets, units))
+    meta = {
+        "dataset": manifest.get("dataset"),
+        "feature_names": list(manifest["feature_names"]),
+        "target_names": targets,
+        "target_units": {t: units.get(t, labquake_tf.TARGET_UNITS.get(t, "")) for t in targets},
+        "seq_len": seq_len,
+        "dt": manifest.get("dt"),
+        "hop": manifest.get("hop", manifest.get("dt")),
+        "preset": manifest.get("preset"),
+        "package_version": labquake_tf.__version__,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": {DEFAULT_SIGNATURE: "raw log10-variance in, physical units out",
+                       SCALED_SIGNATURE: "min-max scaled in, scaled out"},
+    }
+    # Round-trip through JSON so numpy scalars and paths in ``extra`` become plain values.
+    meta.update(json.loads(json.dumps(extra or {}, default=_plain)))
+    return meta
+
+
+def _archive(model, manifest, targets, seq_len, n_features, metadata):
+    import keras
+    import tensorflow as tf
+
+    def affine(part):
+        d = manifest["scaler"][part]
+        lo, hi = np.asarray(d["min"], np.float32), np.asarray(d["max"], np.float32)
+        # Same rule as MinMaxScaler.scale: a constant column maps to 0.
+        return lo, np.where(hi - lo > 0, hi - lo, 1.0).astype(np.float32)
+
+    f_min, f_scale = affine("features")
+    t_min, t_scale = affine("targets")
+    spec = tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME)
+
+    def scaled(x):
+        # A mixed_float16 model computes in float16; the signature stays float32.
+        y = model(tf.cast(x, model.inputs[0].dtype), training=False)
+        return tf.cast(y, tf.float32)
+
+    def split(y):
+        return {t: y[:, i] for i, t in enumerate(targets)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(DEFAULT_SIGNATURE, lambda ae_features: split(
+        scaled((ae_features - f_min) / f_scale) * t_scale + t_min), input_signature=[spec])
+    archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)),
+                         input_signature=[spec])
+    meta_json = json.dumps(metadata, sort_keys=True)
+    archive.add_endpoint(METADATA_SIGNATURE,
+                         lambda: {"metadata_json": tf.constant(meta_json)}, input_signature=[])
+    return archive
+
+
+def _write_json(path, obj):
+    path.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
+
+
+def _plain(obj):
+    return obj.item() if hasattr(obj, "item") else str(obj)
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="a run dir, a .keras file with manifest.json beside it, "
+                                      "or an exported SavedModel version dir")
+    parser.add_argument("--name", required=True, help="model name (saved_models/NAME/)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="version number (default: next integer)")
+    parser.add_argument("--base-dir", default="saved_models", help="export root")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+
+
+def run(args):
+    from labquake_tf.training.artifacts import load_pretrained
+
+    model, manifest = load_pretrained(args.model)
+    extra = {"source": str(pathlib.Path(args.model).resolve())}
+    config = pathlib.Path(args.model) / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("preset"):
+        extra["preset"] = json.loads(config.read_text())["preset"]
+    path = export_model(model, manifest, args.name, base_dir=args.base_dir,
+                        version=args.version, force=args.force, extra_metadata=extra)
+    print(f"exported {args.model} -> {path}")
+    return 0
