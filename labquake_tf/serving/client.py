@@ -1,0 +1,156 @@
+"""A client for TF Serving's REST API; works the same against ``labquake serve``.
+
+    client = Client("http://localhost:8501", "p4581")
+    client.status()                       # GET  /v1/models/p4581
+    out = client.predict(windows)         # POST /v1/models/p4581:predict
+    out["shear_stress"]                   # MPa, one value per window
+
+Standard library only (no TensorFlow import), so it runs anywhere numpy does.
+"""
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+
+class ServingError(RuntimeError):
+    """The server answered with an error; ``message`` is its ``{"error": ...}`` text."""
+
+    def __init__(self, status, message, url):
+        super().__init__(f"{url}: HTTP {status}: {message}")
+        self.status, self.message, self.url = status, message, url
+
+
+class Client:
+    """Talks to one model (optionally one version) on a TF Serving REST endpoint.
+
+    Connections are kept alive, one per thread. Connection failures and 5xx answers
+    are retried ``retries`` times with a growing pause; 4xx answers are not.
+    """
+
+    def __init__(self, base_url, model, version=None, timeout=10.0, retries=2, backoff=0.2):
+        url = urllib.parse.urlsplit(base_url if "//" in base_url else f"http://{base_url}")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must look like http://host:port, got {base_url!r}")
+        self.base_url, self.model, self.version = base_url.rstrip("/"), model, version
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._url = url
+        self._local = threading.local()
+        where = f"/versions/{int(version)}" if version is not None else ""
+        self._path = f"{url.path.rstrip('/')}/v1/models/{model}{where}"
+
+    def status(self):
+        return self._request("GET", self._path)
+
+    def metadata(self):
+        return self._request("GET", self._path + "/metadata")
+
+    def signature(self, name="serving_default"):
+        """``(inputs, outputs)``: ``{name: shape}`` with -1 for any size, from the metadata."""
+        defs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+        if name not in defs:
+            raise KeyError(f"{self.model} has no signature {name!r}; it has {sorted(defs)}")
+
+        def shapes(tensors):
+            return {k: [int(d["size"]) for d in t["tensor_shape"]["dim"]]
+                    for k, t in tensors.items()}
+        return shapes(defs[name]["inputs"]), shapes(defs[name]["outputs"])
+
+    def predict(self, inputs, signature_name=None, format="row", batch_size=None):
+        """Outputs as ``{name: np.ndarray}`` for ``inputs`` (an array, or a dict of arrays
+        for several inputs), split into requests of at most ``batch_size`` examples."""
+        if format not in ("row", "columnar"):
+            raise ValueError(f"format must be 'row' or 'columnar', got {format!r}")
+        named = isinstance(inputs, dict)
+        # No float32 copy of the whole input: a sliding-window view of a long series
+        # would blow up to n_steps * seq_len values. Chunks are converted one at a time.
+        arrays = {k: np.asarray(v) for k, v in inputs.items()} if named \
+            else {None: np.asarray(inputs)}
+        n = len(next(iter(arrays.values())))
+        step = batch_size or max(n, 1)
+        parts = []
+        for start in range(0, n, step):
+            chunk = {k: np.asarray(v[start:start + step], np.float32) for k, v in arrays.items()}
+            parts.append(self._predict_once(chunk, signature_name, format, named))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def predict_series(self, features, seq_len, batch_size=256, signature_name=None):
+        """Predictions for every window of a long ``(n_steps, n_features)`` series: output
+        ``i`` is for the window ending at step ``seq_len - 1 + i``."""
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or len(features) < seq_len:
+            raise ValueError(f"features must be (n_steps >= {seq_len}, n_features), "
+                             f"got {features.shape}")
+        windows = np.lib.stride_tricks.sliding_window_view(features, seq_len, axis=0)
+        # sliding_window_view puts the window axis last: (n, n_features, seq_len).
+        return self.predict(windows.transpose(0, 2, 1), signature_name, batch_size=batch_size)
+
+    def _predict_once(self, chunk, signature_name, format, named):
+        body = {"signature_name": signature_name} if signature_name else {}
+        if format == "row":
+            if named:
+                body["instances"] = [dict(zip(chunk, row))
+                                     for row in zip(*(v.tolist() for v in chunk.values()))]
+            else:
+                body["instances"] = chunk[None].tolist()
+        else:
+            body["inputs"] = {k: v.tolist() for k, v in chunk.items()} if named \
+                else chunk[None].tolist()
+        reply = self._request("POST", self._path + ":predict", body)
+        if format == "row":
+            rows = reply["predictions"]
+            if rows and isinstance(rows[0], dict):
+                return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+            return {"predictions": np.asarray(rows)}
+        outputs = reply["outputs"]
+        if isinstance(outputs, dict):
+            return {k: np.asarray(v) for k, v in outputs.items()}
+        return {"outputs": np.asarray(outputs)}
+
+    def _connection(self, fresh=False):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            cls = http.client.HTTPSConnection if self._url.scheme == "https" \
+                else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._url.hostname, self._url.port,
+                                          timeout=self.timeout)
+        return conn
+
+    def _request(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        url = self.base_url + path[len(self._url.path.rstrip("/")):]
+        for attempt in range(self.retries + 1):
+            try:
+                conn = self._connection(fresh=attempt > 0)
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                status, payload = response.status, response.read()
+            except (OSError, http.client.HTTPException) as e:
+                if attempt == self.retries:
+                    raise ConnectionError(f"{url}: {type(e).__name__}: {e} "
+                                          f"(after {attempt + 1} tries)") from e
+            else:
+                if status < 500 or attempt == self.retries:
+                    break
+            time.sleep(self.backoff * 2 ** attempt)
+        try:
+            reply = json.loads(payload)
+        except ValueError:
+            raise ServingError(status, payload[:200].decode(errors="replace"), url) from None
+        if status != 200:
+            message = reply.get("error", payload.decode()) if isinstance(reply, dict) else reply
+            raise ServingError(status, message, url)
+        return reply
+
+    def close(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
