@@ -1,0 +1,62 @@
+"""Train a TCN's head on cached activations of its frozen decoder.
+
+With ``input_norm`` and every ``decoder_block_i`` frozen, and no dropout in the
+blocks, the decoder is a fixed function: its output for a window never changes
+during fine-tuning. Computing it once (batched, on the accelerator) and
+training only the head on those activations gives the same gradients as the
+full model at a fraction of the cost: each epoch runs the head alone.
+
+The cache is NOT valid, and ``check_cacheable`` refuses, when
+
+- a decoder block or ``input_norm`` is trainable (its output changes every step);
+- a block has dropout > 0: Keras 3 runs a frozen layer's ``Dropout`` in training
+  mode all the same (``trainable=False`` stops updates, not dropout), so its
+  output is random at train time. ``finetune.build_finetune_model`` builds
+  frozen blocks with ``dropout=0``, which is what inference mode computes.
+
+A frozen ``BatchNormalization`` does use its moving statistics in Keras 3, so
+``input_norm`` is deterministic once frozen.
+
+The head model returned by ``split_at_head`` calls the full model's own head
+layers, so training it trains the full model: nothing has to be copied back.
+"""
+
+import keras
+import numpy as np
+
+from labquake_tf.models import decoder_blocks
+
+
+def check_cacheable(model):
+    """Raise ``ValueError`` naming the layer that would make cached activations stale."""
+    blocks = decoder_blocks(model)
+    if not blocks:
+        raise ValueError(f"{model.name}: no decoder_block_0 layer, nothing to cache")
+    for layer in [model.get_layer("input_norm"), *blocks]:
+        if layer.trainable:
+            raise ValueError(f"{model.name}: {layer.name} is trainable, so its output changes "
+                             "during training and cannot be cached (use the plain path)")
+    for block in blocks:
+        if block.dropout > 0:
+            raise ValueError(f"{model.name}: {block.name} has dropout={block.dropout}, which "
+                             "Keras applies at train time even in frozen layers; cannot cache")
+
+
+def split_at_head(model):
+    """``(trunk, head)``: input -> last decoder block, and last block -> prediction.
+
+    Both share the layers (and so the weights) of ``model``.
+    """
+    last = decoder_blocks(model)[-1]
+    trunk = keras.Model(model.inputs, last.output, name=f"{model.name}_trunk")
+    inputs = keras.Input(last.output.shape[1:], name="decoder_output")
+    x = inputs
+    # The head is a chain; functional models list their layers in call order.
+    for layer in model.layers[model.layers.index(last) + 1:]:
+        x = layer(x)
+    return trunk, keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def decoder_activations(trunk, x, batch_size=256):
+    """The frozen decoder's output for windows ``x``, computed once, batched."""
+    return np.asarray(trunk.predict(x, batch_size=batch_size, verbose=0))

@@ -1,0 +1,231 @@
+"""``labquake finetune``: the first K decoder blocks of a pretrained TCN, a fresh head.
+
+The fine-tuned model is ``build_tcn(seq_len=N, blocks=K)`` with the pretrained
+model's filters, kernel and features; its ``decoder_block_0..K-1`` receive the
+pretrained blocks' weights (``--decoder pretrained-frozen``, the paper's
+transfer), keep their random initialisation (``random-frozen``, the ablation
+that asks whether the pretrained weights matter) or train too (``trainable``).
+The head is always fresh, so the target may be one the pretrained model never
+saw.
+
+Two choices keep a frozen decoder an exact, fixed function (so the activation
+cache in ``training.cache`` is valid):
+
+- ``input_norm`` normalises per time step, so its parameters have seq_len
+  entries and cannot be copied when seq_len changes. Its moving mean and
+  variance are set once from the fine-tuning training windows (what
+  ``Normalization.adapt`` does) and it is frozen with the decoder. Left
+  trainable, it would shift the frozen decoder's inputs at every step.
+- Keras 3 still applies ``Dropout`` inside a frozen layer at train time, so
+  frozen blocks are built with ``dropout=0``: they compute what inference
+  mode computes. Only ``--decoder trainable`` keeps the pretrained dropout.
+"""
+
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from labquake_tf.models import build_tcn, decoder_blocks
+from labquake_tf.training import cache
+from labquake_tf.training.artifacts import load_pretrained, write_json
+from labquake_tf.training.config import TrainConfig
+from labquake_tf.training.strategy import get_strategy, set_precision
+from labquake_tf.training.trainer import save_model, train
+
+DECODER_MODES = ("pretrained-frozen", "random-frozen", "trainable")
+TARGETS = ("shear_stress", "ttsf", "ttef")
+
+
+def architecture(model):
+    """The ``build_tcn`` kwargs a fine-tuned model inherits from a pretrained TCN."""
+    block = model.get_layer("decoder_block_0")
+    return dict(n_features=int(model.input_shape[-1]), filters=block.filters,
+                kernel_size=block.kernel_size, dropout=block.dropout)
+
+
+def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pretrained-frozen"):
+    """A fresh TCN whose first ``blocks`` decoder blocks come from ``pretrained``."""
+    if decoder not in DECODER_MODES:
+        raise ValueError(f"decoder must be one of {DECODER_MODES}, got {decoder!r}")
+    available = len(decoder_blocks(pretrained))
+    if not 1 <= blocks <= available:
+        raise ValueError(f"blocks must be between 1 and {available} (the pretrained model's "
+                         f"decoder blocks), got {blocks}")
+    arch = architecture(pretrained)
+    frozen = decoder != "trainable"
+    if frozen:
+        arch["dropout"] = 0.0
+    model = build_tcn(seq_len, n_targets=n_targets, blocks=blocks, name="tcn_finetune", **arch)
+    if decoder != "random-frozen":
+        for new, old in zip(decoder_blocks(model), decoder_blocks(pretrained)):
+            new.set_weights(old.get_weights())
+    for block in decoder_blocks(model):
+        block.trainable = not frozen
+    model.get_layer("input_norm").trainable = not frozen
+    return model
+
+
+def adapt_input_norm(model, windows):
+    """Set ``input_norm``'s per-step moving statistics from training windows."""
+    norm = model.get_layer("input_norm")
+    windows = np.asarray(windows, np.float64)
+    norm.moving_mean.assign(windows.mean(axis=(0, 2)).astype("float32"))
+    norm.moving_variance.assign(windows.var(axis=(0, 2)).astype("float32"))
+
+
+def trainable_fraction(model):
+    """Share of the model's parameters that training updates (paper: 3.3 %)."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return trainable / model.count_params()
+
+
+def batches(inputs, y, batch_size, shuffle=False, seed=0):
+    """In-memory ``(inputs, y)`` batches; one order for both plain and cached paths."""
+    ds = tf.data.Dataset.from_tensor_slices((inputs, y))
+    if shuffle:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def fit(model, train_xy, val_xy, config, out_dir, use_cache=True):
+    """Train ``model``'s trainable part on in-memory windows; returns the history.
+
+    With ``use_cache`` the frozen decoder runs once over all windows and only
+    the head trains (see ``training.cache``); ``model`` ends up trained either way.
+    """
+    keras.utils.set_random_seed(config.seed)
+    (x_train, y_train), (x_val, y_val) = train_xy, val_xy
+    target = model
+    if use_cache:
+        cache.check_cacheable(model)
+        trunk, target = cache.split_at_head(model)
+        x_train = cache.decoder_activations(trunk, x_train, config.batch_size)
+        x_val = cache.decoder_activations(trunk, x_val, config.batch_size)
+    train_ds = batches(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed)
+    val_ds = batches(x_val, y_val, config.batch_size)
+    _, history = train(lambda: target, train_ds, val_ds, config, out_dir)
+    return history
+
+
+def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, seq_len=None,
+             decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True):
+    """The whole job: prepare ``dataset``, build, fit, write a run dir.
+
+    Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
+    """
+    from labquake_tf.data import pipeline, prepare
+    from labquake_tf.evaluation.cli import evaluate_model
+
+    config = config or TrainConfig()
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    source, source_manifest = load_pretrained(pretrained)
+    blocks = blocks or len(decoder_blocks(source))
+    seq_len = seq_len or int(source.input_shape[1])
+    use_cache = use_cache and decoder != "trainable"
+
+    out_dir = pathlib.Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".partial")
+    data_dir = work / "data"
+    manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split)
+    train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size) for s in ("train", "val"))
+
+    strategy = get_strategy(config.strategy)
+    set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_finetune_model(source, seq_len, blocks, decoder=decoder)
+    adapt_input_norm(model, train_xy[0])
+    fraction = trainable_fraction(model)
+    print(f"fine-tuning {blocks} block(s) of {pretrained} on {dataset}/{target}: "
+          f"{fraction:.2%} of {model.count_params():,} parameters trainable "
+          f"(decoder {decoder}, {'cached' if use_cache else 'plain'} path)")
+
+    history = fit(model, train_xy, val_xy, config, work, use_cache)
+    save_model(model, work / "model.keras")
+    summary = {"from": str(pretrained), "source_dataset": source_manifest.get("dataset"),
+               "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
+               "decoder": decoder, "split": list(split), "cached": use_cache,
+               "trainable_fraction": fraction,
+               "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+               "total_params": int(model.count_params()),
+               "epochs_run": len(history.get("loss", []))}
+    write_json(work / "manifest.json", manifest)
+    write_json(work / "config.json", {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
+                                                     **architecture(model)),
+                                      "preset": None, "train": config.to_dict(),
+                                      "finetune": summary})
+    summary["metrics"] = {s: evaluate_model(model, data_dir, s) for s in ("val", "test")}
+    write_json(work / "metrics.json", summary["metrics"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    work.rename(out_dir)
+    return model, summary
+
+
+def _arrays(pipeline, data_dir, split, batch_size):
+    """A split's windows as numpy: the input_norm statistics and the cache need them whole."""
+    xs, ys = [], []
+    for x, y in pipeline.make_dataset(data_dir, split, batch_size=max(batch_size, 512)):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    if not xs:
+        raise ValueError(f"{data_dir}: split {split!r} has no windows")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def add_arguments(parser):
+    parser.add_argument("--from", dest="pretrained", required=True,
+                        help="pretrained run dir, .keras file or exported SavedModel version dir")
+    parser.add_argument("--dataset", required=True, help="dataset name (e.g. p4581) or record path")
+    parser.add_argument("--target", choices=TARGETS, default="shear_stress")
+    parser.add_argument("--blocks", type=int, default=None,
+                        help="decoder blocks to keep (default: all of the pretrained model's)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="window length in steps (default: the pretrained model's)")
+    parser.add_argument("--decoder", choices=DECODER_MODES, default="pretrained-frozen")
+    parser.add_argument("--split", default="0.5,0.1,0.4",
+                        help="train,val,test fractions of the events (default 0.5,0.1,0.4)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--out", default=None, help="run dir (default runs/finetune-DATASET-TARGET)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run the frozen decoder every step instead of caching its output")
+
+
+def run(args):
+    from labquake_tf.data.splits import parse_ratios
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
+                         verbose=2)
+    out = args.out or f"runs/finetune-{pathlib.Path(args.dataset).stem}-{args.target}"
+    _, summary = finetune(args.pretrained, args.dataset, out, target=args.target,
+                          blocks=args.blocks, seq_len=args.seq_len, decoder=args.decoder,
+                          split=parse_ratios(args.split), config=config,
+                          use_cache=not args.no_cache)
+    test = summary["metrics"]["test"]
+    print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in _flat(test).items()))
+    return 0
+
+
+def _flat(metrics):
+    """The physical-unit RMSE/R2 of each target, for the one-line summary."""
+    out = {}
+    for name, m in metrics.get("targets", {}).items():
+        for key in ("rmse", "r2"):
+            if key in m:
+                out[f"{name}_{key}"] = m[key]
+    return out
+
+
+def main(argv=None):
+    from labquake_tf.cli import main as cli_main
+
+    return cli_main(["finetune", *(argv if argv is not None else __import__("sys").argv[1:])])

@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pytest
+
+from labquake_tf.models import build_tcn, decoder_blocks
+from labquake_tf.training import TrainConfig
+from labquake_tf.training import cache, finetune as ft
+
+SEQ = 12
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    # dropout > 0 so the test sees frozen blocks lose it
+    return build_tcn(16, filters=8, kernel_size=3, blocks=3, dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def windows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, SEQ, 1)).astype("float32")
+    y = (x[:, -4:, 0].mean(axis=1, keepdims=True) * 0.3 + 0.5).astype("float32")
+    return (x[:64], y[:64]), (x[64:], y[64:])
+
+
+def _config(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 16, "patience": 5, "verbose": 0, **kw})
+
+
+def _head_params(filters, seq_len):
+    conv = filters * 64 * 2 + 64
+    dense = (seq_len + 1) * 64 * 128 + 128
+    return conv + dense + 128 + 1
+
+
+def test_pretrained_frozen_copies_and_freezes_the_first_blocks(pretrained):
+    model = ft.build_finetune_model(pretrained, SEQ, blocks=2)
+    assert model.input_shape == (None, SEQ, 1)
+    assert len(decoder_blocks(model)) == 2
+    for new, old in zip(decoder_blocks(model), decoder_blocks(pretrained)):
+        assert not new.trainable and new.dropout == 0.0
+        for a, b in zip(new.get_weights(), old.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not model.get_layer("input_norm").trainable
+    assert ft.trainable_fraction(model) == pytest.approx(_head_params(8, SEQ) / model.count_params())
+
+
+def test_random_frozen_keeps_random_weights_and_trainable_trains_everything(pretrained):
+    rand = ft.build_finetune_model(pretrained, SEQ, blocks=3, decoder="random-frozen")
+    for new, old in zip(decoder_blocks(rand), decoder_blocks(pretrained)):
+        assert not new.trainable
+        assert not np.allclose(new.conv1.v.numpy(), old.conv1.v.numpy())
+    full = ft.build_finetune_model(pretrained, SEQ, blocks=3, decoder="trainable")
+    assert all(b.trainable and b.dropout == 0.2 for b in decoder_blocks(full))
+    # all but input_norm's moving mean and variance
+    assert ft.trainable_fraction(full) == pytest.approx(1 - 2 * SEQ / full.count_params())
+    np.testing.assert_array_equal(decoder_blocks(full)[2].conv2.g.numpy(),
+                                  decoder_blocks(pretrained)[2].conv2.g.numpy())
+
+
+def test_bad_blocks_and_modes_are_refused(pretrained):
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        ft.build_finetune_model(pretrained, SEQ, blocks=4)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        ft.build_finetune_model(pretrained, SEQ, blocks=2, decoder="frozen")
+    trainable = ft.build_finetune_model(pretrained, SEQ, blocks=2, decoder="trainable")
+    with pytest.raises(ValueError, match="decoder_block_0 is trainable|input_norm is trainable"):
+        cache.check_cacheable(trainable)
+
+
+def test_adapt_input_norm_sets_per_step_statistics(pretrained, windows):
+    model = ft.build_finetune_model(pretrained, SEQ, blocks=2)
+    x = windows[0][0]
+    ft.adapt_input_norm(model, x)
+    norm = model.get_layer("input_norm")
+    np.testing.assert_allclose(norm.moving_mean.numpy(), x.mean(axis=(0, 2)), rtol=1e-5)
+    out = model.get_layer("input_norm")(x, training=True).numpy()  # frozen: moving stats even so
+    np.testing.assert_allclose(out.mean(axis=0)[:, 0], 0.0, atol=1e-4)
+
+
+def test_plain_path_freezes_the_decoder_and_cached_path_matches_it(pretrained, windows, tmp_path):
+    model = ft.build_finetune_model(pretrained, SEQ, blocks=3)
+    ft.adapt_input_norm(model, windows[0][0])
+    initial = model.get_weights()
+    frozen = [model.get_layer("input_norm"), *decoder_blocks(model)]
+    before = [w.numpy().copy() for layer in frozen for w in layer.weights]
+
+    plain = ft.fit(model, *windows, _config(), tmp_path / "plain", use_cache=False)
+    assert len(plain["loss"]) == 2
+    for a, b in zip(before, [w.numpy() for layer in frozen for w in layer.weights]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(initial[-2], model.get_layer("prediction").kernel.numpy())
+    pred_plain = model.predict(windows[1][0], verbose=0)
+
+    model.set_weights(initial)
+    cached = ft.fit(model, *windows, _config(), tmp_path / "cached", use_cache=True)
+    pred_cached = model.predict(windows[1][0], verbose=0)  # the full model: head weights shared
+    np.testing.assert_allclose(cached["loss"], plain["loss"], rtol=1e-4)
+    np.testing.assert_allclose(cached["val_loss"], plain["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(pred_cached, pred_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, tmp_path):
+    from labquake_tf.cli import main
+    from labquake_tf.training.trainer import save_model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(pretrained, src / "model.keras")
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
+                                                   "target_names": ["shear_stress"]}))
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
+               "--blocks", "2", "--seq-len", "16", "--epochs", "2", "--out", str(out)])
+    assert rc == 0
+    for name in ("model.keras", "manifest.json", "config.json", "metrics.json", "history.csv"):
+        assert (out / name).is_file(), name
+    assert not out.with_name("ft.partial").exists()
+    config = json.loads((out / "config.json").read_text())["finetune"]
+    assert config["target"] == "ttsf" and config["blocks"] == 2 and config["cached"]
+    assert config["trainable_fraction"] == pytest.approx(
+        _head_params(8, 16) / config["total_params"])
+    assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
+    test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
+    assert np.isfinite(test["rmse"]) and test["rmse"] > 0
