@@ -1,0 +1,62 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from labquake_tf.models import TCNBlock, WeightNormConv1D
+
+
+def causal_conv_reference(x, kernel, bias, dilation):
+    """Plain numpy causal dilated conv: y[t] = sum_j x[t - (k-1-j)*d] @ kernel[j] + bias."""
+    k = kernel.shape[0]
+    padded = np.pad(x, [(0, 0), ((k - 1) * dilation, 0), (0, 0)])
+    steps = x.shape[1]
+    return sum(padded[:, j * dilation:j * dilation + steps] @ kernel[j] for j in range(k)) + bias
+
+
+def test_weight_norm_conv_matches_numpy_and_starts_at_v():
+    layer = WeightNormConv1D(5, 3, dilation_rate=2)
+    x = np.random.default_rng(0).normal(size=(2, 11, 4)).astype("float32")
+    y = layer(x)
+    v = layer.v.numpy()
+    assert v.shape == (3, 4, 5) and layer.g.shape == (5,) and layer.bias.shape == (5,)
+    np.testing.assert_allclose(layer.kernel().numpy(), v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, causal_conv_reference(x, v, 0.0, 2), rtol=1e-4, atol=1e-5)
+
+    layer.g.assign(np.arange(1, 6, dtype="float32"))
+    layer.bias.assign(np.full(5, 0.5, "float32"))
+    layer.v.assign(3.0 * v)  # the direction alone matters
+    expected_kernel = v / np.linalg.norm(v, axis=(0, 1)) * np.arange(1, 6)
+    np.testing.assert_allclose(layer.kernel().numpy(), expected_kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer(x), causal_conv_reference(x, expected_kernel, 0.5, 2),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_weight_norm_conv_layers_draw_different_weights():
+    a, b = WeightNormConv1D(4, 3), WeightNormConv1D(4, 3)
+    a.build((None, 8, 4)), b.build((None, 8, 4))
+    assert not np.allclose(a.v.numpy(), b.v.numpy())
+
+
+@pytest.mark.parametrize("in_width, has_residual_conv", [(3, True), (6, False)])
+def test_block_round_trips_and_residual(in_width, has_residual_conv):
+    block = TCNBlock(6, 2, dilation_rate=4, dropout=0.2, name="b")
+    x = np.random.default_rng(1).normal(size=(2, 9, in_width)).astype("float32")
+    y = block(x)
+    assert y.shape == (2, 9, 6) and float(tf.reduce_min(y)) >= 0.0
+    assert (block.residual is not None) == has_residual_conv
+    assert len(block.trainable_weights) == 6 + 2 * has_residual_conv
+
+    clone = TCNBlock.from_config(block.get_config())
+    assert clone.get_config() == block.get_config()
+    clone.build(x.shape)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_allclose(clone(x), y, rtol=1e-6)
+
+
+def test_weight_norm_conv_under_mixed_float16_keeps_float32_weights():
+    layer = WeightNormConv1D(4, 2, dtype="mixed_float16")
+    y = layer(np.ones((1, 5, 3), "float32"))
+    assert y.dtype == "float16"
+    assert layer.v.dtype == layer.g.dtype == "float32"
+    assert keras.backend.standardize_dtype(layer.kernel().dtype) == "float16"
