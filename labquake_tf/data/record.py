@@ -27,6 +27,8 @@ class Record:
     events: Optional[np.ndarray] = None
     source: str = ""
     sha256: str = ""
+    attrs: Dict = dataclasses.field(default_factory=dict)
+    """How the record was made (filter, detrend, TTF source, ...), copied into the manifest."""
 
     def __post_init__(self):
         n = len(self.time)

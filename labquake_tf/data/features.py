@@ -1,0 +1,107 @@
+"""Streaming windowed log10-variance of continuous AE, any number of channels.
+
+The waveform arrives in chunks of any length and is never held whole. Each chunk
+is cut into hop blocks whose sums of ``x`` and ``x**2`` are accumulated in int64
+(exact for int16 input); a window is ``window // hop`` consecutive blocks, so its
+variance comes from a running sum over block sums instead of a pass over its
+samples. Chunks are split across threads: numpy releases the GIL in the block
+reductions, so both cores work.
+"""
+
+import concurrent.futures
+import os
+
+import numpy as np
+
+OUTPUTS = ("logvar", "var", "std")
+
+
+class LogVariance:
+    """Feed chunks with ``update``; each call returns the windows it completed.
+
+    Window ``k`` covers samples ``[k * hop, k * hop + window)``; its time stamp
+    (window END) is ``t0 + (k * hop + window) / sample_rate``.
+    """
+
+    def __init__(self, sample_rate, window=0.1, hop=0.01, output="logvar", workers=None):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.hop = int(round(hop * sample_rate))
+        self.window = int(round(window * sample_rate))
+        if self.hop < 1 or self.window < self.hop or self.window % self.hop:
+            raise ValueError(f"window ({window} s = {self.window} samples) must be a positive "
+                             f"multiple of hop ({hop} s = {self.hop} samples) at {sample_rate} Hz")
+        self.sample_rate, self.output = float(sample_rate), output
+        self.blocks_per_window = self.window // self.hop
+        self.workers = workers or os.cpu_count() or 1
+        self._pending = None  # samples that do not fill a hop block yet
+        self._tail = None     # block sums of the last (blocks_per_window - 1) blocks
+
+    def window_end_time(self, k, t0=0.0):
+        return t0 + (np.asarray(k) * self.hop + self.window) / self.sample_rate
+
+    def update(self, chunk):
+        chunk = np.asarray(chunk)
+        chunk = chunk[:, None] if chunk.ndim == 1 else chunk
+        if self._pending is not None and len(self._pending):
+            chunk = np.concatenate([self._pending, chunk])
+        n_blocks = len(chunk) // self.hop
+        self._pending = chunk[n_blocks * self.hop:]
+        sums = self._block_sums(chunk[:n_blocks * self.hop], n_blocks)
+        if self._tail is not None:
+            sums = np.concatenate([self._tail, sums])
+        self._tail = sums[len(sums) - (self.blocks_per_window - 1):] if self.blocks_per_window > 1 \
+            else sums[:0]
+        return self._windows(sums)
+
+    def _block_sums(self, x, n_blocks):
+        """(n_blocks, 2, n_channels) int64 (or float64 for float input) sums of x, x**2."""
+        acc = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64
+        out = np.empty((n_blocks, 2, x.shape[1]), acc)
+        if n_blocks == 0:
+            return out
+        blocks = x.reshape(n_blocks, self.hop, x.shape[1])
+        # Squares of int16 fit int32; the sums over a block then need int64.
+        wide = np.int32 if x.dtype.itemsize <= 2 and acc is np.int64 else acc
+
+        def work(lo, hi):
+            b = blocks[lo:hi]
+            out[lo:hi, 0] = b.sum(axis=1, dtype=acc)
+            w = b.astype(wide)
+            np.multiply(w, w, out=w)
+            out[lo:hi, 1] = w.sum(axis=1, dtype=acc)
+
+        edges = np.linspace(0, n_blocks, min(self.workers, n_blocks) + 1).astype(int)
+        if len(edges) > 2:
+            with concurrent.futures.ThreadPoolExecutor(len(edges) - 1) as pool:
+                list(pool.map(work, edges[:-1], edges[1:]))
+        else:
+            work(0, n_blocks)
+        return out
+
+    def _windows(self, sums):
+        k = self.blocks_per_window
+        if len(sums) < k:
+            return np.zeros((0, sums.shape[2]), np.float32)
+        # Exact integer running sums over k blocks, then one float division.
+        c = np.cumsum(sums, axis=0)
+        win = c[k - 1:].copy()
+        win[1:] -= c[:-k]
+        n = float(self.window)
+        mean = win[:, 0] / n
+        var = np.maximum(win[:, 1] / n - mean * mean, 0.0)
+        if self.output == "var":
+            return var.astype(np.float32)
+        if self.output == "std":
+            return np.sqrt(var).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            return np.log10(var).astype(np.float32)
+
+
+def log_variance(chunks, sample_rate, window=0.1, hop=0.01, output="logvar", workers=None):
+    """All windows of an iterable of ``(n, n_channels)`` chunks (or one array)."""
+    if isinstance(chunks, np.ndarray):
+        chunks = [chunks]
+    lv = LogVariance(sample_rate, window, hop, output, workers)
+    parts = [lv.update(c) for c in chunks]
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)

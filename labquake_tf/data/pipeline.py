@@ -1,0 +1,171 @@
+"""Prepared shards → tf.data windows, or → numpy arrays in physical units.
+
+The window ending at step ``t`` (it includes ``t``) predicts the targets at
+``t``; windows whose last step is not a label are dropped, and windows never
+reach across a split boundary.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from labquake_tf.data.readers import sha256
+from labquake_tf.data.scaling import MinMaxScaler
+
+SHUFFLE_BUFFER = 20_000
+
+_SPEC = {
+    "features": tf.io.FixedLenFeature([], tf.string),
+    "targets": tf.io.FixedLenFeature([], tf.string),
+    "time": tf.io.FixedLenFeature([], tf.string),
+    "mask": tf.io.FixedLenFeature([], tf.string),
+    "n_context": tf.io.FixedLenFeature([], tf.int64),
+    "start": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def load_manifest(data_dir):
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest (run `labquake prepare` first)")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("feature_names", "target_names", "seq_len", "scaler", "splits")
+               if k not in manifest]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}")
+    return manifest
+
+
+def shard_paths(data_dir, manifest, split):
+    """The split's shard paths, checked against the manifest (presence, size, sha256)."""
+    if split not in manifest["splits"]:
+        raise ValueError(f"{data_dir}/manifest.json: no split {split!r} "
+                         f"(has {sorted(manifest['splits'])})")
+    paths = []
+    for shard in manifest["splits"][split]["shards"]:
+        path = os.path.join(data_dir, shard["file"])
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+        if os.path.getsize(path) != shard["bytes"] or sha256(path) != shard["sha256"]:
+            raise ValueError(f"{path}: shard does not match the manifest (size or sha256 "
+                             "differs: corrupt, truncated or from another run)")
+        paths.append(path)
+    return paths
+
+
+def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, shuffle=False,
+                 seed=0, repeat=False, drop_remainder=False):
+    """``(x, y)`` batches: ``x`` (B, seq_len, n_features) and ``y`` (B, n_targets), scaled."""
+    manifest = load_manifest(data_dir)
+    seq_len, target_idx, target_scaler = _check_request(data_dir, manifest, split, seq_len, targets)
+    paths = shard_paths(data_dir, manifest, split)
+    n_features = len(manifest["feature_names"])
+    n_stored = len(manifest["target_names"])
+    f_scaler = MinMaxScaler.from_dict(manifest["scaler"]["features"])
+    f_min, f_scale = (tf.constant(v, tf.float32) for v in (f_scaler.data_min, f_scaler.scale))
+    t_min, t_scale = (tf.constant(v, tf.float32)
+                      for v in (target_scaler.data_min, target_scaler.scale))
+    offsets = tf.range(-seq_len + 1, 1, dtype=tf.int32)
+
+    def parse(path, serialized):
+        ex = _parse(path, serialized, n_features, n_stored)
+        x = (ex["features"] - f_min) / f_scale
+        y = (tf.gather(ex["targets"], target_idx, axis=1) - t_min) / t_scale
+        return x, y, ex["mask"], tf.cast(ex["n_context"], tf.int32)
+
+    def windows(x, y, mask, n_context):
+        # Ends need seq_len - 1 steps of history inside the record (its context
+        # included) and a real label at the end.
+        ends = tf.range(tf.maximum(n_context, seq_len - 1), tf.shape(x)[0])
+        ends = tf.boolean_mask(ends, tf.gather(mask, ends))
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.gather(x, ends[:, None] + offsets), tf.gather(y, ends)))
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle:
+        files = files.shuffle(len(paths), seed=seed)
+    ds = files.interleave(
+        lambda p: tf.data.TFRecordDataset(p).map(lambda r: (p, r)),
+        cycle_length=min(len(paths), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.flat_map(windows)
+    if shuffle:
+        n = manifest["splits"][split]["n_steps"]
+        ds = ds.shuffle(min(n, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def split_arrays(data_dir, split):
+    """The split in physical units: ``time, features, targets (dict), label_mask, events``.
+
+    ``events`` are ``[onset, end]`` step indices relative to the split's first step.
+    """
+    manifest = load_manifest(data_dir)
+    paths = shard_paths(data_dir, manifest, split)
+    n_features, names = len(manifest["feature_names"]), manifest["target_names"]
+    parts = {"time": [], "features": [], "targets": [], "mask": []}
+    for path in paths:
+        for serialized in tf.data.TFRecordDataset(path):
+            ex = _parse(tf.constant(path), serialized, n_features, len(names))
+            k = int(ex["n_context"])
+            for key in parts:
+                parts[key].append(ex[key].numpy()[k:])
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    info = manifest["splits"][split]
+    start = info["step_range"][0] if "step_range" in info else 0
+    first, last = info.get("event_range", [0, 0])
+    events = np.asarray(manifest.get("events", []), np.int64).reshape(-1, 2)[first:last] - start
+    if len(arrays["time"]) != info["n_steps"]:
+        raise ValueError(f"{data_dir}: split {split!r} shards hold {len(arrays['time'])} steps, "
+                         f"manifest says {info['n_steps']}")
+    return {"time": arrays["time"], "features": arrays["features"],
+            "targets": {n: arrays["targets"][:, i].astype(np.float64) for i, n in enumerate(names)},
+            "label_mask": arrays["mask"], "events": events}
+
+
+def _check_request(data_dir, manifest, split, seq_len, targets):
+    seq_len = int(seq_len or manifest["seq_len"])
+    if not 1 <= seq_len <= manifest["seq_len"]:
+        raise ValueError(f"{data_dir}: seq_len={seq_len} exceeds the prepared seq_len "
+                         f"{manifest['seq_len']} (records carry only that much context)")
+    if split in manifest["splits"] and manifest["splits"][split]["n_steps"] < seq_len:
+        raise ValueError(f"{data_dir}: split {split!r} has fewer steps than one window")
+    names = manifest["target_names"]
+    targets = list(names if targets is None else [targets] if isinstance(targets, str) else targets)
+    unknown = [t for t in targets if t not in names]
+    if unknown:
+        raise ValueError(f"{data_dir}/manifest.json: target(s) {unknown} not prepared "
+                         f"(has {names})")
+    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).select(targets)
+    return seq_len, [names.index(t) for t in targets], scaler
+
+
+def _parse(path, serialized, n_features, n_targets):
+    ex = tf.io.parse_single_example(serialized, _SPEC)
+    time = tf.io.decode_raw(ex["time"], tf.float64)
+    n = tf.shape(time)[0]
+    features = tf.io.decode_raw(ex["features"], tf.float32)
+    targets = tf.io.decode_raw(ex["targets"], tf.float32)
+    mask = tf.io.decode_raw(ex["mask"], tf.uint8)
+    checks = [
+        tf.debugging.Assert(tf.equal(tf.size(features), n * n_features),
+                            ["features width does not match the manifest in", path]),
+        tf.debugging.Assert(tf.equal(tf.size(targets), n * n_targets),
+                            ["targets width does not match the manifest in", path]),
+        tf.debugging.Assert(tf.equal(tf.size(mask), n), ["mask length differs in", path]),
+        tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(features)),
+                            ["NaN or inf in features of", path]),
+    ]
+    with tf.control_dependencies(checks):
+        return {"features": tf.reshape(features, [n, n_features]),
+                "targets": tf.reshape(targets, [n, n_targets]),
+                "time": tf.identity(time), "mask": tf.cast(mask, tf.bool),
+                "n_context": ex["n_context"], "start": ex["start"]}

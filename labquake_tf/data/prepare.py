@@ -1,0 +1,195 @@
+"""``labquake prepare``: a dataset → TFRecord shards per split + ``manifest.json``.
+
+Record granularity: one ``tf.train.Example`` per CHUNK of ``chunk_len`` steps,
+carrying the ``seq_len - 1`` steps before it (same split) as context. Every
+window that ends inside a chunk can then be built from that record alone, so
+shards can be interleaved and records parsed in parallel without a window ever
+crossing a record, and any ``seq_len`` up to the prepared one still works. One
+record per step would cost a proto parse per step and tie windows to file order.
+Arrays travel as raw little-endian bytes (float32 features/targets, float64
+time, uint8 mask): exact, and one ``decode_raw`` each.
+
+The whole output is written into a temporary folder beside ``--out`` and renamed
+at the end, so a failed run leaves nothing half-written.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+import labquake_tf
+from labquake_tf.data import registry, splits
+from labquake_tf.data.readers import sha256
+
+DEFAULT_WINDOW_SECONDS = 5.12
+"""Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
+
+CHUNK_LEN = 1024
+RECORDS_PER_SHARD = 64
+
+
+def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATIOS,
+            channels=None, force=False, chunk_len=CHUNK_LEN,
+            records_per_shard=RECORDS_PER_SHARD, **record_options):
+    """Write shards and manifest for ``dataset`` (name or path) into ``out``; returns the manifest."""
+    import tensorflow as tf
+
+    targets = list(targets or labquake_tf.TARGETS)
+    unknown = [t for t in targets if t not in labquake_tf.TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
+    ratios = splits.parse_ratios(split)
+    record = registry.load_record(dataset, channels=channels, **record_options)
+    dt = record.dt
+    seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
+    request = {"dataset": str(dataset), "sha256": record.sha256, "seq_len": seq_len,
+               "targets": targets, "split": list(ratios), "channels": record.feature_names,
+               "chunk_len": chunk_len, "processing": record.attrs}
+    existing = _existing(out, request, force)
+    if existing is not None:
+        return existing
+
+    parts = splits.split_by_events(record.events, len(record), ratios)
+    for name, part in parts.items():
+        n = part["steps"][1] - part["steps"][0]
+        if n < seq_len:
+            raise ValueError(f"{record.source}: split {name!r} has {n} steps, shorter than one "
+                             f"window of seq_len={seq_len}; lower --seq-len or change --split")
+    feature_scaler, target_scaler = splits.fit_scalers(record, parts["train"]["steps"], targets)
+
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+    try:
+        split_info = {}
+        for name, part in parts.items():
+            start, stop = part["steps"]
+            first, last = part["events"]
+            shards = _write_split(tf, tmp, name, record, start, stop, targets, seq_len,
+                                  chunk_len, records_per_shard)
+            split_info[name] = {
+                "events": last - first, "event_range": [first, last], "step_range": [start, stop],
+                "t_start": float(record.time[start]), "t_end": float(record.time[stop - 1]),
+                "n_steps": stop - start, "n_labelled": int(record.label_mask[start:stop].sum()),
+                "shards": shards}
+        manifest = {
+            "format": "labquake-shards", "version": 1, "dataset": record.name,
+            "feature_names": record.feature_names, "target_names": targets,
+            "units": {"features": "log10(AE variance)",
+                      **{t: labquake_tf.TARGET_UNITS[t] for t in targets}},
+            "dt": dt, "seq_len": seq_len, "chunk_len": chunk_len,
+            "scaler": {"features": feature_scaler.to_dict(), "targets": target_scaler.to_dict()},
+            "n_events": int(len(record.events)), "events": record.events.tolist(),
+            "event_times": record.time[record.events].tolist() if len(record.events) else [],
+            "splits": split_info, "processing": record.attrs,
+            "sources": [{"path": record.source, "sha256": record.sha256}],
+            "package_version": labquake_tf.__version__, "request": request}
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        _replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def _existing(out, request, force):
+    """The manifest already in ``out`` if it was made by the same request, else None."""
+    if not os.path.isdir(out) or not os.listdir(out) or force:
+        return None
+    try:
+        with open(os.path.join(out, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("request") == json.loads(json.dumps(request)):
+        return manifest
+    raise FileExistsError(f"{out}: not empty and not prepared from the same dataset and "
+                          "options; choose another --out or pass --force")
+
+
+def _replace(tmp, out):
+    if os.path.exists(out):
+        old = tmp + ".old"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+
+
+def _write_split(tf, folder, name, record, start, stop, targets, seq_len, chunk_len,
+                 records_per_shard):
+    y = np.stack([record.targets[t] for t in targets], axis=1).astype(np.float32)
+    # Masked rows may hold NaN (no next event); the mask says they are not labels.
+    y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    chunk_starts = list(range(start, stop, chunk_len))
+    shards = []
+    for s, first in enumerate(range(0, len(chunk_starts), records_per_shard)):
+        filename = f"{name}-{s:05d}.tfrecord"
+        path = os.path.join(folder, filename)
+        n_records = 0
+        with tf.io.TFRecordWriter(path) as writer:
+            for c0 in chunk_starts[first:first + records_per_shard]:
+                c1 = min(c0 + chunk_len, stop)
+                lo = max(start, c0 - (seq_len - 1))
+                writer.write(_example(tf, record, y, lo, c0, c1, start).SerializeToString())
+                n_records += 1
+        shards.append({"file": filename, "n_records": n_records,
+                       "bytes": os.path.getsize(path), "sha256": sha256(path)})
+    return shards
+
+
+def _example(tf, record, y, lo, c0, c1, split_start):
+    def raw(a):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(a).tobytes()]))
+
+    def int64(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "features": raw(record.features[lo:c1].astype("<f4")),
+        "targets": raw(y[lo:c1].astype("<f4")),
+        "time": raw(record.time[lo:c1].astype("<f8")),
+        "mask": raw(record.label_mask[lo:c1].astype(np.uint8)),
+        "n_context": int64(c0 - lo),
+        "start": int64(c0 - split_start),
+    }))
+
+
+def add_arguments(parser):
+    parser.add_argument("--dataset", required=True, help="registry name (p4581, p5198, "
+                        "synthetic-*) or a .csv/.h5/.npz path")
+    parser.add_argument("--out", required=True, help="output folder for shards + manifest.json")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help=f"window length in steps (default: {DEFAULT_WINDOW_SECONDS} s of record)")
+    parser.add_argument("--targets", nargs="+", default=None, choices=labquake_tf.TARGETS,
+                        help="targets to store (default: all)")
+    parser.add_argument("--split", default="0.7,0.1,0.2",
+                        help="train,val,test ratios by event count (fine-tuning: 0.5,0.1,0.4)")
+    parser.add_argument("--channels", default=None,
+                        help="AE channels, 1-based, comma separated (default: 1)")
+    parser.add_argument("--ttf", choices=("published", "derived"), default=None,
+                        help="DDS CSVs: published TimeToFailure columns (default) or derived")
+    parser.add_argument("--lowpass-hz", type=float, default=15.0,
+                        help="shear-stress low-pass cutoff; skipped when >= Nyquist")
+    parser.add_argument("--no-detrend", action="store_true", help="keep the stress trend")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+
+def run(args):
+    options = {"lowpass_hz": args.lowpass_hz, "detrend": not args.no_detrend}
+    if args.ttf:
+        options["ttf"] = args.ttf
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    manifest = prepare(args.dataset, args.out, seq_len=args.seq_len, targets=args.targets,
+                       split=args.split, channels=channels, force=args.force, **options)
+    summary = {n: {"events": s["events"], "steps": s["n_steps"], "t": [s["t_start"], s["t_end"]]}
+               for n, s in manifest["splits"].items()}
+    print(json.dumps({"out": os.path.abspath(args.out), "dataset": manifest["dataset"],
+                      "n_events": manifest["n_events"], "seq_len": manifest["seq_len"],
+                      "splits": summary}))
+    return 0

@@ -1,0 +1,99 @@
+"""Named datasets: the public DDS records and cached synthetic records.
+
+The DDS CSVs are fetched with ``keras.utils.get_file`` (sha256-checked) into
+``$LABQUAKE_CACHE_DIR`` (default ``~/.cache/labquake_tf``). Offline, point
+``$LABQUAKE_DATA_DIR`` at a folder holding ``p4581.csv`` / ``p5198.csv``; they are
+hash-checked all the same. Synthetic records are generated on first use by
+``labquake_tf.simulate.generate`` and cached under a key that includes preset,
+duration, seed and package version.
+"""
+
+import os
+import pathlib
+import tempfile
+
+import labquake_tf
+from labquake_tf.data import readers
+
+_TCN_PAPER = "https://raw.githubusercontent.com/CountofGlamorgan/TCN_paper/main/data/"
+_DDS_FILE = "newDF_TimeToFailure_from_{}_WITHOUT_subwindows.csv"
+
+DATASETS = {
+    "p4581": {"kind": "dds", "url": _TCN_PAPER + _DDS_FILE.format("3800_to_4100"),
+              "sha256": "29c95398c97537bb4a9787dee91aaaf991a9ff32cf8ce48bf079f5db36fa1ed9"},
+    "p5198": {"kind": "dds", "url": _TCN_PAPER + _DDS_FILE.format("6600_to_6900"),
+              "sha256": "cdad9a0ba43ef5dd56e7846bc671bc7265eccf6bc70740321fd8a897d20ddfd6"},
+    "synthetic-biaxial": {"kind": "synthetic", "preset": "biaxial", "duration": 400.0},
+    "synthetic-dds": {"kind": "synthetic", "preset": "dds", "duration": 400.0},
+    "synthetic-slow": {"kind": "synthetic", "preset": "slow", "duration": 400.0},
+}
+"""Name → how to get it. Synthetic durations are seconds of simulated record."""
+
+
+def cache_dir():
+    return pathlib.Path(os.environ.get("LABQUAKE_CACHE_DIR",
+                                       pathlib.Path.home() / ".cache" / "labquake_tf"))
+
+
+def dataset_path(name):
+    """Local path of a named dataset, fetching or generating it if needed."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    return _dds_path(name, spec) if spec["kind"] == "dds" else _synthetic_path(spec)
+
+
+def load_record(name_or_path, **options):
+    """A ``Record`` from a registry name or a file path (``.csv``, ``.h5``, ``.npz``).
+
+    ``options`` go to the reader: ``channels``, ``ttf``, ``lowpass_hz``,
+    ``detrend``, ``min_drop``, ``rel_drop``, and for raw AE ``window``/``hop``.
+    """
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in DATASETS:
+        options.setdefault("name", name_or_path)
+        return readers.read(dataset_path(name_or_path), **options)
+    if not os.path.exists(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: neither a file nor a dataset name "
+                                f"(known: {sorted(DATASETS)})")
+    return readers.read(name_or_path, **options)
+
+
+def _dds_path(name, spec):
+    local = os.environ.get("LABQUAKE_DATA_DIR")
+    if local:
+        path = pathlib.Path(local) / f"{name}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found (LABQUAKE_DATA_DIR={local})")
+        digest = readers.sha256(path)
+        if digest != spec["sha256"]:
+            raise ValueError(f"{path}: sha256 {digest} does not match the registry's "
+                             f"{spec['sha256']} for {name}")
+        return path
+    import keras
+
+    return pathlib.Path(keras.utils.get_file(
+        f"{name}.csv", spec["url"], file_hash=spec["sha256"], hash_algorithm="sha256",
+        cache_dir=str(cache_dir()), cache_subdir="dds"))
+
+
+def _synthetic_path(spec, seed=0):
+    key = f"{spec['preset']}-{spec['duration']:g}s-seed{seed}-v{labquake_tf.__version__}"
+    path = cache_dir() / "synthetic" / f"{key}.h5"
+    if path.exists():
+        return path
+    from labquake_tf import simulate
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Generate beside the target and rename: a killed run never leaves a
+    # half-written file under the cache key.
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        simulate.generate(preset=spec["preset"], duration=spec["duration"], seed=seed,
+                          out=tmp, mode="features")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

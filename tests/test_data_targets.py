@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from scipy import signal
+
+from labquake_tf.data import readers, targets
+
+
+def test_lowpass_removes_high_frequency_and_keeps_phase():
+    fs = 100.0
+    t = np.arange(0, 20, 1 / fs)
+    slow, fast = np.sin(2 * np.pi * 0.5 * t), 0.5 * np.sin(2 * np.pi * 40 * t)
+    y, applied = targets.lowpass(slow + fast, fs, cutoff=15.0)
+    assert applied
+    inner = slice(200, -200)  # away from the filter's edge transients
+    assert np.abs(y[inner] - slow[inner]).max() < 0.01  # zero phase: no lag on the slow part
+
+
+def test_lowpass_at_or_above_nyquist_is_skipped_not_failed():
+    x = np.random.default_rng(0).normal(size=100)
+    y, applied = targets.lowpass(x, 10.0, cutoff=15.0)
+    assert not applied and np.array_equal(y, x)
+
+
+def test_build_targets_detrends_and_records_skipped_filter():
+    time = np.arange(0, 100, 0.1)
+    stress = 0.01 * time + 0.05 * np.sin(time)
+    out, _, _, info = targets.build_targets(time, stress, lowpass_hz=15.0)
+    np.testing.assert_allclose(out["shear_stress"], signal.detrend(stress), atol=1e-12)
+    assert info["lowpass_applied"] is False and "Nyquist" in info["lowpass_note"]
+
+
+def _sawtooth(n_cycles=5, period=100, drop=1.0, noise=0.002, seed=0):
+    """Linear loading then a 5-step slip; returns stress and true [onset, end]."""
+    rise = np.linspace(0, drop, period - 5, endpoint=False)
+    slip = np.linspace(drop, 0, 6)[1:]
+    cycle = np.concatenate([rise, slip])
+    stress = np.tile(cycle, n_cycles) + np.random.default_rng(seed).normal(0, noise, n_cycles * period)
+    truth = [(k * period + np.argmax(cycle), k * period + period - 1) for k in range(n_cycles)]
+    return stress, np.array(truth)
+
+
+def test_detect_events_finds_onset_peak_and_end_minimum():
+    stress, truth = _sawtooth()
+    events = targets.detect_events(stress)
+    assert events.shape == (5, 2)
+    assert np.all(np.abs(events - truth) <= 2)
+    assert np.all(stress[events[:, 0]] - stress[events[:, 1]] > 0.9)
+
+
+def test_detect_events_threshold_is_configurable():
+    stress, _ = _sawtooth()
+    assert len(targets.detect_events(stress, min_drop=2.0)) == 0
+    assert len(targets.detect_events(stress, min_drop=0.5)) == 5
+
+
+def test_derived_time_to_failure_counts_down_and_masks_after_last_onset():
+    time = np.arange(10) * 0.5
+    events = np.array([[3, 5], [7, 8]])
+    ttsf, ttef, mask = targets.time_to_failure(time, events)
+    np.testing.assert_allclose(ttsf[:8], [1.5, 1.0, 0.5, 0, 1.5, 1.0, 0.5, 0])
+    np.testing.assert_allclose(ttef[:8], [2.5, 2.0, 1.5, 1.0, 0.5, 0, 1.0, 0.5])
+    assert mask.tolist() == [True] * 8 + [False] * 2
+
+
+@pytest.mark.parametrize("name,n_events", [("p4581", 31), ("p5198", 46)])
+def test_dds_event_detection_matches_published_columns(dds_dir, name, n_events):
+    record = readers.read(dds_dir / f"{name}.csv")
+    assert record.events.shape == (n_events, 2)
+    rows = np.genfromtxt(dds_dir / f"{name}.csv", delimiter=",", skip_header=1)
+    ttsf, ttef = rows[:, 7], rows[:, 8]  # TimeToStartFailure, TimeToEndFailure
+    # The published countdowns reach 0 exactly at the detected onset and end rows.
+    assert np.all(ttsf[record.events[:, 0]] == 0) and np.all(ttef[record.events[:, 1]] == 0)
+
+
+@pytest.mark.parametrize("name", ["p4581", "p5198"])
+def test_dds_ttf_artefacts_are_masked(dds_dir, name):
+    record = readers.read(dds_dir / f"{name}.csv")
+    last_onset = record.events[-1, 0]
+    mask = record.label_mask
+    assert not mask[0]  # row 0 is a spurious 0,0 before the real countdown
+    assert not mask[last_onset + 1:].any()  # counting down to a non-existent final event
+    assert mask[1:last_onset + 1].all()
+    # Derived labels agree with the published ones wherever both are labels.
+    derived = readers.read(dds_dir / f"{name}.csv", ttf="derived")
+    both = mask & derived.label_mask
+    assert both.sum() > 0.9 * len(mask)
+    for key in ("ttsf", "ttef"):
+        assert np.abs(derived.targets[key][both] - record.targets[key][both]).max() < 0.1
