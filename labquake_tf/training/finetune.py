@@ -23,6 +23,7 @@ cache in ``training.cache`` is valid):
 
 import pathlib
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -158,7 +159,9 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                                                      **architecture(model)),
                                       "preset": None, "train": config.to_dict(),
                                       "finetune": summary})
-    summary["metrics"] = {s: evaluate_model(model, data_dir, s) for s in ("val", "test")}
+    (work / "plots").mkdir(exist_ok=True)
+    summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / "plots", title=dataset)[0]
+                          for s in ("val", "test")}
     write_json(work / "metrics.json", summary["metrics"])
     shutil.rmtree(out_dir, ignore_errors=True)
     work.rename(out_dir)
@@ -226,6 +229,11 @@ def _flat(metrics):
 
 
 def main(argv=None):
+    """``python -m labquake_tf.training.finetune`` / ``scripts/finetune.py``."""
     from labquake_tf.cli import main as cli_main
 
-    return cli_main(["finetune", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

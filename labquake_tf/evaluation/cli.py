@@ -1,0 +1,161 @@
+"""``labquake evaluate MODEL --dataset NAME --split test``: scores in MPa and s, with plots.
+
+The dataset is prepared with the model's window length and targets. On the
+dataset the model trained on, the model's own split ratios are reused, so
+``test`` is the held-out part it never saw. On another dataset (zero-shot),
+features and targets use that dataset's min-max scaler, fit on its own
+training part, as fine-tuning would: a scaled prediction is read in the target
+experiment's units.
+
+Writes ``OUT/metrics.json`` (per target: RMSE, MAE, R² in physical units and
+scaled; event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` and
+``OUT/plots/`` (prediction vs truth over time with a scatter, per target; the
+loss curves when MODEL is a run dir with ``history.csv``).
+"""
+
+import csv
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+from labquake_tf.evaluation import events, figures
+
+EVENT_TARGETS = ("ttsf", "ttef")
+
+
+def regression_scores(y_true, y_pred):
+    """RMSE, MAE and R² of one target."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    err = y_pred - y_true
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
+            "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")}
+
+
+def predict(model, data_dir, split):
+    """Time, truth and prediction (physical units) at every labelled window end."""
+    from labquake_tf.data.pipeline import load_manifest, split_arrays
+    from labquake_tf.data.scaling import MinMaxScaler
+
+    manifest = load_manifest(data_dir)
+    seq_len = int(model.input_shape[1])
+    arrays = split_arrays(data_dir, split)
+    x = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(arrays["features"])
+    ends = np.flatnonzero(arrays["label_mask"])
+    ends = ends[ends >= seq_len - 1]
+    if len(ends) == 0:
+        raise ValueError(f"{data_dir}: split {split!r} has no labelled window of {seq_len} steps")
+    windows = np.lib.stride_tricks.sliding_window_view(x, seq_len, axis=0)  # (n, f, seq)
+    windows = np.ascontiguousarray(windows[ends - seq_len + 1].transpose(0, 2, 1))
+    scaled = np.asarray(model.predict(windows, batch_size=512, verbose=0), np.float64)
+    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
+    names = manifest["target_names"]
+    if scaled.shape[1] != len(names):
+        raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")
+    truth = np.stack([arrays["targets"][n][ends] for n in names], axis=1)
+    return {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
+            "true": truth, "pred": scaler.inverse_transform(scaled),
+            "true_scaled": scaler.transform(truth), "pred_scaled": scaled}
+
+
+def evaluate_model(model, data_dir, split, plots_dir=None, title=""):
+    """Metrics of ``model`` on a prepared split; plots too when ``plots_dir`` is given."""
+    p = predict(model, data_dir, split)
+    result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
+    for i, name in enumerate(p["names"]):
+        scores = regression_scores(p["true"][:, i], p["pred"][:, i])
+        scaled = regression_scores(p["true_scaled"][:, i], p["pred_scaled"][:, i])
+        result["targets"][name] = {**scores, **{f"{k}_scaled": v for k, v in scaled.items()},
+                                   "units": p["units"].get(name, "")}
+        if name in EVENT_TARGETS:
+            result["events"][name] = events.event_scores(p["time"], p["true"][:, i], p["pred"][:, i])
+        if plots_dir is not None:
+            figures.plot_prediction_panel(
+                pathlib.Path(plots_dir) / f"{split}_{name}.png", p["time"], p["true"][:, i],
+                p["pred"][:, i], name, p["units"].get(name, ""),
+                f"{title} {name}: RMSE {scores['rmse']:.3g}, R² {scores['r2']:.3f}".strip())
+    return result, p
+
+
+def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
+    """The whole command: load, prepare, score, write ``out``; returns the metrics."""
+    from labquake_tf.data import prepare, splits
+    from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
+
+    model, manifest = load_pretrained(model_path)
+    dataset = dataset or manifest.get("dataset")
+    if not dataset:
+        raise ValueError(f"{model_path}: manifest has no 'dataset'; pass --dataset")
+    if ratios is None:
+        same = dataset == manifest.get("dataset")
+        ratios = manifest.get("request", {}).get("split") if same else None
+        ratios = ratios or splits.FINETUNE_RATIOS
+    targets = manifest.get("target_names")
+    out = pathlib.Path(out or pathlib.Path(model_files(model_path)[0]).parent
+                       / f"eval-{pathlib.Path(str(dataset)).stem}-{split}")
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            prepare.prepare(dataset, pathlib.Path(data_dir) / "data", seq_len=int(model.input_shape[1]),
+                            targets=targets, split=ratios)
+            (work / "plots").mkdir()
+            result, p = evaluate_model(model, pathlib.Path(data_dir) / "data", split, work / "plots",
+                                       title=f"{dataset}/{split}")
+        history = pathlib.Path(model_files(model_path)[0]).parent / "history.csv"
+        if history.exists():
+            _plot_history(history, work / "plots" / "loss.png")
+        result.update(model=str(model_path), dataset=str(dataset), split_ratios=list(ratios))
+        write_json(work / "metrics.json", result)
+        _write_predictions(work / "predictions.csv", p)
+        shutil.rmtree(out, ignore_errors=True)
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result, out
+
+
+def _plot_history(path, png):
+    from labquake_tf.training.trainer import read_history
+
+    history = read_history(path)
+    curves = {k: v for k, v in history.items() if k in ("loss", "val_loss")}
+    if curves:
+        figures.plot_curves(png, history.get("epoch", range(len(next(iter(curves.values()))))),
+                            curves, "epoch", "MSE (scaled)")
+
+
+def _write_predictions(path, p):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["time", *(f"{n}_{kind}" for n in p["names"] for kind in ("true", "pred"))])
+        for t, yt, yp in zip(p["time"], p["true"], p["pred"]):
+            writer.writerow([f"{t:.6f}", *(f"{v:.6g}" for pair in zip(yt, yp) for v in pair)])
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="run dir, .keras file (manifest.json beside it) or "
+                        "exported SavedModel version dir")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name or record path (default: the one the model trained on)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--ratios", default=None,
+                        help="train,val,test event ratios (default: the model's own on its "
+                             "dataset, 0.5,0.1,0.4 elsewhere)")
+    parser.add_argument("--out", default=None, help="output dir (default: beside the model)")
+
+
+def run(args):
+    from labquake_tf.data.splits import parse_ratios
+
+    ratios = parse_ratios(args.ratios) if args.ratios else None
+    result, out = evaluate(args.model, args.dataset, args.split, args.out, ratios)
+    for name, m in result["targets"].items():
+        line = (f"{name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}"
+                f" (scaled RMSE {m['rmse_scaled']:.4g})")
+        if name in result["events"]:
+            line += f"; per-event failure-time MAE {result['events'][name]['mae_s']:.3g} s"
+        print(line)
+    print(f"wrote {out}/metrics.json, predictions.csv, plots/")
+    return 0
