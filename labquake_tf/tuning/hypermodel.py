@@ -1,0 +1,143 @@
+"""``TCNHyperModel``: the TCN and its training recipe as a KerasTuner hyper-model.
+
+``build`` draws the architecture and the optimiser settings and compiles through
+``training.compile_model`` (the pretraining recipe); ``fit`` rebuilds the
+datasets because ``seq_len`` and ``batch_size`` are hyper-parameters too.
+"""
+
+import dataclasses
+
+import keras
+import keras_tuner as kt
+
+from labquake_tf.data import pipeline
+from labquake_tf.models import build_tcn, decoder_blocks, receptive_field
+from labquake_tf.training import TrainConfig, compile_model, load_pretrained
+from labquake_tf.training.trainer import count_steps
+from labquake_tf.tuning import space as space_lib
+from labquake_tf.tuning.objective import PhysicalRMSE
+
+
+class TCNHyperModel(kt.HyperModel):
+    """Searches blocks, filters, kernel size, dropout, seq_len and the optimiser.
+
+    Args:
+        data_dir: prepared shards + ``manifest.json`` (``labquake prepare``).
+        space: a search-space dict (``space.load_space``); defaults when None.
+        targets: target names to predict; all of the manifest's when None.
+        config: the ``TrainConfig`` the tuned values override.
+        physical_rmse: also track ``rmse_phys`` (the ``val_rmse_phys`` objective).
+    """
+
+    def __init__(self, data_dir, space=None, targets=None, config=None,
+                 physical_rmse=False, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir = str(data_dir)
+        self.manifest = pipeline.load_manifest(data_dir)
+        self.space = space_lib.load_space() if space is None else dict(space)
+        self.targets = list(targets or self.manifest["target_names"])
+        self.config = config or TrainConfig()
+        self.physical_rmse = physical_rmse
+        self.seed = seed
+        self._steps = {}
+        self._check_first_trial()
+
+    def build(self, hp):
+        params = {name: space_lib.declare(hp, name, self.space[name])
+                  for name in space_lib.HYPERPARAMETERS}
+        self._check_receptive_field(params)
+        return self._compile(self.make_model(params), params)
+
+    def make_model(self, params):
+        return build_tcn(
+            params["seq_len"], n_features=len(self.manifest["feature_names"]),
+            n_targets=len(self.targets), filters=params["filters"],
+            kernel_size=params["kernel_size"], blocks=params["blocks"],
+            dropout=params["dropout"])
+
+    def fit(self, hp, model, *args, **kwargs):
+        kwargs.setdefault("verbose", 0)
+        kwargs.setdefault("steps_per_epoch", self.config.steps_per_epoch)
+        train, val = (self._dataset(hp.values, split) for split in ("train", "val"))
+        return model.fit(train, validation_data=val, **kwargs)
+
+    def train_config(self, params):
+        """The ``TrainConfig`` with this trial's optimiser values."""
+        return dataclasses.replace(
+            self.config, learning_rate=params["learning_rate"],
+            weight_decay=params["weight_decay"], clipnorm=params["clipnorm"],
+            batch_size=params["batch_size"])
+
+    def _compile(self, model, params):
+        config = self.train_config(params)
+        compile_model(model, config, self._steps_per_epoch(params))
+        if self.physical_rmse:
+            # compile_model fixes its metrics; add ours on the same optimizer and loss.
+            model.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=config.jit_compile,
+                          metrics=[keras.metrics.RootMeanSquaredError(name="rmse"),
+                                   PhysicalRMSE.from_manifest(self.manifest, self.targets)])
+        return model
+
+    def _dataset(self, params, split):
+        return pipeline.make_dataset(
+            self.data_dir, split, seq_len=params["seq_len"], targets=self.targets,
+            batch_size=params["batch_size"], shuffle=split == "train", seed=self.seed,
+            repeat=split == "train" and self.config.steps_per_epoch is not None)
+
+    def _steps_per_epoch(self, params):
+        # The cosine period is in epochs; the schedule counts optimizer steps.
+        if self.config.steps_per_epoch:
+            return self.config.steps_per_epoch
+        key = params["seq_len"], params["batch_size"]
+        if key not in self._steps:
+            self._steps[key] = count_steps(self._dataset(params, "train"))
+        return self._steps[key]
+
+    def _check_receptive_field(self, params):
+        # Steps before the receptive field cannot reach the prediction at the
+        # window's last step: such a trial would pay for data it never sees.
+        field = receptive_field(params["kernel_size"], params["blocks"])
+        if params["seq_len"] > field:
+            raise kt.errors.FailedTrialError(
+                f"seq_len {params['seq_len']} exceeds the receptive field {field} of "
+                f"{params['blocks']} blocks with kernel {params['kernel_size']}; skipped")
+
+    def _check_first_trial(self):
+        # KerasTuner builds the first value of every spec to discover the space;
+        # if that one is out of reach the whole search cannot start.
+        first = {name: space_lib.values(self.space[name])[0] for name in space_lib.ARCHITECTURE + ("seq_len",)}
+        try:
+            self._check_receptive_field(first)
+        except kt.errors.FailedTrialError as err:
+            raise ValueError(f"search space: its first values are invalid: {err}") from None
+
+
+class FrozenDecoderHyperModel(TCNHyperModel):
+    """Tunes the head and the training on top of a pretrained model's first ``blocks``
+    decoder blocks, frozen. Architecture values come from the pretrained model.
+
+    Args:
+        pretrained: anything ``training.load_pretrained`` takes (run dir, .keras, export).
+        blocks: how many of its decoder blocks to keep.
+    """
+
+    def __init__(self, pretrained, data_dir, blocks, space=None, **kwargs):
+        self.pretrained, _ = load_pretrained(pretrained)
+        available = decoder_blocks(self.pretrained)
+        if not 1 <= blocks <= len(available):
+            raise ValueError(f"--blocks {blocks}: {pretrained} has {len(available)} decoder blocks")
+        fixed = {"blocks": blocks, "filters": available[0].filters,
+                 "kernel_size": available[0].kernel_size}
+        space = {**(space_lib.load_space() if space is None else space), **fixed}
+        super().__init__(data_dir, space=space, **kwargs)
+        n_features = self.pretrained.input_shape[-1]
+        if n_features != len(self.manifest["feature_names"]):
+            raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
+                             f"but {pretrained} was trained on {n_features}")
+
+    def make_model(self, params):
+        model = super().make_model(params)
+        for source, block in zip(decoder_blocks(self.pretrained), decoder_blocks(model)):
+            block.set_weights(source.get_weights())
+            block.trainable = False
+        return model

@@ -1,0 +1,99 @@
+"""``labquake tune``: a KerasTuner search over the TCN and its training recipe.
+
+Writes the KerasTuner project (resumable), ``trials.csv`` / ``trials.md`` /
+``score_vs_trial.png`` into the project dir, and exports the best model to
+``saved_models/NAME/VERSION``. Run the same command with the ``KERASTUNER_*``
+variables set for a chief/worker search (see ``search.py``): workers only run
+trials; the chief writes the results.
+"""
+
+import pathlib
+import time
+
+import keras
+
+from labquake_tf.training import TrainConfig, get_strategy, set_precision
+from labquake_tf.tuning import objective as objective_lib
+from labquake_tf.tuning import results, search
+from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
+from labquake_tf.tuning.space import load_space
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", required=True, help="prepared data dir (labquake prepare)")
+    parser.add_argument("--tuner", choices=sorted(search.TUNERS), default="hyperband")
+    parser.add_argument("--objective", choices=objective_lib.OBJECTIVES, default="val_loss",
+                        help="val_rmse_phys: validation RMSE in physical units, mean over targets")
+    parser.add_argument("--max-trials", type=int, default=10)
+    parser.add_argument("--max-epochs", type=int, default=10,
+                        help="epochs per trial (Hyperband: of the longest bracket)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="launch no trial after this many seconds")
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience,
+                        help="early stopping inside each trial")
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--space", default=None, help="search-space JSON (defaults: search_space.json)")
+    parser.add_argument("--targets", nargs="+", default=None)
+    parser.add_argument("--project-dir", default="tuning/tcn")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh instead of resuming the project dir")
+    parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--from", dest="pretrained", default=None,
+                        help="tune the head on top of this pretrained model's frozen decoder")
+    parser.add_argument("--blocks", type=int, default=None,
+                        help="with --from: how many pretrained blocks to keep")
+    parser.add_argument("--name", default="tcn_tuned", help="export name under --export-dir")
+    parser.add_argument("--export-dir", default="saved_models")
+    parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=0)
+
+
+def run(args):
+    if args.pretrained and not args.blocks:
+        raise SystemExit("labquake tune: --from needs --blocks K")
+    config = TrainConfig(epochs=args.max_epochs, patience=args.patience, seed=args.seed,
+                         steps_per_epoch=args.steps_per_epoch, strategy=args.strategy,
+                         precision=args.precision, verbose=args.verbose)
+    set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    hyper_kwargs = dict(space=load_space(args.space), targets=args.targets, config=config,
+                        physical_rmse=args.objective == "val_rmse_phys", seed=args.seed)
+    if args.pretrained:
+        hypermodel = FrozenDecoderHyperModel(args.pretrained, args.data, args.blocks, **hyper_kwargs)
+    else:
+        hypermodel = TCNHyperModel(args.data, **hyper_kwargs)
+    tuner = search.make_tuner(
+        args.tuner, hypermodel, objective_lib.objective(args.objective), args.project_dir,
+        max_trials=args.max_trials, max_epochs=args.max_epochs, overwrite=args.overwrite,
+        strategy=get_strategy(config.strategy), seed=args.seed)
+    search.stop_after(tuner, args.time_limit)
+
+    start = time.monotonic()
+    early_stop = keras.callbacks.EarlyStopping(monitor=args.objective, mode="min", patience=args.patience)
+    tuner.search(epochs=args.max_epochs, callbacks=[early_stop], verbose=args.verbose)
+    if not search.is_coordinator(tuner):
+        return 0  # a worker: the chief holds the trials and writes the results
+
+    rows = results.write_summary(tuner.oracle, args.project_dir)
+    print(results.markdown_table(rows, list(rows[0]) if rows else []))
+    print(f"{len(rows)} trials in {time.monotonic() - start:.0f} s; summary in {args.project_dir}")
+    if not args.no_export:
+        print(f"best model exported to {export_best(tuner, hypermodel, args)}")
+    return 0
+
+
+def export_best(tuner, hypermodel, args):
+    """The best trial's best-epoch checkpoint, exported with the data manifest."""
+    from labquake_tf.serving.export import export_model
+
+    best = tuner.oracle.get_best_trials(1)
+    if not best:
+        raise SystemExit(f"labquake tune: no trial in {args.project_dir} finished; nothing to export")
+    model = tuner.load_model(best[0])
+    tuning = {"tuner": args.tuner, "objective": args.objective, "score": best[0].score,
+              "trial": best[0].trial_id, "hyperparameters": best[0].hyperparameters.values,
+              "project_dir": str(pathlib.Path(args.project_dir).resolve())}
+    return export_model(model, hypermodel.manifest, args.name, base_dir=args.export_dir,
+                        extra_metadata={"tuning": tuning})
