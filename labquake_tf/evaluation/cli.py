@@ -95,6 +95,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     targets = manifest.get("target_names")
     out = pathlib.Path(out or pathlib.Path(model_files(model_path)[0]).parent
                        / f"eval-{pathlib.Path(str(dataset)).stem}-{split}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory() as data_dir:

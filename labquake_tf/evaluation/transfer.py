@@ -1,0 +1,147 @@
+"""``labquake transfer-matrix``: each source model applied to each target, zero-shot and fine-tuned.
+
+The paper's Fig. 2 idea on the data at hand: a model trained on a source
+experiment predicts a target experiment as it is (zero-shot) and after
+fine-tuning its head on the target (``training.finetune``). Writes
+``OUT/transfer.csv``, ``OUT/transfer.md`` and one heat map per mode
+(``OUT/transfer_zero-shot.png``, ``OUT/transfer_fine-tuned.png``).
+
+On the diagonal (source = target) the zero-shot cell is the source model's own
+held-out test score, and there is no fine-tuned cell: fine-tuning splits the
+events 5:1:4, so its training part would overlap the source's training events.
+Off the diagonal, both modes score the target's last 40 % of events.
+"""
+
+import csv
+import pathlib
+import shutil
+
+import numpy as np
+
+from labquake_tf.evaluation import figures
+
+DEFAULT_SOURCES = ("synthetic-biaxial", "p4581", "p5198")
+DEFAULT_TARGETS = ("p4581", "p5198")
+MODES = ("zero-shot", "fine-tuned")
+
+
+def train_run(dataset, out_dir, target, model_kwargs, config, split=(0.7, 0.1, 0.2)):
+    """Train ``build_tcn(**model_kwargs)`` on ``dataset`` from scratch into a run dir."""
+    from labquake_tf.data import pipeline, prepare
+    from labquake_tf.models import build_tcn
+    from labquake_tf.training import train
+    from labquake_tf.training.artifacts import write_json
+
+    out_dir = pathlib.Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".partial")
+    seq_len = model_kwargs["seq_len"]
+    manifest = prepare.prepare(dataset, work / "data", seq_len=seq_len, targets=[target],
+                               split=split)
+    kwargs = {**model_kwargs, "n_features": len(manifest["feature_names"]), "n_targets": 1}
+    datasets = [pipeline.make_dataset(work / "data", s, batch_size=config.batch_size,
+                                      shuffle=s == "train", seed=config.seed)
+                for s in ("train", "val")]
+    model, _ = train(lambda: build_tcn(**kwargs), *datasets, config, work)
+    write_json(work / "manifest.json", manifest)
+    write_json(work / "config.json", {"model": kwargs, "preset": None, "train": config.to_dict()})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    work.rename(out_dir)
+    return model
+
+
+def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, seq_len=None,
+                    config=None):
+    """Score every run in ``runs`` ({source name: run dir}) on every target dataset.
+
+    Returns rows ``{"source", "target", "mode", "rmse", "r2", "units"}`` and writes
+    the CSV, Markdown and heat maps into ``out_dir``.
+    """
+    from labquake_tf.evaluation.cli import evaluate
+    from labquake_tf.training.finetune import finetune
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for source, run in runs.items():
+        for dataset in targets:
+            result, _ = evaluate(run, dataset, "test", out_dir / "zero-shot" / f"{source}-{dataset}")
+            rows.append(_row(source, dataset, "zero-shot", result, target))
+            if dataset == source:
+                continue
+            _, summary = finetune(run, dataset, out_dir / "fine-tuned" / f"{source}-{dataset}",
+                                  target=target, blocks=blocks, seq_len=seq_len, config=config)
+            rows.append(_row(source, dataset, "fine-tuned", summary["metrics"]["test"], target))
+    write_tables(rows, out_dir)
+    return rows
+
+
+def _row(source, dataset, mode, metrics, target):
+    m = metrics["targets"][target]
+    return {"source": source, "target": dataset, "mode": mode, "rmse": m["rmse"], "r2": m["r2"],
+            "units": m["units"]}
+
+
+def write_tables(rows, out_dir):
+    """``transfer.csv``, ``transfer.md`` and a heat map per mode from result rows."""
+    out_dir = pathlib.Path(out_dir)
+    with open(out_dir / "transfer.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["source", "target", "mode", "rmse", "r2", "units"])
+        writer.writeheader()
+        writer.writerows(rows)
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    units = rows[0]["units"] if rows else ""
+    lines = []
+    for mode in MODES:
+        grid = np.full((len(sources), len(targets)), np.nan)
+        for r in rows:
+            if r["mode"] == mode:
+                grid[sources.index(r["source"]), targets.index(r["target"])] = r["rmse"]
+        lines += [f"### {mode} test RMSE ({units})", "",
+                  "| source \\ target | " + " | ".join(targets) + " |",
+                  "|---|" + "---|" * len(targets)]
+        lines += [f"| {s} | " + " | ".join("—" if np.isnan(v) else f"{v:.4g}" for v in grid[i]) + " |"
+                  for i, s in enumerate(sources)]
+        lines.append("")
+        figures.plot_matrix(out_dir / f"transfer_{mode}.png", grid, sources, targets,
+                            f"{mode} test RMSE ({units})")
+    (out_dir / "transfer.md").write_text("\n".join(lines))
+
+
+def add_arguments(parser):
+    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                        help="datasets to pretrain on (comma separated)")
+    parser.add_argument("--runs", default=None,
+                        help="use existing source models instead: NAME=RUN_DIR,... "
+                             "(NAME is the dataset it trained on)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
+    parser.add_argument("--target", default="shear_stress", choices=("shear_stress", "ttsf", "ttef"))
+    parser.add_argument("--preset", default="small", help="TCN preset of the source models")
+    parser.add_argument("--epochs", type=int, default=30, help="source pretraining epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--blocks", type=int, default=None, help="fine-tuned decoder blocks")
+    parser.add_argument("--seq-len", type=int, default=None, help="fine-tuning window")
+    parser.add_argument("--out", default="runs/transfer")
+
+
+def run(args):
+    from labquake_tf.models import PRESETS
+    from labquake_tf.training import TrainConfig
+
+    out = pathlib.Path(args.out)
+    if args.runs:
+        runs = dict(item.split("=", 1) for item in args.runs.split(","))
+    else:
+        if args.preset not in PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+        config = TrainConfig(epochs=args.epochs, patience=10, verbose=2)
+        runs = {}
+        for source in args.sources.split(","):
+            runs[source] = out / "sources" / source
+            train_run(source, runs[source], args.target, PRESETS[args.preset], config)
+    ft_config = TrainConfig(epochs=args.finetune_epochs, patience=10, verbose=0)
+    rows = transfer_matrix(runs, args.targets.split(","), out, args.target, args.blocks,
+                           args.seq_len, ft_config)
+    print((out / "transfer.md").read_text())
+    print(f"wrote {out}/transfer.csv, transfer.md, transfer_*.png ({len(rows)} cells)")
+    return 0
