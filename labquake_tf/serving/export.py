@@ -152,6 +152,8 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
     t_min, t_scale = affine("targets")
     spec = tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME)
 
+    # One tf.function for both signatures: the model is traced once, not twice.
+    @tf.function(input_signature=[spec], autograph=False)
     def scaled(x):
         # A mixed_float16 model computes in float16; the signature stays float32.
         y = model(tf.cast(x, model.inputs[0].dtype), training=False)

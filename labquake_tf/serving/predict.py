@@ -1,0 +1,100 @@
+"""``labquake predict``: stream a record's windows through a REST server, write CSV + plot.
+
+    labquake predict --server http://localhost:8501 --model p4581 --input p5198
+
+The server may be TF Serving or ``labquake serve``; the window length and feature
+count come from the model's ``serving_default`` signature, so the client needs no
+copy of the model.
+"""
+
+import csv
+import os
+import pathlib
+
+import numpy as np
+
+from labquake_tf.serving.client import Client
+
+
+def predict_record(client, record, batch_size=256, signature_name="serving_default"):
+    """``(time, {output: values})`` for every full window of ``record``."""
+    inputs, _ = client.signature(signature_name)
+    if len(inputs) != 1:
+        raise ValueError(f"{client.model}: expected one input, the signature has {sorted(inputs)}")
+    (shape,) = inputs.values()
+    seq_len, n_features = shape[1], shape[2]
+    if record.features.shape[1] != n_features:
+        raise ValueError(f"{record.name}: {record.features.shape[1]} feature column(s) "
+                         f"{record.feature_names}, the model takes {n_features}")
+    if len(record) < seq_len:
+        raise ValueError(f"{record.name}: {len(record)} steps, shorter than one "
+                         f"{seq_len}-step window")
+    outputs = client.predict_series(record.features, seq_len, batch_size, signature_name)
+    return record.time[seq_len - 1:], outputs
+
+
+def write_csv(path, time, outputs, record, offset):
+    """time, then per output its prediction and, when the record has it, the truth."""
+    names = sorted(outputs)
+    truth = [n for n in names if n in record.targets]
+    header = ["time"] + names + [f"{n}_true" for n in truth] + ["label_mask"]
+    columns = [time] + [outputs[n] for n in names] + \
+        [record.targets[n][offset:] for n in truth] + [record.label_mask[offset:].astype(int)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
+    os.replace(tmp, path)
+
+
+def plot(path, time, outputs, record, offset, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(outputs)
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.5 * len(names)), sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        if name in record.targets:
+            ax.plot(time, record.targets[name][offset:], color="0.6", lw=1, label="measured")
+        ax.plot(time, outputs[name], color="C3", lw=1, label="predicted")
+        ax.set_ylabel(name)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("time (s)")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def add_arguments(parser):
+    parser.add_argument("--server", required=True, help="REST base URL, e.g. http://localhost:8501")
+    parser.add_argument("--model", required=True, help="model name on the server")
+    parser.add_argument("--version", type=int, default=None, help="default: the newest")
+    parser.add_argument("--input", required=True,
+                        help="a dataset name (p4581, synthetic-dds, ...) or a record file")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: predictions/MODEL-RECORD)")
+    parser.add_argument("--batch-size", type=int, default=256, help="windows per request")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+
+
+def run(args):
+    from labquake_tf.data.registry import load_record
+
+    record = load_record(args.input)
+    client = Client(args.server, args.model, args.version, timeout=args.timeout)
+    time, outputs = predict_record(client, record, args.batch_size)
+    offset = len(record) - len(time)
+    out = pathlib.Path(args.out or f"predictions/{args.model}-{record.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "predictions.csv", time, outputs, record, offset)
+    plot(out / "predictions.png", time, outputs, record, offset,
+         f"{args.model} on {record.name} ({len(time)} windows)")
+    print(f"{len(time)} windows of {record.name} -> {out}/predictions.csv, predictions.png")
+    return 0
