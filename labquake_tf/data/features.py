@@ -61,15 +61,13 @@ class LogVariance:
         if n_blocks == 0:
             return out
         blocks = x.reshape(n_blocks, self.hop, x.shape[1])
-        # Squares of int16 fit int32; the sums over a block then need int64.
-        wide = np.int32 if x.dtype.itemsize <= 2 and acc is np.int64 else acc
 
         def work(lo, hi):
             b = blocks[lo:hi]
             out[lo:hi, 0] = b.sum(axis=1, dtype=acc)
-            w = b.astype(wide)
-            np.multiply(w, w, out=w)
-            out[lo:hi, 1] = w.sum(axis=1, dtype=acc)
+            # einsum multiplies and accumulates in int64 without an int32/int64
+            # copy of the block (x**2 of int16 overflows int16 and int32 sums).
+            out[lo:hi, 1] = np.einsum("ijk,ijk->ik", b, b, dtype=acc)
 
         edges = np.linspace(0, n_blocks, min(self.workers, n_blocks) + 1).astype(int)
         if len(edges) > 2:
