@@ -9,10 +9,11 @@ import dataclasses
 
 import keras
 import keras_tuner as kt
+import numpy as np
 
 from labquake_tf.data import pipeline
-from labquake_tf.models import build_tcn, decoder_blocks, receptive_field
-from labquake_tf.training import TrainConfig, compile_model, load_pretrained
+from labquake_tf.models import build_tcn, receptive_field
+from labquake_tf.training import TrainConfig, compile_model, finetune, load_pretrained
 from labquake_tf.training.trainer import count_steps
 from labquake_tf.tuning import space as space_lib
 from labquake_tf.tuning.objective import PhysicalRMSE
@@ -113,8 +114,9 @@ class TCNHyperModel(kt.HyperModel):
 
 
 class FrozenDecoderHyperModel(TCNHyperModel):
-    """Tunes the head and the training on top of a pretrained model's first ``blocks``
-    decoder blocks, frozen. Architecture values come from the pretrained model.
+    """Tunes seq_len and the training of a fresh head on top of a pretrained
+    model's first ``blocks`` decoder blocks, frozen (``training.finetune``'s
+    ``pretrained-frozen`` model). The architecture comes from the pretrained model.
 
     Args:
         pretrained: anything ``training.load_pretrained`` takes (run dir, .keras, export).
@@ -123,21 +125,26 @@ class FrozenDecoderHyperModel(TCNHyperModel):
 
     def __init__(self, pretrained, data_dir, blocks, space=None, **kwargs):
         self.pretrained, _ = load_pretrained(pretrained)
-        available = decoder_blocks(self.pretrained)
-        if not 1 <= blocks <= len(available):
-            raise ValueError(f"--blocks {blocks}: {pretrained} has {len(available)} decoder blocks")
-        fixed = {"blocks": blocks, "filters": available[0].filters,
-                 "kernel_size": available[0].kernel_size}
-        space = {**(space_lib.load_space() if space is None else space), **fixed}
-        super().__init__(data_dir, space=space, **kwargs)
-        n_features = self.pretrained.input_shape[-1]
-        if n_features != len(self.manifest["feature_names"]):
+        self.blocks = blocks
+        arch = finetune.architecture(self.pretrained)
+        # Frozen blocks are built without dropout (see training.finetune).
+        fixed = {"blocks": blocks, "filters": arch["filters"],
+                 "kernel_size": arch["kernel_size"], "dropout": 0.0}
+        super().__init__(data_dir, space={**(space or space_lib.load_space()), **fixed}, **kwargs)
+        if arch["n_features"] != len(self.manifest["feature_names"]):
             raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
-                             f"but {pretrained} was trained on {n_features}")
+                             f"but {pretrained} takes {arch['n_features']}")
+        self._windows = {}
 
     def make_model(self, params):
-        model = super().make_model(params)
-        for source, block in zip(decoder_blocks(self.pretrained), decoder_blocks(model)):
-            block.set_weights(source.get_weights())
-            block.trainable = False
+        model = finetune.build_finetune_model(self.pretrained, params["seq_len"], self.blocks,
+                                              n_targets=len(self.targets))
+        finetune.adapt_input_norm(model, self._train_windows(params["seq_len"]))
         return model
+
+    def _train_windows(self, seq_len):
+        if seq_len not in self._windows:
+            ds = pipeline.make_dataset(self.data_dir, "train", seq_len=seq_len,
+                                       targets=self.targets, batch_size=1024)
+            self._windows[seq_len] = np.concatenate([x.numpy() for x, _ in ds])
+        return self._windows[seq_len]

@@ -12,15 +12,20 @@ import time
 
 import keras
 
+from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.training import TrainConfig, get_strategy, set_precision
 from labquake_tf.tuning import objective as objective_lib
 from labquake_tf.tuning import results, search
 from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
-from labquake_tf.tuning.space import load_space
+from labquake_tf.tuning.space import load_space, values
 
 
 def add_arguments(parser):
-    parser.add_argument("--data", required=True, help="prepared data dir (labquake prepare)")
+    parser.add_argument("--dataset", default="synthetic-dds",
+                        help="dataset name or record path, prepared into PROJECT_DIR/data")
+    parser.add_argument("--data", default=None,
+                        help="an already prepared data dir instead (labquake prepare); "
+                             "use this for chief/worker runs so only one process prepares")
     parser.add_argument("--tuner", choices=sorted(search.TUNERS), default="hyperband")
     parser.add_argument("--objective", choices=objective_lib.OBJECTIVES, default="val_loss",
                         help="val_rmse_phys: validation RMSE in physical units, mean over targets")
@@ -34,7 +39,8 @@ def add_arguments(parser):
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--space", default=None, help="search-space JSON (defaults: search_space.json)")
     parser.add_argument("--targets", nargs="+", default=None)
-    parser.add_argument("--project-dir", default="tuning/tcn")
+    parser.add_argument("--project-dir", default=None,
+                        help="search state, data and results (default tuning/DATASET-TUNER)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh instead of resuming the project dir")
     parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto")
@@ -43,7 +49,8 @@ def add_arguments(parser):
                         help="tune the head on top of this pretrained model's frozen decoder")
     parser.add_argument("--blocks", type=int, default=None,
                         help="with --from: how many pretrained blocks to keep")
-    parser.add_argument("--name", default="tcn_tuned", help="export name under --export-dir")
+    parser.add_argument("--name", default=None,
+                        help="export name under --export-dir (default: the project dir's name)")
     parser.add_argument("--export-dir", default="saved_models")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,14 +65,18 @@ def run(args):
                          precision=args.precision, verbose=args.verbose)
     set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    hyper_kwargs = dict(space=load_space(args.space), targets=args.targets, config=config,
+    project = pathlib.Path(args.project_dir or
+                           f"tuning/{pathlib.Path(args.dataset).stem}-{args.tuner}")
+    space = load_space(args.space)
+    data_dir = args.data or prepare_data(args.dataset, project / "data", space, args)
+    hyper_kwargs = dict(space=space, targets=args.targets, config=config,
                         physical_rmse=args.objective == "val_rmse_phys", seed=args.seed)
     if args.pretrained:
-        hypermodel = FrozenDecoderHyperModel(args.pretrained, args.data, args.blocks, **hyper_kwargs)
+        hypermodel = FrozenDecoderHyperModel(args.pretrained, data_dir, args.blocks, **hyper_kwargs)
     else:
-        hypermodel = TCNHyperModel(args.data, **hyper_kwargs)
+        hypermodel = TCNHyperModel(data_dir, **hyper_kwargs)
     tuner = search.make_tuner(
-        args.tuner, hypermodel, objective_lib.objective(args.objective), args.project_dir,
+        args.tuner, hypermodel, objective_lib.objective(args.objective), project / "search",
         max_trials=args.max_trials, max_epochs=args.max_epochs, overwrite=args.overwrite,
         strategy=get_strategy(config.strategy), seed=args.seed)
     search.stop_after(tuner, args.time_limit)
@@ -76,24 +87,48 @@ def run(args):
     if not search.is_coordinator(tuner):
         return 0  # a worker: the chief holds the trials and writes the results
 
-    rows = results.write_summary(tuner.oracle, args.project_dir)
+    rows = results.write_summary(tuner.oracle, project)
     print(results.markdown_table(rows, list(rows[0]) if rows else []))
-    print(f"{len(rows)} trials in {time.monotonic() - start:.0f} s; summary in {args.project_dir}")
+    print(f"{len(rows)} trials in {time.monotonic() - start:.0f} s; summary in {project}")
     if not args.no_export:
-        print(f"best model exported to {export_best(tuner, hypermodel, args)}")
+        path = export_best(tuner, hypermodel, args.name or project.name, args)
+        print(f"best model exported to {path}")
     return 0
 
 
-def export_best(tuner, hypermodel, args):
+def prepare_data(dataset, data_dir, space, args):
+    """Shards long enough for the longest seq_len in the space (shorter ones reuse them)."""
+    from labquake_tf.data import prepare, splits
+
+    ratios = splits.FINETUNE_RATIOS if args.pretrained else splits.PRETRAIN_RATIOS
+    prepare.prepare(dataset, data_dir, seq_len=max(values(space["seq_len"])),
+                    targets=args.targets, split=ratios, force=args.overwrite)
+    return data_dir
+
+
+def export_best(tuner, hypermodel, name, args):
     """The best trial's best-epoch checkpoint, exported with the data manifest."""
     from labquake_tf.serving.export import export_model
 
     best = tuner.oracle.get_best_trials(1)
     if not best:
-        raise SystemExit(f"labquake tune: no trial in {args.project_dir} finished; nothing to export")
+        raise SystemExit(f"labquake tune: no trial in {tuner.project_dir} finished; nothing to export")
     model = tuner.load_model(best[0])
+    manifest = model_manifest(hypermodel.manifest, hypermodel.targets,
+                              best[0].hyperparameters.get("seq_len"))
     tuning = {"tuner": args.tuner, "objective": args.objective, "score": best[0].score,
               "trial": best[0].trial_id, "hyperparameters": best[0].hyperparameters.values,
-              "project_dir": str(pathlib.Path(args.project_dir).resolve())}
-    return export_model(model, hypermodel.manifest, args.name, base_dir=args.export_dir,
+              "project_dir": str(pathlib.Path(tuner.project_dir).resolve())}
+    return export_model(model, manifest, name, base_dir=args.export_dir,
                         extra_metadata={"tuning": tuning})
+
+
+def model_manifest(manifest, targets, seq_len):
+    """The data manifest as the tuned model sees it: its window and its targets.
+
+    The shards may be prepared for longer windows and more targets than the
+    best trial uses; the export must describe the model, not the shards.
+    """
+    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).select(targets)
+    return {**manifest, "seq_len": int(seq_len), "target_names": list(targets),
+            "scaler": {**manifest["scaler"], "targets": scaler.to_dict()}}
