@@ -76,13 +76,8 @@ def test_events_are_stress_peak_to_stress_minimum():
 
 
 def test_normal_stress_noise_makes_cycles_aperiodic_and_seeded():
-    noisy = dict(normal_stress_noise=0.01, noise_time=3.0)
-    a = simulate_fault(dataclasses.replace(BASE, stiffness=0.6 * KC, **noisy), 100, dt=0.01,
-                       spinup=20, seed=1)
-    b = simulate_fault(dataclasses.replace(BASE, stiffness=0.6 * KC, **noisy), 100, dt=0.01,
-                       spinup=20, seed=1)
-    c = simulate_fault(dataclasses.replace(BASE, stiffness=0.6 * KC, **noisy), 100, dt=0.01,
-                       spinup=20, seed=2)
+    noisy = dataclasses.replace(BASE, stiffness=0.6 * KC, normal_stress_noise=0.01, noise_time=3.0)
+    a, b, c = (simulate_fault(noisy, 100, dt=0.01, spinup=20, seed=seed) for seed in (1, 1, 2))
     periodic = run(0.6, duration=100, spinup=40)
     cv = lambda r: np.diff(r.events[:, 0]).std() / np.diff(r.events[:, 0]).mean()  # noqa: E731
     assert cv(periodic) < 0.01 < 0.05 < cv(a)
