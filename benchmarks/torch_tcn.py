@@ -1,0 +1,95 @@
+"""PyTorch reference TCN and its training-step speed, for ``bench_train.py --torch-python``.
+
+Runs in its own virtualenv (torch is not a package dependency): the same architecture as
+``labquake_tf.models.build_tcn`` (BatchNorm1d over time, weight-normed causal dilated
+convs, 1x1 residual, Conv1d(64, 2, padding=1) head) and the same step (MSE, gradient
+clipping, AdamW). Prints one JSON line.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class Block(nn.Module):
+    def __init__(self, n_in, n_out, kernel_size, dilation, dropout):
+        super().__init__()
+        self.pad = (kernel_size - 1) * dilation
+        self.conv1 = weight_norm(nn.Conv1d(n_in, n_out, kernel_size, dilation=dilation))
+        self.conv2 = weight_norm(nn.Conv1d(n_out, n_out, kernel_size, dilation=dilation))
+        self.drop = nn.Dropout(dropout)
+        self.residual = nn.Conv1d(n_in, n_out, 1) if n_in != n_out else None
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.conv1(nn.functional.pad(x, (self.pad, 0)))))
+        h = self.drop(torch.relu(self.conv2(nn.functional.pad(h, (self.pad, 0)))))
+        return torch.relu(h + (x if self.residual is None else self.residual(x)))
+
+
+class TCN(nn.Module):
+    def __init__(self, seq_len, n_features, n_targets, filters, kernel_size, blocks, dropout):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(seq_len)  # input (B, T, F): channel axis 1 = time
+        widths = [n_features] + [filters] * blocks
+        self.decoder = nn.Sequential(*[Block(widths[i], widths[i + 1], kernel_size, 2 ** i,
+                                             dropout) for i in range(blocks)])
+        self.head = nn.Sequential(nn.Conv1d(filters, 64, 2, padding=1), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(64 * (seq_len + 1), 128), nn.ReLU(),
+                                  nn.Linear(128, n_targets))
+
+    def forward(self, x):
+        return self.head(self.decoder(self.norm(x).transpose(1, 2)))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name, default in [("seq-len", 64), ("n-features", 1), ("n-targets", 1),
+                          ("filters", 32), ("kernel", 4), ("blocks", 4), ("batch", 128),
+                          ("steps", 20), ("warmup", 3), ("repeats", 2),
+                          ("threads", 0)]:
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--frozen-decoder", action="store_true")
+    args = p.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = TCN(args.seq_len, args.n_features, args.n_targets, args.filters, args.kernel,
+                args.blocks, args.dropout)
+    model.train()
+    if args.frozen_decoder:
+        for module in (model.norm, model.decoder):
+            module.requires_grad_(False).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    x = torch.randn(args.batch, args.seq_len, args.n_features)
+    y = torch.randn(args.batch, args.n_targets)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return loss
+
+    for _ in range(args.warmup):
+        step()
+    best = 0.0
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        loss.item()
+        best = max(best, args.steps * args.batch / (time.perf_counter() - start))
+    print(json.dumps({"framework": f"torch {torch.__version__}",
+                      "threads": torch.get_num_threads(), "samples_per_s": round(best, 1)}))
+
+
+if __name__ == "__main__":
+    main()
