@@ -63,8 +63,10 @@ class Signature:
 
     def to_json(self):
         """The ``SignatureDef`` as TF Serving's metadata endpoint writes it."""
+        from tensorflow.core.framework import types_pb2
+
         def tensors(specs, prefix):
-            return {name: {"dtype": f"DT_{spec.dtype.name.upper()}",
+            return {name: {"dtype": types_pb2.DataType.Name(spec.dtype.as_datatype_enum),
                            "tensor_shape": {"dim": [{"size": str(d), "name": ""}
                                                     for d in _dims(spec.shape)],
                                             "unknown_rank": False},
