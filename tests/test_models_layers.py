@@ -60,3 +60,11 @@ def test_weight_norm_conv_under_mixed_float16_keeps_float32_weights():
     assert y.dtype == "float16"
     assert layer.v.dtype == layer.g.dtype == "float32"
     assert keras.backend.standardize_dtype(layer.kernel().dtype) == "float16"
+
+
+def test_frozen_block_skips_dropout():
+    block = TCNBlock(4, 2, dropout=0.5)
+    x = np.ones((2, 6, 4), "float32")
+    assert not np.allclose(block(x, training=True), block(x, training=True))
+    block.trainable = False
+    np.testing.assert_array_equal(block(x, training=True), block(x, training=False))

@@ -58,7 +58,9 @@ class WeightNormConv1D(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="labquake_tf")
 class TCNBlock(keras.layers.Layer):
     """One residual TCN block: (weight-normed causal conv -> ReLU -> dropout) x 2,
-    plus the input (through a 1x1 conv when the widths differ), then ReLU."""
+    plus the input (through a 1x1 conv when the widths differ), then ReLU.
+
+    With ``trainable=False`` the block skips dropout even at train time."""
 
     def __init__(self, filters, kernel_size, dilation_rate=1, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -84,6 +86,9 @@ class TCNBlock(keras.layers.Layer):
         self.conv2.build((*input_shape[:-1], self.filters))
 
     def call(self, inputs, training=None):
+        # A frozen block runs in inference mode, as Keras' BatchNormalization and a
+        # PyTorch module in eval() do: a frozen pretrained decoder stays deterministic.
+        training = training if self.trainable else False
         h = self.drop1(ops.relu(self.conv1(inputs)), training=training)
         h = self.drop2(ops.relu(self.conv2(h)), training=training)
         skip = inputs if self.residual is None else self.residual(inputs)
