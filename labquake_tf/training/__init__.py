@@ -1,1 +1,13 @@
+"""Training: strategy and precision, the training loop, pretraining and fine-tuning jobs.
 
+``train(build_fn, train_ds, val_ds, TrainConfig(...), out_dir)`` is the whole
+API most callers need; ``load_pretrained`` reads back what a job left.
+"""
+
+from labquake_tf.training.artifacts import load_pretrained
+from labquake_tf.training.config import TrainConfig
+from labquake_tf.training.strategy import get_strategy, set_precision
+from labquake_tf.training.trainer import compile_model, make_optimizer, train
+
+__all__ = ["TrainConfig", "compile_model", "get_strategy", "load_pretrained",
+           "make_optimizer", "set_precision", "train"]

@@ -1,0 +1,170 @@
+"""A training loop of our own, for MultiWorkerMirroredStrategy.
+
+Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585), so this loop runs the compiled model's optimizer
+(AdamW, cosine schedule, clipping, loss scaling) with ``strategy.run`` and
+reproduces what ``train``'s callbacks do with ``fit``: backup and resume
+(``tf.train.CheckpointManager``), best ``model.keras``, early stopping with
+best weights restored, ``history.csv``, TensorBoard scalars, stop on NaN.
+Only the chief writes the run directory.
+"""
+
+import csv
+import math
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from labquake_tf.training import trainer
+
+
+def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_per_epoch):
+    chief = _is_chief(strategy)
+    optimizer = model.optimizer
+    train_step, eval_step = _steps(model, optimizer, strategy)
+    # Endless iterators taken a known number of steps: ending a distributed
+    # iteration makes the workers agree on end-of-data, which costs seconds.
+    train_batches = _batches(train_ds, strategy)
+    if val_ds is not None:
+        val_steps = trainer.count_steps(val_ds)
+        val_batches = _batches(val_ds, strategy)
+
+    with strategy.scope():
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # Every worker saves (saving may need collectives); only the chief's copy is kept.
+    backup_dir = out_dir / "backup" if chief else out_dir / f".backup-worker{_task_id(strategy)}"
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var),
+        str(backup_dir), max_to_keep=1)
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint)
+    start = int(epoch_var.numpy())
+    history = _resumed_history(out_dir / "history.csv", start)
+
+    monitor = "val_loss" if val_ds is not None else "loss"
+    best, best_weights, wait = math.inf, None, 0
+    writer = tf.summary.create_file_writer(str(out_dir / "tensorboard")) if chief else None
+    for epoch in range(start, config.epochs):
+        if config.verbose and chief:
+            print(f"Epoch {epoch + 1}/{config.epochs}")
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=config.verbose if chief else 0)
+        sums = np.zeros(2)
+        for step in range(steps_per_epoch):
+            sums += train_step(*next(train_batches)).numpy()
+            bar.update(step + 1, [("loss", sums[0] / sums[1])])
+        logs = {"loss": sums[0] / sums[1], "rmse": math.sqrt(sums[0] / sums[1])}
+        if val_ds is not None:
+            val = sum(eval_step(*next(val_batches)).numpy() for _ in range(val_steps))
+            logs.update(val_loss=val[0] / val[1], val_rmse=math.sqrt(val[0] / val[1]))
+        logs = {k: float(v) for k, v in logs.items()}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if config.verbose and chief:
+            print(" - ".join(f"{k}: {v:.4g}" for k, v in logs.items()))
+        if not np.isfinite(logs["loss"]):
+            print(f"Epoch {epoch + 1}: invalid loss, terminating training")
+            break
+        history.append({"epoch": epoch, **logs})
+
+        improved = logs[monitor] < best
+        if improved:
+            best, best_weights, wait = logs[monitor], model.get_weights(), 0
+        else:
+            wait += 1
+        epoch_var.assign(epoch + 1)
+        manager.save()
+        if chief:
+            if improved:
+                trainer.save_model(model, out_dir / "model.keras")
+            _write_history(out_dir / "history.csv", history)
+            with writer.as_default(step=epoch):
+                for key, value in logs.items():
+                    tf.summary.scalar(key, value)
+        if wait >= config.patience:
+            if chief and config.verbose:
+                print(f"Epoch {epoch + 1}: early stopping")
+            break
+
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    if chief:
+        trainer.save_model(model, out_dir / "model.keras")
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    return trainer.read_history(out_dir / "history.csv") if chief else _columns(history)
+
+
+def _steps(model, optimizer, strategy):
+    scale_loss = getattr(optimizer, "scale_loss", lambda loss: loss)
+
+    def squared_error(x, y, training):
+        pred = model(x, training=training)
+        err = tf.reduce_mean(tf.square(tf.cast(y, tf.float32) - tf.cast(pred, tf.float32)), axis=-1)
+        return err, tf.stack([tf.reduce_sum(err), tf.cast(tf.size(err), tf.float32)])
+
+    def replica_train(x, y):
+        with tf.GradientTape() as tape:
+            err, sums = squared_error(x, y, True)
+            # Mean over the GLOBAL batch: the optimizer sums gradients over replicas.
+            loss = tf.nn.compute_average_loss(err)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return sums
+
+    def replica_eval(x, y):
+        return squared_error(x, y, False)[1]
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y):
+        return strategy.reduce("SUM", strategy.run(replica_train, args=(x, y)), axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(x, y):
+        return strategy.reduce("SUM", strategy.run(replica_eval, args=(x, y)), axis=None)
+
+    return train_step, eval_step
+
+
+def _batches(dataset, strategy):
+    # Shard by element: FILE sharding fails when a split has fewer shards than workers.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return iter(strategy.experimental_distribute_dataset(dataset.repeat().with_options(options)))
+
+
+def _is_chief(strategy):
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _task_id(strategy):
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}{resolver.task_id}"
+
+
+def _resumed_history(path, start):
+    if start == 0 or not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
+    return [{k: int(v) if k == "epoch" else float(v) for k, v in r.items()} for r in rows]
+
+
+def _write_history(path, history):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def _columns(history):
+    return {key: [row[key] for row in history] for key in history[0]} if history else {}

@@ -1,0 +1,123 @@
+"""``train``: build a model under the strategy, compile it, fit it with callbacks.
+
+The default and mirrored strategies use ``model.fit`` with Keras' own callbacks.
+``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3
+(keras-team/keras#20585), so that strategy goes through ``loop.fit_distributed``,
+which reproduces the callbacks' effects over the same model and optimizer.
+Two paths, because ``fit`` keeps Keras' tested callbacks where it works.
+"""
+
+import csv
+import math
+import os
+import pathlib
+
+import keras
+import tensorflow as tf
+
+from labquake_tf.training.strategy import get_strategy, set_precision
+
+
+def make_optimizer(config, steps_per_epoch):
+    """AdamW on a cosine schedule that restarts every ``cosine_period`` epochs."""
+    schedule = keras.optimizers.schedules.CosineDecayRestarts(
+        config.learning_rate, first_decay_steps=int(config.cosine_period * steps_per_epoch),
+        t_mul=1.0, m_mul=1.0)
+    return keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=config.weight_decay,
+        global_clipnorm=config.clipnorm or None)
+
+
+def compile_model(model, config, steps_per_epoch):
+    """MSE loss, RMSE metric; loss scaling is added by Keras under mixed_float16."""
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch), loss="mse",
+        metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+        jit_compile=config.jit_compile)
+    return model
+
+
+def count_steps(dataset):
+    """Batches in one pass; TFRecord datasets do not know their cardinality."""
+    n = int(dataset.cardinality())
+    if n == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("dataset repeats forever: set TrainConfig.steps_per_epoch")
+    if n < 0:
+        n = int(dataset.reduce(0, lambda count, _: count + 1))
+    if n == 0:
+        raise ValueError("training dataset is empty")
+    return n
+
+
+def train(build_fn, train_ds, val_ds, config, out_dir):
+    """Train ``build_fn()`` on batched datasets; returns ``(model, history_dict)``.
+
+    ``out_dir`` receives ``model.keras`` (best epoch), ``history.csv``,
+    ``tensorboard/`` and, while running, ``backup/``: a run started again with
+    the same ``out_dir`` resumes after the last completed epoch.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = get_strategy(config.strategy)
+    set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    steps = config.steps_per_epoch or count_steps(train_ds)
+    with strategy.scope():
+        model = build_fn()
+        compile_model(model, config, steps)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from labquake_tf.training.loop import fit_distributed
+
+        history = fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps)
+    else:
+        history = _fit(model, train_ds, val_ds, config, out_dir)
+    return model, history
+
+
+def _fit(model, train_ds, val_ds, config, out_dir):
+    backup = out_dir / "backup"
+    if not backup.exists():
+        # A fresh run: CSVLogger appends (so resumed runs keep their first
+        # epochs), which must not extend a previous run's history.
+        (out_dir / "history.csv").unlink(missing_ok=True)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor=monitor,
+                                        save_best_only=True),
+        # Scalars only: writing the graph costs seconds per run.
+        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
+    # EarlyStopping restored the best weights; the checkpoint may hold a worse
+    # epoch when the run was resumed (ModelCheckpoint forgets its best).
+    save_model(model, out_dir / "model.keras")
+    return read_history(out_dir / "history.csv")
+
+
+def save_model(model, path):
+    """``model.save`` through a temporary file, so a kill never leaves half a file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def read_history(path):
+    """history.csv as ``{column: [values]}`` (epoch as int, the rest as float;
+    CSVLogger's "NA" for a missing value becomes NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    def value(key, text):
+        return int(text) if key == "epoch" else float("nan" if text == "NA" else text)
+
+    history = {key: [value(key, r[key]) for r in rows] for key in rows[0]}
+    # A resumed fit can log a column its first part did not (e.g. val_loss).
+    return {k: v for k, v in history.items() if not all(map(math.isnan, v))}
