@@ -38,8 +38,10 @@ def train_run(dataset, out_dir, target, model_kwargs, config, split=(0.7, 0.1, 0
     manifest = prepare.prepare(dataset, work / "data", seq_len=seq_len, targets=[target],
                                split=split)
     kwargs = {**model_kwargs, "n_features": len(manifest["feature_names"]), "n_targets": 1}
+    # steps_per_epoch (long synthetic records) needs a training set that never runs out
     datasets = [pipeline.make_dataset(work / "data", s, batch_size=config.batch_size,
-                                      shuffle=s == "train", seed=config.seed)
+                                      shuffle=s == "train", seed=config.seed,
+                                      repeat=s == "train" and bool(config.steps_per_epoch))
                 for s in ("train", "val")]
     model, _ = train(lambda: build_tcn(**kwargs), *datasets, config, work)
     write_json(work / "manifest.json", manifest)
