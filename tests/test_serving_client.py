@@ -1,0 +1,115 @@
+"""Client behaviour that needs no model: a scripted stand-in for TF Serving's REST port."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from labquake_tf.serving import Client, ServingError
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers with ``server.script`` entries in turn, then echoes: output = sum of each window."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or "{}")
+        self.server.requests.append((self.path, body))
+        if self.server.script:
+            status, reply = self.server.script.pop(0)
+        elif "instances" in body:
+            status, reply = 200, {"predictions": [
+                {"sum": float(np.sum(w)), "first": float(np.ravel(w)[0])}
+                for w in body["instances"]]}
+        else:
+            x = np.asarray(body["inputs"])
+            status, reply = 200, {"outputs": {"sum": x.sum(axis=(1, 2)).tolist(),
+                                              "first": x[:, 0, 0].tolist()}}
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd.requests, httpd.script = [], []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def url(httpd):
+    return "http://%s:%d" % httpd.server_address[:2]
+
+
+def test_batching_splits_requests_and_keeps_order(stub):
+    x = np.arange(10 * 4 * 2, dtype=np.float32).reshape(10, 4, 2)
+    for fmt in ("row", "columnar"):
+        stub.requests.clear()
+        out = Client(url(stub), "m").predict(x, format=fmt, batch_size=4)
+        np.testing.assert_allclose(out["sum"], x.sum(axis=(1, 2)))
+        np.testing.assert_allclose(out["first"], x[:, 0, 0])
+        assert [p for p, _ in stub.requests] == ["/v1/models/m:predict"] * 3
+        key = "instances" if fmt == "row" else "inputs"
+        assert [len(b[key]) for _, b in stub.requests] == [4, 4, 2]
+
+
+def test_predict_series_windows_end_at_each_step(stub):
+    series = np.arange(12, dtype=np.float32)[:, None]
+    out = Client(url(stub), "m", version=3).predict_series(series, seq_len=5, batch_size=3)
+    # Output i is the window ending at step 4 + i: steps i..i+4.
+    np.testing.assert_allclose(out["first"], np.arange(8))
+    np.testing.assert_allclose(out["sum"], [series[i:i + 5].sum() for i in range(8)])
+    assert {p for p, _ in stub.requests} == {"/v1/models/m/versions/3:predict"}
+    assert len(stub.requests) == 3
+    with pytest.raises(ValueError, match="n_steps >= 5"):
+        Client(url(stub), "m").predict_series(series[:4], seq_len=5)
+
+
+def test_error_body_becomes_serving_error_without_retry(stub):
+    stub.script = [(400, {"error": "Missing 'inputs' or 'instances' key"})]
+    with pytest.raises(ServingError, match="HTTP 400: Missing 'inputs'") as e:
+        Client(url(stub), "m", retries=3, backoff=0).predict(np.zeros((1, 2, 1)))
+    assert e.value.status == 400 and len(stub.requests) == 1
+
+
+def test_server_errors_are_retried(stub):
+    stub.script = [(503, {"error": "busy"}), (500, {"error": "oops"})]
+    out = Client(url(stub), "m", retries=2, backoff=0).predict(np.ones((2, 3, 1)))
+    np.testing.assert_allclose(out["sum"], [3, 3])
+    assert len(stub.requests) == 3
+    stub.script = [(503, {"error": "still busy"})] * 2
+    with pytest.raises(ServingError, match="still busy"):
+        Client(url(stub), "m", retries=1, backoff=0).status()
+
+
+def test_unreachable_server_and_timeouts_are_clear():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match="after 2 tries"):
+        Client(f"http://127.0.0.1:{port}", "m", retries=1, backoff=0).status()
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = Client("http://127.0.0.1:%d" % silent.getsockname()[1], "m", timeout=0.2,
+                        retries=0)
+        with pytest.raises(ConnectionError, match="timed out"):
+            client.status()
+    with pytest.raises(ValueError, match="base_url"):
+        Client("ftp://host", "m")
