@@ -43,16 +43,30 @@ class LogVariance:
     def update(self, chunk):
         chunk = np.asarray(chunk)
         chunk = chunk[:, None] if chunk.ndim == 1 else chunk
+        head = np.zeros((0,) + chunk.shape[1:], chunk.dtype)
         if self._pending is not None and len(self._pending):
-            chunk = np.concatenate([self._pending, chunk])
+            # Complete the pending block with the chunk's first samples; the rest
+            # of the chunk is used in place, never copied.
+            need = self.hop - len(self._pending)
+            head = np.concatenate([self._pending, chunk[:need]])
+            chunk = chunk[need:]
+            if len(head) < self.hop:
+                self._pending = head
+                return self._windows(self._append(self._block_sums(head[:0], 0)))
         n_blocks = len(chunk) // self.hop
-        self._pending = chunk[n_blocks * self.hop:]
+        self._pending = chunk[n_blocks * self.hop:].copy()
         sums = self._block_sums(chunk[:n_blocks * self.hop], n_blocks)
+        if len(head):
+            sums = np.concatenate([self._block_sums(head, 1), sums])
+        return self._windows(self._append(sums))
+
+    def _append(self, sums):
+        """Prefix the carried block sums; keep the last ones for the next chunk."""
         if self._tail is not None:
             sums = np.concatenate([self._tail, sums])
-        self._tail = sums[len(sums) - (self.blocks_per_window - 1):] if self.blocks_per_window > 1 \
-            else sums[:0]
-        return self._windows(sums)
+        keep = self.blocks_per_window - 1
+        self._tail = sums[len(sums) - keep:] if keep else sums[:0]
+        return sums
 
     def _block_sums(self, x, n_blocks):
         """(n_blocks, 2, n_channels) int64 (or float64 for float input) sums of x, x**2."""
@@ -62,12 +76,16 @@ class LogVariance:
             return out
         blocks = x.reshape(n_blocks, self.hop, x.shape[1])
 
+        # Tiles of ~256 KiB: the second pass (x**2) reads the tile from cache.
+        tile = max(1, (256 << 10) // (self.hop * x.shape[1] * x.itemsize))
+
         def work(lo, hi):
-            b = blocks[lo:hi]
-            out[lo:hi, 0] = b.sum(axis=1, dtype=acc)
-            # einsum multiplies and accumulates in int64 without an int32/int64
-            # copy of the block (x**2 of int16 overflows int16 and int32 sums).
-            out[lo:hi, 1] = np.einsum("ijk,ijk->ik", b, b, dtype=acc)
+            for i in range(lo, hi, tile):
+                b = blocks[i:min(i + tile, hi)]
+                out[i:i + len(b), 0] = b.sum(axis=1, dtype=acc)
+                # einsum multiplies and accumulates in int64 without a widened
+                # copy of the block (int16 squares overflow int16, their sums int32).
+                out[i:i + len(b), 1] = np.einsum("ijk,ijk->ik", b, b, dtype=acc)
 
         edges = np.linspace(0, n_blocks, min(self.workers, n_blocks) + 1).astype(int)
         if len(edges) > 2:
