@@ -7,7 +7,7 @@ import ast
 import sys
 import time
 
-from labquake_tf.simulate.generate import MODES
+from labquake_tf.simulate.experiment import MODES
 from labquake_tf.simulate.presets import PRESETS
 
 
@@ -56,7 +56,7 @@ class _Progress:
 
 
 def run(args):
-    from labquake_tf.simulate.generate import cycle_statistics, generate
+    from labquake_tf.simulate.experiment import cycle_statistics, generate
 
     try:
         overrides = parse_overrides(args.set)

@@ -78,7 +78,7 @@ class FaultParams:
 
 @dataclasses.dataclass
 class FaultHistory:
-    """The block's state on a uniform grid starting at t = 0 (after spin-up).
+    """The block's state on a uniform grid from t = 0 (after spin-up) to the end.
 
     events: ``(n, 2)`` [onset, end] times (s) of the stick-slip events that
     start and end inside the record; drops: their stress drops (MPa).
@@ -159,29 +159,31 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
         return s[0]
     falling.direction = -1
 
-    grid = np.arange(int(round(duration / dt))) * dt
+    n = int(round(duration / dt))
+    time = np.arange(n + 1) * dt  # both ends: the last feature window ends at `duration`
+    # Spin-up spans are not sampled; record spans end on grid points, and each
+    # span's last sample is the next one's first.
+    spans = [(t, min(t + chunk, 0.0), None) for t in np.arange(-float(spinup), -1e-9, chunk)]
+    bounds = list(range(0, n, max(1, int(round(chunk / dt))))) + [n]
+    spans += [(time[i], time[j], time[i:j + 1]) for i, j in zip(bounds[:-1], bounds[1:])]
     # Start slower than steady state (as after a slip) so cycles grow quickly.
-    s0 = np.array([np.log(0.1), 0.0, 0.0])
-    t0 = -float(spinup)
-    out, crossings = [], []
-    while t0 < duration - 1e-12:
-        t1 = min(t0 + chunk, duration)
-        keep = (grid >= t0) & (grid < t1)
-        # The chunk's end is always evaluated: it is the next chunk's start.
-        sol = solve_ivp(rhs, (t0, t1), s0, method="LSODA", t_eval=np.append(grid[keep], t1),
-                        rtol=rtol, atol=atol, events=(rising, falling))
+    s0, states, crossings = np.array([np.log(0.1), 0.0, 0.0]), [], []
+    for k, (t0, t1, t_eval) in enumerate(spans):
+        sol = solve_ivp(rhs, (t0, t1), s0, method="LSODA", t_eval=t_eval, rtol=rtol, atol=atol,
+                        events=(rising, falling))
         if sol.status < 0:
             raise RuntimeError(f"spring-slider integration failed at t={sol.t[-1]:.3f} s: "
                                f"{sol.message}")
-        out.append((sol.t[:-1], sol.y[:, :-1]))
+        if t_eval is not None:
+            states.append(sol.y[:, :-1])
         for sign, (te, ye) in enumerate(zip(sol.t_events, sol.y_events)):
             crossings += [(t, 1 - 2 * sign, stress(t, y)) for t, y in zip(te, ye)]
-        s0, t0 = sol.y[:, -1], t1
+        s0 = sol.y[:, -1]
         if progress is not None:
-            progress((t1 + spinup) / (duration + spinup))
+            progress((k + 1) / len(spans))
+    states.append(s0[:, None])
 
-    time = np.concatenate([t for t, _ in out])
-    x, y, slip = np.concatenate([s for _, s in out], axis=1)
+    x, y, slip = np.concatenate(states, axis=1)
     sig = sigma(time)[0]
     events, drops = _pair_crossings(crossings, min_drop, duration)
     return FaultHistory(
