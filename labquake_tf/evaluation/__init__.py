@@ -1,1 +1,1 @@
-
+"""Evaluation: metrics in physical units, event-level scores, plots, transfer matrix."""

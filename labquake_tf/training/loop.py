@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from labquake_tf.training import trainer
+from labquake_tf.training.strategy import is_chief
 
 
 def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_per_epoch):
-    chief = _is_chief(strategy)
+    chief = is_chief(strategy)
     optimizer = model.optimizer
     train_step, eval_step = _steps(model, optimizer, strategy)
     # Endless iterators taken a known number of steps: ending a distributed
@@ -133,15 +134,6 @@ def _batches(dataset, strategy):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return iter(strategy.experimental_distribute_dataset(dataset.repeat().with_options(options)))
-
-
-def _is_chief(strategy):
-    resolver = strategy.cluster_resolver
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def _task_id(strategy):

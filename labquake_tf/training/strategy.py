@@ -57,6 +57,16 @@ def _make(name):
     return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
+def is_chief(strategy):
+    """Whether this process writes run dirs and exports (always, outside multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
 def set_precision(name="auto"):
     """Set the global Keras dtype policy and return its name.
 
