@@ -70,8 +70,7 @@ def test_log_variance_rises_through_each_cycle_and_peaks_at_failure(history, eve
 def test_direct_features_match_the_materialised_waveform(history, events):
     params = dataclasses.replace(PARAMS, sample_rate=20000.0)
     duration = 40.0  # covers a failure: quiet and busy windows both
-    first = events.time < duration
-    part = ae.AEEvents(events.time[first], events.magnitude[first], events.b_value[first])
+    part = events.select(events.time < duration)
     direct = ae.window_logvar(part, params, duration)
     wave = np.concatenate(list(ae.waveform_chunks(part, params, duration, np.random.default_rng(2))))
     assert wave.shape == (int(duration * 20000), 1) and wave.dtype == np.float32
@@ -90,8 +89,7 @@ def test_direct_features_match_the_materialised_waveform(history, events):
 
 def test_waveform_does_not_depend_on_chunking(events):
     params = dataclasses.replace(PARAMS, sample_rate=20000.0, n_channels=2)
-    first = events.time < 2.0
-    part = ae.AEEvents(events.time[first], events.magnitude[first], events.b_value[first])
+    part = events.select(events.time < 2.0)
     whole = np.concatenate(list(ae.waveform_chunks(part, params, 2.0, np.random.default_rng(3))))
     pieces = np.concatenate(list(ae.waveform_chunks(part, params, 2.0, np.random.default_rng(3),
                                                     chunk_samples=997)))

@@ -83,6 +83,9 @@ class AEEvents:
     def __len__(self):
         return len(self.time)
 
+    def select(self, mask):
+        return AEEvents(self.time[mask], self.magnitude[mask], self.b_value[mask])
+
 
 def event_rate(slip_rate, shear_stress, params, load_velocity, reference_stress):
     """Micro-event rate (1/s) from the slip rate (µm/s) and shear stress (MPa)."""

@@ -110,8 +110,15 @@ class SmoothNoise:
         self.scale = np.sqrt(2.0 / n_modes)
 
     def __call__(self, t):
-        arg = np.multiply.outer(t, self.omega) + self.phase
-        return self.scale * np.cos(arg).sum(-1), -self.scale * (self.omega * np.sin(arg)).sum(-1)
+        """Value and time derivative at a time ``t`` (s)."""
+        arg = self.omega * t + self.phase
+        return self.scale * np.cos(arg).sum(), -self.scale * (self.omega * np.sin(arg)).sum()
+
+    def values(self, t, block=65536):
+        """Values on a time array, in blocks: (n, n_modes) at once could take GBs."""
+        return np.concatenate([self.scale * np.cos(np.multiply.outer(t[i:i + block], self.omega)
+                                                   + self.phase).sum(-1)
+                               for i in range(0, len(t), block)])
 
 
 def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
@@ -131,9 +138,12 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
 
     def sigma(t):
         if noise is None:
-            return sig0 + 0.0 * t, 0.0 * t
+            return sig0, 0.0
         n, dn = noise(t)
         return sig0 * (1.0 + p.normal_stress_noise * n), sig0 * p.normal_stress_noise * dn
+
+    def shear_stress(sig, x, y):
+        return sig * (p.mu0 + p.a * x + p.b * y) + eta * vl * np.exp(x)
 
     def rhs(t, s):
         x, y, _ = s
@@ -147,9 +157,6 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
         # d/dt of τ = σ·friction + ηV, set equal to the spring's k (V_l − V).
         dx = (p.stiffness * (vl - v) - dsig * friction - sig * p.b * dy) / (sig * p.a + eta * v)
         return [dx, dy, v]
-
-    def stress(t, s):
-        return sigma(t)[0] * (p.mu0 + p.a * s[0] + p.b * s[1]) + eta * vl * np.exp(s[0])
 
     def rising(t, s):
         return s[0]
@@ -177,19 +184,19 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
         if t_eval is not None:
             states.append(sol.y[:, :-1])
         for sign, (te, ye) in enumerate(zip(sol.t_events, sol.y_events)):
-            crossings += [(t, 1 - 2 * sign, stress(t, y)) for t, y in zip(te, ye)]
+            crossings += [(t, 1 - 2 * sign, shear_stress(sigma(t)[0], *y[:2])) for t, y in zip(te, ye)]
         s0 = sol.y[:, -1]
         if progress is not None:
             progress((k + 1) / len(spans))
     states.append(s0[:, None])
 
     x, y, slip = np.concatenate(states, axis=1)
-    sig = sigma(time)[0]
+    sig = sig0 * (1.0 + p.normal_stress_noise * noise.values(time)) if noise else np.full_like(time, sig0)
     events, drops = _pair_crossings(crossings, min_drop, duration)
     return FaultHistory(
         params=p, time=time, slip_rate=vl * np.exp(x), state=p.dc / vl * np.exp(y),
-        shear_stress=sig * (p.mu0 + p.a * x + p.b * y) + eta * vl * np.exp(x),
-        normal_stress=sig, slip=slip - slip[0], events=events, drops=drops)
+        shear_stress=shear_stress(sig, x, y), normal_stress=sig, slip=slip - slip[0],
+        events=events, drops=drops)
 
 
 def _pair_crossings(crossings, min_drop, duration):
