@@ -51,6 +51,13 @@ def test_hdf5_raw_ae_through_tfio_matches_numpy(raw_h5):
     np.testing.assert_allclose(record.time[record.events[:, 0]], [2, 4, 6, 8, 10], atol=0.05)
 
 
+def test_hdf5_raw_ae_std_output(raw_h5):
+    path, ae = raw_h5
+    record = readers.read(path, output="std")
+    assert record.feature_names == ["std_ch1"]
+    np.testing.assert_allclose(record.features[0, 0], ae[:1000, 0].astype(float).std(), rtol=1e-6)
+
+
 def test_hdf5_features_layout_and_default_channel(tmp_path):
     logvar = np.random.default_rng(0).normal(2, 0.1, (1000, 3)).astype(np.float32)
     record = readers.read(_write_h5(tmp_path / "f.h5", logvar=logvar))

@@ -41,7 +41,8 @@ def _channels(channels, n_available, path):
     return [int(c) for c in channels]
 
 
-def _finish(name, path, time, logvar, channels, shear_stress, published=None, **target_options):
+def _finish(name, path, time, logvar, channels, shear_stress, published=None, kind="logvar",
+            **target_options):
     if not np.all(np.isfinite(logvar)):
         row = int(np.argwhere(~np.isfinite(logvar))[0, 0])
         raise ValueError(f"{path}: non-finite AE log-variance at step {row} (time {time[row]:g} s)")
@@ -51,7 +52,7 @@ def _finish(name, path, time, logvar, channels, shear_stress, published=None, **
         time, shear_stress, published=published, **target_options)
     return Record(name=name, time=np.asarray(time, np.float64),
                   features=np.asarray(logvar, np.float32),
-                  feature_names=[f"logvar_ch{c}" for c in channels], targets=targets,
+                  feature_names=[f"{kind}_ch{c}" for c in channels], targets=targets,
                   label_mask=mask, events=events, source=os.path.abspath(path),
                   sha256=sha256(path), attrs=info)
 
@@ -110,6 +111,10 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
               output="logvar", **target_options):
     """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed through tfio.
 
+    From ``/ae``, ``output="var"`` or ``"std"`` gives the variance or its square
+    root instead (features named ``var_chN`` / ``std_chN``), for comparison with
+    earlier work.
+
     Mechanical channels are interpolated onto the feature grid (window ENDS), so
     the target at a step never comes from after the AE that step has seen.
     """
@@ -152,7 +157,7 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
         raise ValueError(f"{path}: the AE feature times do not overlap /mech/shear_stress")
     time, logvar = time[inside], logvar[inside]
     return _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
-                   **target_options)
+                   kind="logvar" if ae is None else output, **target_options)
 
 
 def iter_hdf5_ae(path, chunk_samples):
