@@ -114,7 +114,8 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     rc = main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
                "--blocks", "2", "--seq-len", "12", "--epochs", "2", "--out", str(out)])
     assert rc == 0
-    for name in ("model.keras", "manifest.json", "config.json", "metrics.json", "history.csv"):
+    for name in ("model.keras", "manifest.json", "config.json", "metrics.json", "history.csv",
+                 "plots/loss.png", "plots/test_ttsf.png"):
         assert (out / name).is_file(), name
     assert not out.with_name("ft.partial").exists()
     config = json.loads((out / "config.json").read_text())["finetune"]

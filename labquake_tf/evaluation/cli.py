@@ -82,7 +82,9 @@ def evaluate_model(model, data_dir, split, plots_dir=None, title=""):
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     """The whole command: load, prepare, score, write ``out``; returns the metrics."""
     from labquake_tf.data import prepare, splits
+    from labquake_tf.evaluation import plots
     from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
+    from labquake_tf.training.trainer import read_history
 
     model, manifest = load_pretrained(model_path)
     dataset = dataset or manifest.get("dataset")
@@ -93,8 +95,11 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
         ratios = manifest.get("request", {}).get("split") if same else None
         ratios = ratios or splits.FINETUNE_RATIOS
     targets = manifest.get("target_names")
-    out = pathlib.Path(out or pathlib.Path(model_files(model_path)[0]).parent
-                       / f"eval-{pathlib.Path(str(dataset)).stem}-{split}")
+    # beside a run's model; never inside an export, which TF Serving reads
+    base = pathlib.Path(model_files(model_path)[0]).parent
+    if base.name == "assets":
+        base = pathlib.Path("runs") / base.parent.parent.name
+    out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(dataset)).stem}-{split}")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -106,7 +111,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
                                        title=f"{dataset}/{split}")
         history = pathlib.Path(model_files(model_path)[0]).parent / "history.csv"
         if history.exists():
-            _plot_history(history, work / "plots" / "loss.png")
+            plots.plot_history(read_history(history), work / "plots" / "loss.png")
         result.update(model=str(model_path), dataset=str(dataset), split_ratios=list(ratios))
         write_json(work / "metrics.json", result)
         _write_predictions(work / "predictions.csv", p)
@@ -115,16 +120,6 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, out
-
-
-def _plot_history(path, png):
-    from labquake_tf.training.trainer import read_history
-
-    history = read_history(path)
-    curves = {k: v for k, v in history.items() if k in ("loss", "val_loss")}
-    if curves:
-        figures.plot_curves(png, history.get("epoch", range(len(next(iter(curves.values()))))),
-                            curves, "epoch", "MSE (scaled)")
 
 
 def _write_predictions(path, p):
@@ -144,7 +139,8 @@ def add_arguments(parser):
     parser.add_argument("--ratios", default=None,
                         help="train,val,test event ratios (default: the model's own on its "
                              "dataset, 0.5,0.1,0.4 elsewhere)")
-    parser.add_argument("--out", default=None, help="output dir (default: beside the model)")
+    parser.add_argument("--out", default=None, help="output dir (default: beside the model; "
+                        "runs/NAME/ for an exported SavedModel)")
 
 
 def run(args):

@@ -119,6 +119,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     """
     from labquake_tf.data import pipeline, prepare
     from labquake_tf.evaluation.cli import evaluate_model
+    from labquake_tf.evaluation.plots import plot_history
 
     config = config or TrainConfig()
     if target not in TARGETS:
@@ -160,6 +161,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                                       "preset": None, "train": config.to_dict(),
                                       "finetune": summary})
     (work / "plots").mkdir(exist_ok=True)
+    plot_history(history, work / "plots" / "loss.png")
     summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / "plots", title=dataset)[0]
                           for s in ("val", "test")}
     write_json(work / "metrics.json", summary["metrics"])
