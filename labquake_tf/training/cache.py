@@ -17,6 +17,9 @@ The cache is NOT valid, and ``check_cacheable`` refuses, when
 A frozen ``BatchNormalization`` does use its moving statistics in Keras 3, so
 ``input_norm`` is deterministic once frozen.
 
+The cache holds ``n_windows x seq_len x filters`` floats (p4581's 5:1:4 training
+part at the paper's size: about 1,400 x 70 x 512, 200 MB), in memory.
+
 The head model returned by ``split_at_head`` calls the full model's own head
 layers, so training it trains the full model: nothing has to be copied back.
 """

@@ -133,6 +133,10 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     work = out_dir.with_name(out_dir.name + ".partial")
     data_dir = work / "data"
     manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split)
+    if len(manifest["feature_names"]) != architecture(source)["n_features"]:
+        raise ValueError(f"{dataset}: {len(manifest['feature_names'])} feature channel(s) "
+                         f"{manifest['feature_names']}, but {pretrained} was trained on "
+                         f"{architecture(source)['n_features']}")
     train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size) for s in ("train", "val"))
 
     strategy = get_strategy(config.strategy)
