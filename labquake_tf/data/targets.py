@@ -128,7 +128,9 @@ def build_targets(time, shear_stress, lowpass_hz=DEFAULT_LOWPASS_HZ, detrend=Tru
     stress, filtered = lowpass(shear_stress, sample_rate, lowpass_hz)
     if detrend:
         stress = signal.detrend(stress, type="linear")
-    events = detect_events(stress, min_drop=min_drop, rel_drop=rel_drop)
+    if min_drop is None:  # resolved here so the manifest records the threshold used
+        min_drop = float(rel_drop * np.ptp(signal.detrend(stress)))
+    events = detect_events(stress, min_drop=min_drop)
     if published is None:
         ttsf, ttef, mask = time_to_failure(time, events, stress)
     else:
