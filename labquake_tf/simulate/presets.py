@@ -66,10 +66,11 @@ PRESETS = {
     "biaxial": SimulationConfig(fault=FaultParams(
         normal_stress=5.0, a=0.006, b=0.009, dc=10.0, stiffness=0.00085, load_velocity=10.0,
         radiation_damping=3e-5, normal_stress_noise=0.005)),
-    # Double-direct shear like p4581/p5198: ~6 s recurrence, k ≈ 0.73 k_c.
+    # Double-direct shear like p4581/p5198: ~6 s recurrence, k ≈ 0.73 k_c; faster
+    # noise for the shorter cycles gives p4581's ~20 % recurrence scatter.
     "dds": SimulationConfig(fault=FaultParams(
         normal_stress=6.0, a=0.006, b=0.010, dc=5.0, stiffness=0.0035, load_velocity=12.0,
-        radiation_damping=3e-5, normal_stress_noise=0.005), spinup=50.0),
+        radiation_damping=3e-5, normal_stress_noise=0.01, noise_time=2.0), spinup=50.0),
     # k ≈ 0.93 k_c with strong damping: slow slip at a few times V_l, small drops.
     "slow": SimulationConfig(fault=FaultParams(
         normal_stress=5.0, a=0.006, b=0.009, dc=10.0, stiffness=0.0014, load_velocity=10.0,
