@@ -334,6 +334,19 @@ class Server:
         self.close()
 
 
+def set_tf_threads(n):
+    """Run each request's ops on ``n`` threads; must precede TF's first op.
+
+    One window is far too small to gain from intra-op parallelism, and on a
+    busy machine a thread pool per request mostly adds tail latency.
+    """
+    import tensorflow as tf
+
+    if n > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+
+
 def add_arguments(parser):
     parser.add_argument("--model-base-path", required=True,
                         help="folder of integer version dirs, e.g. saved_models/NAME")
@@ -347,10 +360,13 @@ def add_arguments(parser):
                         help="a version label, e.g. stable=1 (repeatable)")
     parser.add_argument("--poll-seconds", type=float, default=2.0,
                         help="how often to look for new versions")
+    parser.add_argument("--tf-threads", type=int, default=1,
+                        help="TF intra/inter-op threads (0: TF's default, one per core)")
 
 
 def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_tf_threads(args.tf_threads)
     labels = {}
     for item in args.label:
         label, _, version = item.partition("=")
