@@ -1,0 +1,44 @@
+import keras
+import numpy as np
+import pytest
+
+from labquake_tf.training import TrainConfig, compile_model, make_optimizer
+from test_training_trainer import small_model
+
+
+def test_config_round_trips_and_defaults_follow_the_paper():
+    config = TrainConfig(epochs=7, strategy="mirrored", steps_per_epoch=3)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    default = TrainConfig()
+    assert (default.batch_size, default.cosine_period, default.patience) == (128, 50, 20)
+
+
+@pytest.mark.parametrize("bad, field", [({"epochs": 0}, "epochs"), ({"learning_rate": -1.0},
+                                        "learning_rate"), ({"steps_per_epoch": 0}, "steps_per_epoch")])
+def test_config_rejects_bad_values_by_name(bad, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**bad)
+
+
+def test_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match="batchsize"):
+        TrainConfig.from_dict({"batchsize": 4})
+
+
+def test_optimizer_is_adamw_on_a_restarting_cosine_with_global_clipping():
+    config = TrainConfig(learning_rate=1e-3, weight_decay=1e-4, clipnorm=0.5, cosine_period=2)
+    opt = make_optimizer(config, steps_per_epoch=10)
+    assert isinstance(opt, keras.optimizers.AdamW)
+    assert opt.weight_decay == pytest.approx(1e-4) and opt.global_clipnorm == 0.5
+    schedule = opt._learning_rate  # the schedule itself, not its current value
+    lr = [float(schedule(step)) for step in (0, 10, 19, 20)]
+    # period = 2 epochs x 10 steps: half-way at step 10, near zero at 19, restart at 20
+    assert lr == pytest.approx([1e-3, 5e-4, 1e-3 * (1 + np.cos(np.pi * 19 / 20)) / 2, 1e-3],
+                               rel=1e-5)
+
+
+def test_compiled_model_reports_mse_loss_and_its_root():
+    model = compile_model(small_model(), TrainConfig(), steps_per_epoch=1)
+    x = np.random.default_rng(0).uniform(size=(8, 16, 1)).astype("float32")
+    logs = model.train_on_batch(x, np.ones((8, 1), "float32"), return_dict=True)
+    assert logs["rmse"] == pytest.approx(np.sqrt(logs["loss"]), rel=1e-5)

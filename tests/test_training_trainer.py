@@ -1,0 +1,95 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from labquake_tf.models import build_from_preset
+from labquake_tf.training import TrainConfig, train
+
+
+def windows(n=64, seq_len=16, seed=0):
+    """Windows whose target is the mean of their last 4 steps: learnable by a TCN."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, seq_len, 1)).astype("float32")
+    return x, x[:, -4:, 0].mean(axis=1, keepdims=True)
+
+
+def batched(x, y, batch=16):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def small_model(seq_len=16):
+    """A model that traces in a second; the TCN is used where it matters."""
+    inputs = keras.Input((seq_len, 1))
+    h = keras.layers.Conv1D(4, 3, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+
+
+def test_overfits_a_tiny_set_to_near_zero_loss(tmp_path):
+    x, y = windows(n=32)
+    config = TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3, weight_decay=0.0,
+                         steps_per_epoch=40, verbose=0)
+    _, history = train(lambda: build_from_preset("tiny"), batched(x, y).repeat(), None, config,
+                       tmp_path)
+    assert history["epoch"] == [0, 1, 2]
+    assert history["loss"][-1] < 0.01 * np.var(y)
+    for name in ("model.keras", "history.csv", "tensorboard"):
+        assert (tmp_path / name).exists(), name
+    assert not (tmp_path / "backup").exists()  # BackupAndRestore removes it once training ends
+
+
+class _Kill(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("killed")
+
+
+def test_killed_run_resumes_from_backup_with_the_same_total_epochs(tmp_path, monkeypatch):
+    x, y = windows()
+    config = TrainConfig(epochs=4, batch_size=16, verbose=0)
+    fit = keras.Model.fit
+
+    def fit_then_die(self, *args, callbacks=(), **kwargs):
+        return fit(self, *args, callbacks=[*callbacks, _Kill()], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(small_model, batched(x, y), batched(x, y), config, tmp_path)
+    with open(tmp_path / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1]
+    assert (tmp_path / "backup").is_dir()
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    model, history = train(small_model, batched(x, y), batched(x, y), config, tmp_path)
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert len(history["val_loss"]) == 4
+    # Resumed from epoch 2, not from scratch: the optimizer restarted at step 2 x 4 batches.
+    assert int(model.optimizer.iterations) == 2 * 4 + 2 * 4
+
+
+def test_early_stopping_restores_and_saves_the_best_epoch(tmp_path):
+    x, y = windows()
+    # Validation targets anti-correlated with training ones: fitting one spoils the other.
+    config = TrainConfig(epochs=20, batch_size=16, learning_rate=1e-2, patience=1, verbose=0)
+    model, history = train(small_model, batched(x, y), batched(x, 1 - y), config, tmp_path)
+    assert len(history["val_loss"]) < 20
+    best = min(history["val_loss"])
+    assert model.evaluate(batched(x, 1 - y), verbose=0)[0] == pytest.approx(best, rel=1e-4)
+    saved = keras.models.load_model(tmp_path / "model.keras")
+    assert saved.evaluate(batched(x, 1 - y), verbose=0)[0] == pytest.approx(best, rel=1e-4)
+
+
+def test_a_fresh_run_does_not_extend_an_old_history(tmp_path):
+    x, y = windows(n=16)
+    config = TrainConfig(epochs=1, batch_size=16, verbose=0)
+    train(small_model, batched(x, y), None, config, tmp_path)
+    _, history = train(small_model, batched(x, y), None, config, tmp_path)
+    assert history["epoch"] == [0]
+
+
+def test_endless_dataset_without_steps_per_epoch_is_refused(tmp_path):
+    x, y = windows(n=16)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        train(small_model, batched(x, y).repeat(), None, TrainConfig(verbose=0), tmp_path)
