@@ -72,7 +72,8 @@ def test_direct_features_match_the_materialised_waveform(history, events):
     duration = 40.0  # covers a failure: quiet and busy windows both
     part = events.select(events.time < duration)
     direct = ae.window_logvar(part, params, duration)
-    wave = np.concatenate(list(ae.waveform_chunks(part, params, duration, np.random.default_rng(2))))
+    rng = np.random.default_rng(2)
+    wave = np.concatenate(list(ae.waveform_chunks(part, params, duration, rng)))
     assert wave.shape == (int(duration * 20000), 1) and wave.dtype == np.float32
     measured = log_variance(wave, 20000.0)
     assert measured.shape == direct.shape == (int((duration - 0.1) / 0.01) + 1, 1)
@@ -105,7 +106,7 @@ def test_further_channels_see_attenuated_bursts_over_the_same_noise(events):
                                rtol=1e-3)
 
 
-@pytest.mark.parametrize("change, match", [(dict(frequency=12000.0, sample_rate=20000.0), "Nyquist"),
+@pytest.mark.parametrize("change, match", [(dict(frequency=12e3, sample_rate=20e3), "Nyquist"),
                                            (dict(n_channels=0), "n_channels"),
                                            (dict(b_min=0.0), "b_min")])
 def test_bad_ae_parameters_are_named(change, match):

@@ -77,11 +77,12 @@ def test_events_are_stress_peak_to_stress_minimum():
 
 def test_normal_stress_noise_makes_cycles_aperiodic_and_seeded():
     noisy = dataclasses.replace(BASE, stiffness=0.6 * KC, normal_stress_noise=0.01, noise_time=3.0)
-    a, b, c = (simulate_fault(noisy, 100, dt=0.01, spinup=20, seed=seed) for seed in (1, 1, 2))
+    a = simulate_fault(noisy, 100, dt=0.01, spinup=20, seed=1)
+    b, c = (simulate_fault(noisy, 20, dt=0.01, spinup=20, seed=seed) for seed in (1, 2))
     periodic = run(0.6, duration=100, spinup=40)
     cv = lambda r: np.diff(r.events[:, 0]).std() / np.diff(r.events[:, 0]).mean()  # noqa: E731
     assert cv(periodic) < 0.01 < 0.05 < cv(a)
-    np.testing.assert_array_equal(a.shear_stress, b.shear_stress)
+    np.testing.assert_array_equal(a.shear_stress[:len(b.time)], b.shear_stress)
     assert not np.array_equal(a.shear_stress, c.shear_stress)
     assert np.std(a.normal_stress) / BASE.normal_stress == pytest.approx(0.01, rel=0.6)
 

@@ -7,7 +7,8 @@ record. Presets (``PRESETS``): ``biaxial`` (~20 s cycles), ``dds`` (~6 s),
 ``slow`` (slow slip near the critical stiffness).
 """
 
-from labquake_tf.simulate.ae import AEParams, aki_b_value, sample_events, waveform_chunks, window_logvar
+from labquake_tf.simulate.ae import (AEParams, aki_b_value, sample_events, waveform_chunks,
+                                     window_logvar)
 from labquake_tf.simulate.fault import FaultHistory, FaultParams, simulate_fault
 from labquake_tf.simulate.experiment import cycle_statistics, generate, resolve_config
 from labquake_tf.simulate.presets import PRESETS, SimulationConfig

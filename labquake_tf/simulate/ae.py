@@ -144,7 +144,8 @@ def sample_events(history, params, rng):
 
 def burst_kernel(params):
     """One magnitude-0 burst sampled at ``params.sample_rate`` (peak ≈ amplitude)."""
-    t = np.arange(int(np.ceil(BURST_DECAYS * params.decay * params.sample_rate))) / params.sample_rate
+    fs = params.sample_rate
+    t = np.arange(int(np.ceil(BURST_DECAYS * params.decay * fs))) / fs
     return params.amplitude * np.exp(-t / params.decay) * np.sin(2 * np.pi * params.frequency * t)
 
 
@@ -174,7 +175,8 @@ def window_logvar(events, params, duration, hop=0.01, window=0.1):
     # A burst straddling a hop boundary splits its energy by the samples on each side.
     first_part = energy_to[np.minimum((first_bin + 1) * hop_n - onset, len(kernel))] / energy_to[-1]
     bins = np.bincount(first_bin, energy * first_part, minlength=n_bins + 1)
-    bins += np.bincount(first_bin + 1, energy * (1.0 - first_part), minlength=n_bins + 2)[:len(bins)]
+    rest = np.bincount(first_bin + 1, energy * (1.0 - first_part), minlength=n_bins + 2)
+    bins += rest[:len(bins)]
     bins = bins[:n_bins]
     per_window = win_n // hop_n
     csum = np.concatenate([[0.0], np.cumsum(bins)])
@@ -213,5 +215,6 @@ def waveform_chunks(events, params, duration, rng, chunk_samples=2 ** 20):
 def _samples(seconds, sample_rate, name):
     n = seconds * sample_rate
     if abs(n - round(n)) > 1e-6 or round(n) < 1:
-        raise ValueError(f"{name}={seconds} s is not a whole number of samples at {sample_rate:g} Hz")
+        raise ValueError(f"{name}={seconds} s is not a whole number of samples at "
+                         f"{sample_rate:g} Hz")
     return int(round(n))

@@ -22,7 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--name", help="experiment name stored in the file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set stiffness=0.0005 (repeatable)")
-    parser.add_argument("--plot", metavar="PNG", help="save stress, slip rate and AE over a few cycles")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="save stress, slip rate and AE over a few cycles")
 
 
 def parse_overrides(items):

@@ -62,7 +62,8 @@ def generate(preset="biaxial", duration=400.0, seed=0, out=None, mode="features"
         with h5py.File(tmp, "w") as f:
             f.attrs.update(format=FORMAT, version=VERSION, name=name, seed=seed, mode=mode,
                            preset=preset if isinstance(preset, str) else "custom",
-                           config=json.dumps(config.to_dict()), generator=f"labquake_tf {__version__}")
+                           config=json.dumps(config.to_dict()),
+                           generator=f"labquake_tf {__version__}")
             _write_mech(f, history, config, np.random.default_rng(mech_seed))
             f.create_dataset("truth/events", data=history.events)
             f["truth/events"].attrs["units"] = "s"

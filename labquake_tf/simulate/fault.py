@@ -184,14 +184,17 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
         if t_eval is not None:
             states.append(sol.y[:, :-1])
         for sign, (te, ye) in enumerate(zip(sol.t_events, sol.y_events)):
-            crossings += [(t, 1 - 2 * sign, shear_stress(sigma(t)[0], *y[:2])) for t, y in zip(te, ye)]
+            crossings += [(t, 1 - 2 * sign, shear_stress(sigma(t)[0], *y[:2]))
+                          for t, y in zip(te, ye)]
         s0 = sol.y[:, -1]
         if progress is not None:
             progress((k + 1) / len(spans))
     states.append(s0[:, None])
 
     x, y, slip = np.concatenate(states, axis=1)
-    sig = sig0 * (1.0 + p.normal_stress_noise * noise.values(time)) if noise else np.full_like(time, sig0)
+    sig = np.full_like(time, sig0)
+    if noise is not None:
+        sig *= 1.0 + p.normal_stress_noise * noise.values(time)
     events, drops = _pair_crossings(crossings, min_drop, duration)
     return FaultHistory(
         params=p, time=time, slip_rate=vl * np.exp(x), state=p.dc / vl * np.exp(y),

@@ -22,7 +22,8 @@ def plot_record(path, png, cycles=4):
 
     if len(events):
         last = events[min(cycles, len(events)) - 1]
-        lo, hi = max(t_mech[0], events[0, 0] - 0.5 * (last[1] - events[0, 0]) / cycles), last[1] + 2.0
+        margin = 0.5 * (last[1] - events[0, 0]) / cycles
+        lo, hi = max(t_mech[0], events[0, 0] - margin), last[1] + 2.0
     else:
         lo, hi = t_mech[0], min(t_mech[-1], 60.0)
     in_mech, in_feat = (t_mech >= lo) & (t_mech <= hi), (t_feat >= lo) & (t_feat <= hi)

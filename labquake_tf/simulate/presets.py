@@ -31,7 +31,8 @@ class SimulationConfig:
     def __post_init__(self):
         ratio = self.mech_rate * self.step
         if not 0 < ratio <= 1 or abs(1 / ratio - round(1 / ratio)) > 1e-9:
-            raise ValueError(f"mech_rate={self.mech_rate} Hz must divide 1/step={1 / self.step:g} Hz")
+            raise ValueError(f"mech_rate={self.mech_rate} Hz must divide "
+                             f"1/step={1 / self.step:g} Hz")
 
     def replace(self, **overrides):
         """A copy with fields of this config, its fault or its AE replaced by name."""
@@ -51,7 +52,8 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, config):
         config = dict(config)
-        return cls(fault=FaultParams(**config.pop("fault")), ae=AEParams(**config.pop("ae")), **config)
+        fault, ae = FaultParams(**config.pop("fault")), AEParams(**config.pop("ae"))
+        return cls(fault=fault, ae=ae, **config)
 
 
 def _names(cls):
