@@ -3,6 +3,7 @@
     LABQUAKE_DATA_DIR=/work/shared/data/dds python benchmarks/bench_finetune.py
     ... --torch-python /work/torchvenv/bin/python      # and an equivalent PyTorch loop
     ... --preset finetune-paper --epochs 30             # the paper's fine-tuning size
+    ... --filters 128 --epochs 3                        # a decoder that dominates the cost
 
 Fine-tunes the first ``--blocks`` blocks of a ``--preset`` TCN (random weights:
 speed does not depend on them) on p4581 shear stress, 5:1:4 split, with
@@ -36,6 +37,8 @@ def keras_bench(args):
     from labquake_tf.training import finetune as ft
 
     kwargs = {**PRESETS[args.preset], "dropout": 0.0}
+    if args.filters:
+        kwargs["filters"] = args.filters
     seq_len = args.seq_len or kwargs["seq_len"]
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     prepare.prepare(args.dataset, tmp / "data", seq_len=seq_len, targets=[args.target],
@@ -47,7 +50,7 @@ def keras_bench(args):
     initial = model.get_weights()
     config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch,
                          verbose=0)
-    result = {"preset": args.preset, "seq_len": seq_len, "blocks": args.blocks or kwargs["blocks"],
+    result = {"preset": args.preset, "filters": kwargs["filters"], "seq_len": seq_len, "blocks": args.blocks or kwargs["blocks"],
               "train_windows": len(train_xy[1]), "trainable_pct": 100 * ft.trainable_fraction(model)}
     for name, cached in (("plain", False), ("cached", True)):
         model.set_weights(initial)
@@ -112,6 +115,7 @@ def main():
     p.add_argument("--preset", default="small")
     p.add_argument("--dataset", default="p4581")
     p.add_argument("--target", default="shear_stress")
+    p.add_argument("--filters", type=int, default=None, help="override the preset's filters")
     p.add_argument("--blocks", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--epochs", type=int, default=40)
