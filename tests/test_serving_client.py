@@ -81,6 +81,21 @@ def test_predict_series_windows_end_at_each_step(stub):
         Client(url(stub), "m").predict_series(series[:4], seq_len=5)
 
 
+def test_a_single_output_keeps_its_name(stub):
+    # TF Serving answers a one-output signature with bare values; the name is in the metadata.
+    dim = [{"size": "-1", "name": ""}]
+    meta = {"metadata": {"signature_def": {"signature_def": {"serving_default": {
+        "inputs": {"ae_features": {"tensor_shape": {"dim": dim * 3}}},
+        "outputs": {"shear_stress": {"tensor_shape": {"dim": dim}}}}}}}}
+    stub.script = [(200, {"predictions": [1.5, 2.5]}), (200, meta), (200, {"outputs": [3.5]})]
+    client = Client(url(stub), "m")
+    np.testing.assert_allclose(client.predict(np.zeros((2, 3, 1)))["shear_stress"], [1.5, 2.5])
+    out = client.predict(np.zeros((1, 3, 1)), format="columnar")
+    assert list(out) == ["shear_stress"] and out["shear_stress"].tolist() == [3.5]
+    assert [p for p, _ in stub.requests] == ["/v1/models/m:predict", "/v1/models/m/metadata",
+                                             "/v1/models/m:predict"]
+
+
 def test_error_body_becomes_serving_error_without_retry(stub):
     stub.script = [(400, {"error": "Missing 'inputs' or 'instances' key"})]
     with pytest.raises(ServingError, match="HTTP 400: Missing 'inputs'") as e:

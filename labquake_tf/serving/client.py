@@ -40,6 +40,7 @@ class Client:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._url = url
         self._local = threading.local()
+        self._output_names = {}
         where = f"/versions/{int(version)}" if version is not None else ""
         self._path = f"{url.path.rstrip('/')}/v1/models/{model}{where}"
 
@@ -105,11 +106,19 @@ class Client:
             rows = reply["predictions"]
             if rows and isinstance(rows[0], dict):
                 return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
-            return {"predictions": np.asarray(rows)}
+            return {self._single_output(signature_name): np.asarray(rows)}
         outputs = reply["outputs"]
         if isinstance(outputs, dict):
             return {k: np.asarray(v) for k, v in outputs.items()}
-        return {"outputs": np.asarray(outputs)}
+        return {self._single_output(signature_name): np.asarray(outputs)}
+
+    def _single_output(self, signature_name):
+        # TF Serving drops the name when a signature has one output (e.g. a model
+        # trained on shear_stress only); the metadata still has it.
+        name = signature_name or "serving_default"
+        if name not in self._output_names:
+            (self._output_names[name],) = self.signature(name)[1]
+        return self._output_names[name]
 
     def _connection(self, fresh=False):
         conn = getattr(self._local, "conn", None)
