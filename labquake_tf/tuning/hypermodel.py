@@ -24,7 +24,8 @@ class TCNHyperModel(kt.HyperModel):
 
     Args:
         data_dir: prepared shards + ``manifest.json`` (``labquake prepare``).
-        space: a search-space dict (``space.load_space``); defaults when None.
+        space: search-space specs by name (``space.load_space``); missing names
+            take the packaged defaults.
         targets: target names to predict; all of the manifest's when None.
         config: the ``TrainConfig`` the tuned values override.
         physical_rmse: also track ``rmse_phys`` (the ``val_rmse_phys`` objective).
@@ -35,7 +36,7 @@ class TCNHyperModel(kt.HyperModel):
         super().__init__(**kwargs)
         self.data_dir = str(data_dir)
         self.manifest = pipeline.load_manifest(data_dir)
-        self.space = space_lib.load_space() if space is None else dict(space)
+        self.space = {**space_lib.load_space(), **(space or {})}
         self.targets = list(targets or self.manifest["target_names"])
         self.config = config or TrainConfig()
         self.physical_rmse = physical_rmse
@@ -130,7 +131,7 @@ class FrozenDecoderHyperModel(TCNHyperModel):
         # Frozen blocks are built without dropout (see training.finetune).
         fixed = {"blocks": blocks, "filters": arch["filters"],
                  "kernel_size": arch["kernel_size"], "dropout": 0.0}
-        super().__init__(data_dir, space={**(space or space_lib.load_space()), **fixed}, **kwargs)
+        super().__init__(data_dir, space={**(space or {}), **fixed}, **kwargs)
         if arch["n_features"] != len(self.manifest["feature_names"]):
             raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
                              f"but {pretrained} takes {arch['n_features']}")
