@@ -92,7 +92,8 @@ def _fit(model, train_ds, val_ds, config, out_dir):
                                       restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+    # shuffle=False: datasets come shuffled from the pipeline; Keras cannot shuffle them.
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
     # EarlyStopping restored the best weights; the checkpoint may hold a worse
     # epoch when the run was resumed (ModelCheckpoint forgets its best).

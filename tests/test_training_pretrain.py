@@ -1,0 +1,58 @@
+"""The main job end to end, once, on the synthetic dataset with the tiny preset and a
+few steps (about a minute on 2 cores, most of it data preparation and tracing)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from labquake_tf import cli
+from labquake_tf.evaluation.metrics import predict_split, regression_metrics
+from labquake_tf.models import build_tcn
+from labquake_tf.training import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    argv = ["pretrain", "--preset", "tiny", "--epochs", "2", "--steps-per-epoch", "3",
+            "--batch-size", "32", "--out", str(root / "run"), "--export-dir", str(root / "saved")]
+    assert cli.main(argv) == 0
+    return root
+
+
+def test_run_dir_holds_the_contracted_files(pretrained):
+    run = pretrained / "run"
+    for name in ("model.keras", "manifest.json", "config.json", "history.csv", "metrics.json",
+                 "plots/loss.png", "plots/test_shear_stress.png", "tensorboard", "data/manifest.json"):
+        assert (run / name).exists(), name
+    assert not list(pretrained.glob("*.partial")) and not (run / "backup").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["train"]["epochs"] == 2
+    model, manifest = load_pretrained(run)
+    assert manifest["target_names"] == ["shear_stress"] and manifest["dataset"]
+    assert build_tcn(**config["model"]).count_params() == model.count_params()
+
+
+def test_metrics_are_the_test_split_scores_in_physical_units(pretrained):
+    run = pretrained / "run"
+    metrics = json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]
+    model, _ = load_pretrained(run)
+    time, y_true, y_pred = predict_split(model, run / "data", "test", targets=["shear_stress"])
+    assert y_true.shape == y_pred.shape == (len(time), 1) and metrics["n_windows"] == len(time)
+    assert metrics["units"] == "MPa"
+    expected = regression_metrics(y_true[:, 0], y_pred[:, 0])
+    assert metrics["rmse"] == pytest.approx(expected["rmse"], rel=1e-5)
+    assert metrics["r2"] == pytest.approx(expected["r2"], rel=1e-5, abs=1e-8)
+    # physical units: the stress range is ~MPa, not the scaled [0, 1]
+    assert np.ptp(y_true) > 0
+
+
+def test_export_is_a_savedmodel_that_loads_back(pretrained):
+    version = pretrained / "saved" / "labquake-pretrain" / "1"
+    assert (version / "saved_model.pb").exists()
+    exported, manifest = load_pretrained(version)
+    model, _ = load_pretrained(pretrained / "run")
+    x = np.random.default_rng(0).uniform(size=(2, *model.input_shape[1:])).astype("float32")
+    np.testing.assert_allclose(exported(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert manifest["target_names"] == ["shear_stress"]
