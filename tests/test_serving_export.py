@@ -37,17 +37,27 @@ def raw_windows(n=6, seed=1):
     return np.random.default_rng(seed).uniform(-2, 3, (n, 16, 1)).astype("float32")
 
 
+_SHARED = {}
+
+
+def shared_export(tmp_path_factory):
+    """A run dir as ``labquake pretrain`` leaves it, exported once per session with
+    ``labquake export``; the server and predict tests serve the same export."""
+    if not _SHARED:
+        run = tmp_path_factory.mktemp("run")
+        model = tiny_model()
+        model.save(run / "model.keras")
+        (run / "manifest.json").write_text(json.dumps(tiny_manifest()))
+        (run / "config.json").write_text(json.dumps({"preset": "tiny"}))
+        base = tmp_path_factory.mktemp("saved_models")
+        assert main(["export", str(run), "--name", "tiny", "--base-dir", str(base)]) == 0
+        _SHARED.update(model=model, path=base / "tiny" / "1")
+    return _SHARED["model"], _SHARED["path"]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A run dir as ``labquake pretrain`` leaves it, exported with ``labquake export``."""
-    run = tmp_path_factory.mktemp("run")
-    model = tiny_model()
-    model.save(run / "model.keras")
-    (run / "manifest.json").write_text(json.dumps(tiny_manifest()))
-    (run / "config.json").write_text(json.dumps({"preset": "tiny"}))
-    base = tmp_path_factory.mktemp("saved_models")
-    assert main(["export", str(run), "--name", "p4581", "--base-dir", str(base)]) == 0
-    path = base / "p4581" / "1"
+    model, path = shared_export(tmp_path_factory)
     return model, path, tf.saved_model.load(str(path))
 
 
@@ -188,6 +198,6 @@ def test_export_cli_refuses_to_overwrite(exported):
     _, path, _ = exported
     stamp = (path / "saved_model.pb").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="already exists"):
-        main(["export", str(path), "--name", "p4581", "--base-dir", str(path.parents[1]),
+        main(["export", str(path), "--name", "tiny", "--base-dir", str(path.parents[1]),
               "--version", "1"])
     assert (path / "saved_model.pb").stat().st_mtime_ns == stamp

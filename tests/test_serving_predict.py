@@ -4,22 +4,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_serving_export import TARGETS, tiny_manifest, tiny_model
+from test_serving_export import TARGETS, shared_export
 
 from labquake_tf.cli import main
 from labquake_tf.data.record import Record
 from labquake_tf.data.registry import load_record
 from labquake_tf.serving import Client
-from labquake_tf.serving.export import export_model
 from labquake_tf.serving.predict import predict_record
 from labquake_tf.serving.server import Server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    base = tmp_path_factory.mktemp("saved_models")
-    path = export_model(tiny_model(), tiny_manifest(), "tiny", base_dir=base)
-    with Server(base / "tiny", port=0) as server:
+    path = shared_export(tmp_path_factory)[1]
+    with Server(path.parent, port=0) as server:
         yield server, path
 
 

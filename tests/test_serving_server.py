@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_serving_export import TARGETS, raw_windows, tiny_manifest, tiny_model
+from test_serving_export import TARGETS, raw_windows, shared_export
 
 from labquake_tf.serving import Client, ServingError
-from labquake_tf.serving.export import export_model
 from labquake_tf.serving.server import Server
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("saved_models")
-    export_model(tiny_model(), tiny_manifest(), "tiny", base_dir=root)
-    return root / "tiny"
+    return shared_export(tmp_path_factory)[1].parent
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from labquake_tf import TARGET_UNITS
 from labquake_tf.serving.client import Client
 
 
@@ -61,7 +62,7 @@ def plot(path, time, outputs, record, offset, title):
         if name in record.targets:
             ax.plot(time, record.targets[name][offset:], color="0.6", lw=1, label="measured")
         ax.plot(time, outputs[name], color="C3", lw=1, label="predicted")
-        ax.set_ylabel(name)
+        ax.set_ylabel(f"{name} ({TARGET_UNITS[name]})" if name in TARGET_UNITS else name)
         ax.legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("time (s)")
     axes[0, 0].set_title(title)
