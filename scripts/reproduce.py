@@ -22,15 +22,15 @@ import sys
 import time
 
 from labquake_tf.evaluation.cli import evaluate
-from labquake_tf.evaluation.transfer import train_run
 from labquake_tf.models import PRESETS
 from labquake_tf.training import TrainConfig
 from labquake_tf.training.finetune import finetune
+from labquake_tf.training.pretrain import pretrain
 
 SIZES = {
-    # source model, fine-tuning (blocks, seq_len); CPU: the small preset throughout
-    "small": (PRESETS["small"], 4, 64),
-    "paper": (PRESETS["paper"], PRESETS["finetune-paper"]["blocks"], PRESETS["finetune-paper"]["seq_len"]),
+    # source preset, fine-tuning (blocks, seq_len); CPU: the small preset throughout
+    "small": ("small", 4, 64),
+    "paper": ("paper", PRESETS["finetune-paper"]["blocks"], PRESETS["finetune-paper"]["seq_len"]),
 }
 SOURCES = ("synthetic-biaxial", "p5198")
 FINETUNES = [("synthetic-biaxial", "p4581", t) for t in ("shear_stress", "ttsf", "ttef")]
@@ -54,7 +54,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     out = pathlib.Path(args.out)
-    source_kwargs, blocks, seq_len = SIZES[args.preset]
+    preset, blocks, seq_len = SIZES[args.preset]
+    exports = out / "exports"
     pre_config = TrainConfig(epochs=args.pretrain_epochs, steps_per_epoch=args.pretrain_steps,
                              patience=args.patience, verbose=2)
     config = TrainConfig(epochs=args.epochs, patience=args.patience, verbose=0)
@@ -75,7 +76,8 @@ def main(argv=None):
         start = time.time()
         run = out / f"pretrain-{source}"
         if not (run / "model.keras").exists():  # a rerun reuses finished pretraining
-            train_run(source, run, "shear_stress", source_kwargs, pre_config)
+            pretrain(source, run, preset=preset, config=pre_config,
+                     export_name=f"reproduce-{source}", export_dir=exports)
         metrics, _ = evaluate(run, source, "test", run / "eval")
         record("pretrained", source, source, "shear_stress", metrics, run, time.time() - start)
         start = time.time()
@@ -91,11 +93,12 @@ def main(argv=None):
                time.time() - start, {"trainable_pct": round(100 * s["trainable_fraction"], 2),
                                      "epochs": s["epochs_run"]})
 
-    scratch = {**source_kwargs, "blocks": blocks, "seq_len": seq_len}
     for dataset, target in sorted({(d, t) for _, d, t in FINETUNES}):
         start = time.time()
         run = out / f"scratch-{dataset}-{target}"
-        train_run(dataset, run, target, scratch, config, split=(0.5, 0.1, 0.4))
+        pretrain(dataset, run, preset=preset, targets=(target,), config=config,
+                 export_name=f"reproduce-scratch-{dataset}-{target}", export_dir=exports,
+                 split=(0.5, 0.1, 0.4), blocks=blocks, seq_len=seq_len)
         metrics, _ = evaluate(run, dataset, "test", run / "eval")
         record("from-scratch", "-", dataset, target, metrics, run, time.time() - start)
 

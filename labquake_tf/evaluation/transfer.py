@@ -25,32 +25,6 @@ DEFAULT_TARGETS = ("p4581", "p5198")
 MODES = ("zero-shot", "fine-tuned")
 
 
-def train_run(dataset, out_dir, target, model_kwargs, config, split=(0.7, 0.1, 0.2)):
-    """Train ``build_tcn(**model_kwargs)`` on ``dataset`` from scratch into a run dir."""
-    from labquake_tf.data import pipeline, prepare
-    from labquake_tf.models import build_tcn
-    from labquake_tf.training import train
-    from labquake_tf.training.artifacts import write_json
-
-    out_dir = pathlib.Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".partial")
-    seq_len = model_kwargs["seq_len"]
-    manifest = prepare.prepare(dataset, work / "data", seq_len=seq_len, targets=[target],
-                               split=split)
-    kwargs = {**model_kwargs, "n_features": len(manifest["feature_names"]), "n_targets": 1}
-    # steps_per_epoch (long synthetic records) needs a training set that never runs out
-    datasets = [pipeline.make_dataset(work / "data", s, batch_size=config.batch_size,
-                                      shuffle=s == "train", seed=config.seed,
-                                      repeat=s == "train" and bool(config.steps_per_epoch))
-                for s in ("train", "val")]
-    model, _ = train(lambda: build_tcn(**kwargs), *datasets, config, work)
-    write_json(work / "manifest.json", manifest)
-    write_json(work / "config.json", {"model": kwargs, "preset": None, "train": config.to_dict()})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    work.rename(out_dir)
-    return model
-
-
 def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, seq_len=None,
                     config=None):
     """Score every run in ``runs`` ({source name: run dir}) on every target dataset.
@@ -129,6 +103,7 @@ def add_arguments(parser):
 def run(args):
     from labquake_tf.models import PRESETS
     from labquake_tf.training import TrainConfig
+    from labquake_tf.training.pretrain import pretrain
 
     out = pathlib.Path(args.out)
     if args.runs:
@@ -140,7 +115,8 @@ def run(args):
         runs = {}
         for source in args.sources.split(","):
             runs[source] = out / "sources" / source
-            train_run(source, runs[source], args.target, PRESETS[args.preset], config)
+            pretrain(source, runs[source], preset=args.preset, targets=(args.target,),
+                     config=config, export_name=f"transfer-{source}", export_dir=out / "exports")
     ft_config = TrainConfig(epochs=args.finetune_epochs, patience=10, verbose=0)
     rows = transfer_matrix(runs, args.targets.split(","), out, args.target, args.blocks,
                            args.seq_len, ft_config)
