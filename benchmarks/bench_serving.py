@@ -77,7 +77,7 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=4, help="REST clients for throughput")
-    parser.add_argument("--tf-threads", type=int, default=1,
+    parser.add_argument("--tf-threads", type=int, default=0,
                         help="TF intra/inter-op threads (0: TF's default, one per core)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)

@@ -360,7 +360,7 @@ def add_arguments(parser):
                         help="a version label, e.g. stable=1 (repeatable)")
     parser.add_argument("--poll-seconds", type=float, default=2.0,
                         help="how often to look for new versions")
-    parser.add_argument("--tf-threads", type=int, default=1,
+    parser.add_argument("--tf-threads", type=int, default=0,
                         help="TF intra/inter-op threads (0: TF's default, one per core)")
 
 
