@@ -98,7 +98,6 @@ class ModelRegistry:
         self.labels = dict(labels or {})
         self._servables = {}
         self._failed = set()
-        self._lock = threading.Lock()
 
     def refresh(self):
         """Load new versions, unload those that fell out of the policy; returns the versions."""
@@ -112,8 +111,8 @@ class ModelRegistry:
                 except Exception as e:  # a broken export must not take the server down
                     self._failed.add(v)
                     log.error("could not load %s: %s", self.base_path / str(v), e)
-        with self._lock:
-            self._servables = {v: s for v, s in loaded.items() if v in wanted}
+        # Replaced whole, never mutated: request threads read a consistent snapshot.
+        self._servables = {v: s for v, s in loaded.items() if v in wanted}
         return sorted(self._servables)
 
     @property
@@ -335,10 +334,10 @@ class Server:
 
 
 def set_tf_threads(n):
-    """Run each request's ops on ``n`` threads; must precede TF's first op.
+    """Run TF's ops on ``n`` threads (0: TF's default); must precede TF's first op.
 
-    One window is far too small to gain from intra-op parallelism, and on a
-    busy machine a thread pool per request mostly adds tail latency.
+    One window gains little from intra-op parallelism; on a machine shared with
+    other jobs, fewer threads can cut tail latency (measure with bench_serving).
     """
     import tensorflow as tf
 
