@@ -14,12 +14,13 @@ def causal_conv_reference(x, kernel, bias, dilation):
     return sum(padded[:, j * dilation:j * dilation + steps] @ kernel[j] for j in range(k)) + bias
 
 
-def test_weight_norm_conv_matches_numpy_and_starts_at_v():
+@pytest.mark.parametrize("in_width", [4, 342])  # conv path, matmul path (3 * 342 >= 1024)
+def test_weight_norm_conv_matches_numpy_and_starts_at_v(in_width):
     layer = WeightNormConv1D(5, 3, dilation_rate=2)
-    x = np.random.default_rng(0).normal(size=(2, 11, 4)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(2, 11, in_width)).astype("float32")
     y = layer(x)
     v = layer.v.numpy()
-    assert v.shape == (3, 4, 5) and layer.g.shape == (5,) and layer.bias.shape == (5,)
+    assert v.shape == (3, in_width, 5) and layer.g.shape == (5,) and layer.bias.shape == (5,)
     np.testing.assert_allclose(layer.kernel().numpy(), v, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y, causal_conv_reference(x, v, 0.0, 2), rtol=1e-4, atol=1e-5)
 

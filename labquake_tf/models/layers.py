@@ -15,6 +15,9 @@ class WeightNormConv1D(keras.layers.Layer):
     only knows ``kernel`` and ``bias``.
     """
 
+    IM2COL_MIN_DEPTH = 1024
+    """Kernel taps x input channels from which the conv runs as one matmul (see call)."""
+
     def __init__(self, filters, kernel_size, dilation_rate=1, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
@@ -44,7 +47,17 @@ class WeightNormConv1D(keras.layers.Layer):
     def call(self, inputs):
         left = (self.kernel_size - 1) * self.dilation_rate
         x = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
-        y = ops.conv(x, self.kernel(), padding="valid", dilation_rate=self.dilation_rate)
+        kernel = self.kernel()
+        if self.kernel_size * inputs.shape[-1] < self.IM2COL_MIN_DEPTH:
+            y = ops.conv(x, kernel, padding="valid", dilation_rate=self.dilation_rate)
+        else:
+            # Wide layers: one GEMM over the k shifted copies beats TF's CPU dilated conv
+            # (SpaceToBatch + Conv2D) about 4x, forward + backward, at 512 channels.
+            steps = ops.shape(inputs)[1]
+            d = self.dilation_rate
+            cols = ops.concatenate([x[:, j * d:j * d + steps] for j in range(self.kernel_size)],
+                                   axis=-1)
+            y = ops.matmul(cols, ops.reshape(kernel, (-1, self.filters)))
         return y + self.bias
 
     def compute_output_shape(self, input_shape):
