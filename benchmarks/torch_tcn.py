@@ -54,28 +54,34 @@ def main():
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--frozen-decoder", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="float16 autocast with loss scaling")
     args = p.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = TCN(args.seq_len, args.n_features, args.n_targets, args.filters, args.kernel,
-                args.blocks, args.dropout)
+                args.blocks, args.dropout).to(args.device)
     model.train()
     if args.frozen_decoder:
         for module in (model.norm, model.decoder):
             module.requires_grad_(False).eval()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    x = torch.randn(args.batch, args.seq_len, args.n_features)
-    y = torch.randn(args.batch, args.n_targets)
+    x = torch.randn(args.batch, args.seq_len, args.n_features, device=args.device)
+    y = torch.randn(args.batch, args.n_targets, device=args.device)
+    scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
+        with torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         return loss
 
     for _ in range(args.warmup):
@@ -88,7 +94,8 @@ def main():
         loss.item()
         best = max(best, args.steps * args.batch / (time.perf_counter() - start))
     print(json.dumps({"framework": f"torch {torch.__version__}",
-                      "threads": torch.get_num_threads(), "samples_per_s": round(best, 1)}))
+                      "threads": torch.get_num_threads(), "device": args.device,
+                      "amp": args.amp, "samples_per_s": round(best, 1)}))
 
 
 if __name__ == "__main__":
