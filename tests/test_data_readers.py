@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from labquake_tf.data import readers
-from labquake_tf.data.features import log_variance
 
 AE_RATE, MECH_RATE = 10_000.0, 200.0
 

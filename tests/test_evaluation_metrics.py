@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from labquake_tf.evaluation.figures import plot_history, plot_prediction_panel
 from labquake_tf.evaluation.metrics import regression_metrics
-from labquake_tf.evaluation.plots import plot_history, plot_prediction
 
 
 def test_regression_metrics_by_hand():
@@ -29,7 +29,7 @@ def test_plots_write_pngs(tmp_path):
     plot_history({"epoch": [0, 1, 2], "loss": [1.0, 0.5, 0.2], "val_loss": [1.1, 0.6, 0.4]},
                  tmp_path / "loss.png")
     t = np.linspace(0, 10, 200)
-    plot_prediction(t, np.sin(t), np.sin(t) + 0.1, tmp_path / "pred.png", "shear_stress", "MPa")
+    plot_prediction_panel(tmp_path / "pred.png", t, np.sin(t), np.sin(t) + 0.1, "shear_stress", "MPa")
     for name in ("loss.png", "pred.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and im.size[0] > 300

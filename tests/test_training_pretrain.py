@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from labquake_tf import cli
-from labquake_tf.evaluation.metrics import predict_split, regression_metrics
+from labquake_tf.evaluation.metrics import predict, regression_metrics
 from labquake_tf.models import build_tcn
 from labquake_tf.training import load_pretrained
 
@@ -36,10 +36,13 @@ def test_run_dir_holds_the_contracted_files(pretrained):
 
 def test_metrics_are_the_test_split_scores_in_physical_units(pretrained):
     run = pretrained / "run"
-    metrics = json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]
+    scores = json.loads((run / "metrics.json").read_text())
+    metrics = scores["targets"]["shear_stress"]
     model, _ = load_pretrained(run)
-    time, y_true, y_pred = predict_split(model, run / "data", "test", targets=["shear_stress"])
-    assert y_true.shape == y_pred.shape == (len(time), 1) and metrics["n_windows"] == len(time)
+    p = predict(model, run / "data", "test")
+    y_true, y_pred = p["true"], p["pred"]
+    assert y_true.shape == y_pred.shape == (len(p["time"]), 1)
+    assert scores["split"] == "test" and scores["n_windows"] == len(p["time"])
     assert metrics["units"] == "MPa"
     expected = regression_metrics(y_true[:, 0], y_pred[:, 0])
     assert metrics["rmse"] == pytest.approx(expected["rmse"], rel=1e-5)

@@ -18,71 +18,13 @@ import pathlib
 import shutil
 import tempfile
 
-import numpy as np
-
-from labquake_tf.evaluation import events, figures
-
-EVENT_TARGETS = ("ttsf", "ttef")
-
-
-def regression_scores(y_true, y_pred):
-    """RMSE, MAE and R² of one target."""
-    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    err = y_pred - y_true
-    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
-            "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")}
-
-
-def predict(model, data_dir, split):
-    """Time, truth and prediction (physical units) at every labelled window end."""
-    from labquake_tf.data.pipeline import load_manifest, split_arrays
-    from labquake_tf.data.scaling import MinMaxScaler
-
-    manifest = load_manifest(data_dir)
-    seq_len = int(model.input_shape[1])
-    arrays = split_arrays(data_dir, split)
-    x = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(arrays["features"])
-    ends = np.flatnonzero(arrays["label_mask"])
-    ends = ends[ends >= seq_len - 1]
-    if len(ends) == 0:
-        raise ValueError(f"{data_dir}: split {split!r} has no labelled window of {seq_len} steps")
-    windows = np.lib.stride_tricks.sliding_window_view(x, seq_len, axis=0)  # (n, f, seq)
-    windows = np.ascontiguousarray(windows[ends - seq_len + 1].transpose(0, 2, 1))
-    scaled = np.asarray(model.predict(windows, batch_size=512, verbose=0), np.float64)
-    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
-    names = manifest["target_names"]
-    if scaled.shape[1] != len(names):
-        raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")
-    truth = np.stack([arrays["targets"][n][ends] for n in names], axis=1)
-    return {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
-            "true": truth, "pred": scaler.inverse_transform(scaled),
-            "true_scaled": scaler.transform(truth), "pred_scaled": scaled}
-
-
-def evaluate_model(model, data_dir, split, plots_dir=None, title=""):
-    """Metrics of ``model`` on a prepared split; plots too when ``plots_dir`` is given."""
-    p = predict(model, data_dir, split)
-    result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
-    for i, name in enumerate(p["names"]):
-        scores = regression_scores(p["true"][:, i], p["pred"][:, i])
-        scaled = regression_scores(p["true_scaled"][:, i], p["pred_scaled"][:, i])
-        result["targets"][name] = {**scores, **{f"{k}_scaled": v for k, v in scaled.items()},
-                                   "units": p["units"].get(name, "")}
-        if name in EVENT_TARGETS:
-            result["events"][name] = events.event_scores(p["time"], p["true"][:, i], p["pred"][:, i])
-        if plots_dir is not None:
-            figures.plot_prediction_panel(
-                pathlib.Path(plots_dir) / f"{split}_{name}.png", p["time"], p["true"][:, i],
-                p["pred"][:, i], name, p["units"].get(name, ""),
-                f"{title} {name}: RMSE {scores['rmse']:.3g}, R² {scores['r2']:.3f}".strip())
-    return result, p
+from labquake_tf.evaluation import figures
+from labquake_tf.evaluation.metrics import evaluate_model
 
 
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     """The whole command: load, prepare, score, write ``out``; returns the metrics."""
     from labquake_tf.data import prepare, splits
-    from labquake_tf.evaluation import plots
     from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
     from labquake_tf.training.trainer import read_history
 
@@ -111,7 +53,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
                                        title=f"{dataset}/{split}")
         history = pathlib.Path(model_files(model_path)[0]).parent / "history.csv"
         if history.exists():
-            plots.plot_history(read_history(history), work / "plots" / "loss.png")
+            figures.plot_history(read_history(history), work / "plots" / "loss.png")
         result.update(model=str(model_path), dataset=str(dataset), split_ratios=list(ratios))
         write_json(work / "metrics.json", result)
         _write_predictions(work / "predictions.csv", p)

@@ -1,5 +1,7 @@
 """Paper-style figures (Wang et al. 2025, Figs. 2, 4, 5) as PNG files."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
@@ -19,6 +21,16 @@ def plot_prediction_panel(path, time, y_true, y_pred, name, units, title=""):
     ax_s.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax_s.set(xlabel=f"true ({units})", ylabel=f"predicted ({units})", aspect="equal")
     _save(fig, path)
+
+
+def plot_history(history, path):
+    """Training (and validation) loss per epoch, log scale, from a history dict."""
+    if not history.get("loss"):
+        raise ValueError("history has no 'loss' values to plot")
+    epochs = history.get("epoch") or range(len(history["loss"]))
+    curves = {key: history[key] for key in ("loss", "val_loss")
+              if key in history and not all(map(math.isnan, history[key]))}
+    plot_curves(path, [e + 1 for e in epochs], curves, "epoch", "MSE (scaled units)")
 
 
 def plot_curves(path, x, curves, xlabel, ylabel):

@@ -14,7 +14,6 @@ Off the diagonal, both modes score the target's last 40 % of events.
 
 import csv
 import pathlib
-import shutil
 
 import numpy as np
 
@@ -101,7 +100,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from labquake_tf.models import PRESETS
     from labquake_tf.training import TrainConfig
     from labquake_tf.training.pretrain import pretrain
 
@@ -109,8 +107,6 @@ def run(args):
     if args.runs:
         runs = dict(item.split("=", 1) for item in args.runs.split(","))
     else:
-        if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
         config = TrainConfig(epochs=args.epochs, patience=10, verbose=2)
         runs = {}
         for source in args.sources.split(","):

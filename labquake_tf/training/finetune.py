@@ -118,8 +118,8 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
     """
     from labquake_tf.data import pipeline, prepare
-    from labquake_tf.evaluation.cli import evaluate_model
-    from labquake_tf.evaluation.plots import plot_history
+    from labquake_tf.evaluation.figures import plot_history
+    from labquake_tf.evaluation.metrics import evaluate_model
 
     config = config or TrainConfig()
     if target not in TARGETS:

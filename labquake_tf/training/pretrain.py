@@ -30,7 +30,8 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow op.
     strategy = get_strategy(config.strategy)
     from labquake_tf.data import pipeline, prepare
-    from labquake_tf.evaluation import metrics, plots
+    from labquake_tf.evaluation import figures
+    from labquake_tf.evaluation.metrics import evaluate_model
     from labquake_tf.models import PRESETS, build_tcn
     from labquake_tf.training.trainer import train
 
@@ -60,15 +61,9 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
         return model, {}
 
     (work / "plots").mkdir(exist_ok=True)
-    plots.plot_history(history, work / "plots" / "loss.png")
-    time, y_true, y_pred = metrics.predict_split(model, data_dir, "test", targets=list(targets))
-    scores = {}
-    for i, name in enumerate(targets):
-        scores[name] = {**metrics.regression_metrics(y_true[:, i], y_pred[:, i]),
-                        "units": manifest["units"][name], "n_windows": len(time)}
-        plots.plot_prediction(time, y_true[:, i], y_pred[:, i], work / "plots" / f"test_{name}.png",
-                              name, manifest["units"][name])
-    write_json(work / "metrics.json", {"split": "test", "targets": scores})
+    figures.plot_history(history, work / "plots" / "loss.png")
+    scores, _ = evaluate_model(model, data_dir, "test", work / "plots")
+    write_json(work / "metrics.json", scores)
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
 
@@ -113,9 +108,10 @@ def run(args):
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     _, summary = pretrain(args.dataset, args.out, args.preset, targets, config,
                           args.export_name, args.export_dir)
-    for name, m in summary.get("metrics", {}).items():
+    scores = summary.get("metrics", {})
+    for name, m in scores.get("targets", {}).items():
         print(f"test {name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g} {m['units']}, "
-              f"R2 {m['r2']:.3f} ({m['n_windows']} windows)")
+              f"R2 {m['r2']:.3f} ({scores['n_windows']} windows)")
     if summary:
         print(f"run dir: {summary['run']}\nSavedModel: {summary['export']}")
     return 0
