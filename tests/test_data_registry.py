@@ -44,7 +44,13 @@ def test_synthetic_is_generated_once_and_cached(tmp_path, monkeypatch):
     again = registry.load_record("synthetic-tiny")
     assert len(calls) == 1 and calls[0]["mode"] == "features" and calls[0]["seed"] == 0
     path = registry.dataset_path("synthetic-tiny")
-    assert path.name == "dds-20s-seed0-v0.1.0.h5" and path.parent == tmp_path / "synthetic"
+    assert path.name.startswith("dds-20s-seed0-v0.1.0-") and path.suffix == ".h5"
+    assert path.parent == tmp_path / "synthetic"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp left behind
     np.testing.assert_array_equal(record.features, again.features)
     assert record.name == "synthetic-tiny" and len(record.events) >= 1
+    # An edited preset is a new record, never the cached one.
+    edited = simulate.PRESETS["dds"].replace(stiffness=0.003)
+    monkeypatch.setitem(simulate.PRESETS, "dds", edited)
+    other = registry.dataset_path("synthetic-tiny")
+    assert other != path and other.name.startswith("dds-20s-seed0-v0.1.0-") and len(calls) == 2

@@ -8,6 +8,8 @@ hash-checked all the same. Synthetic records are generated on first use by
 duration, seed and package version.
 """
 
+import hashlib
+import json
 import os
 import pathlib
 import tempfile
@@ -78,11 +80,15 @@ def _dds_path(name, spec):
 
 
 def _synthetic_path(spec, seed=0):
-    key = f"{spec['preset']}-{spec['duration']:g}s-seed{seed}-v{labquake_tf.__version__}"
+    from labquake_tf import simulate
+
+    # The preset's parameters are in the key: editing a preset never serves a stale record.
+    params = json.dumps(simulate.PRESETS[spec["preset"]].to_dict(), sort_keys=True)
+    key = (f"{spec['preset']}-{spec['duration']:g}s-seed{seed}-v{labquake_tf.__version__}-"
+           f"{hashlib.sha256(params.encode()).hexdigest()[:10]}")
     path = cache_dir() / "synthetic" / f"{key}.h5"
     if path.exists():
         return path
-    from labquake_tf import simulate
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # Generate beside the target and rename: a killed run never leaves a
@@ -91,7 +97,8 @@ def _synthetic_path(spec, seed=0):
     os.close(fd)
     try:
         simulate.generate(preset=spec["preset"], duration=spec["duration"], seed=seed,
-                          out=tmp, mode="features")
+                          out=tmp, mode="features",
+                          progress=simulate.ProgressBar(f"generating {path.name}"))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,11 +10,12 @@ record. Presets (``PRESETS``): ``biaxial`` (~20 s cycles), ``dds`` (~6 s),
 from labquake_tf.simulate.ae import (AEParams, aki_b_value, sample_events, waveform_chunks,
                                      window_logvar)
 from labquake_tf.simulate.fault import FaultHistory, FaultParams, simulate_fault
-from labquake_tf.simulate.experiment import cycle_statistics, generate, resolve_config
+from labquake_tf.simulate.experiment import (ProgressBar, cycle_statistics, generate,
+                                             resolve_config)
 from labquake_tf.simulate.presets import PRESETS, SimulationConfig
 
 __all__ = [
-    "AEParams", "FaultHistory", "FaultParams", "PRESETS", "SimulationConfig", "aki_b_value",
+    "AEParams", "FaultHistory", "FaultParams", "PRESETS", "ProgressBar", "SimulationConfig", "aki_b_value",
     "cycle_statistics", "generate", "resolve_config", "sample_events", "simulate_fault",
     "waveform_chunks", "window_logvar",
 ]

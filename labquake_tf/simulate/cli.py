@@ -7,7 +7,7 @@ import ast
 import sys
 import time
 
-from labquake_tf.simulate.experiment import MODES
+from labquake_tf.simulate.experiment import MODES, ProgressBar
 from labquake_tf.simulate.presets import PRESETS
 
 
@@ -40,22 +40,6 @@ def parse_overrides(items):
     return overrides
 
 
-class _Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, label, width=30):
-        self.label, self.width, self.last = label, width, -1
-
-    def __call__(self, fraction):
-        filled = int(fraction * self.width)
-        if filled != self.last:
-            self.last = filled
-            bar = "#" * filled + "." * (self.width - filled)
-            print(f"\r{self.label} [{bar}] {fraction:4.0%}", end="", file=sys.stderr, flush=True)
-            if fraction >= 1:
-                print(file=sys.stderr)
-
-
 def run(args):
     from labquake_tf.simulate.experiment import cycle_statistics, generate
 
@@ -63,7 +47,7 @@ def run(args):
         overrides = parse_overrides(args.set)
         start = time.perf_counter()
         path = generate(args.preset, args.duration, args.seed, args.out, mode=args.mode,
-                        name=args.name, progress=_Progress(f"simulate {args.preset}"), **overrides)
+                        name=args.name, progress=ProgressBar(f"simulate {args.preset}"), **overrides)
     except ValueError as err:
         print(f"labquake simulate: {err}", file=sys.stderr)
         return 2

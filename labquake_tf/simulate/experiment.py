@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import sys
 
 import h5py
 import numpy as np
@@ -25,6 +26,22 @@ def resolve_config(preset="biaxial", **overrides):
     else:
         raise ValueError(f"unknown simulation preset {preset!r}; choose from {sorted(PRESETS)}")
     return config.replace(**overrides)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label, width=30):
+        self.label, self.width, self.last = label, width, -1
+
+    def __call__(self, fraction):
+        filled = int(fraction * self.width)
+        if filled != self.last:
+            self.last = filled
+            bar = "#" * filled + "." * (self.width - filled)
+            print(f"\r{self.label} [{bar}] {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+            if fraction >= 1:
+                print(file=sys.stderr)
 
 
 def generate(preset="biaxial", duration=400.0, seed=0, out=None, mode="features", name=None,
