@@ -28,11 +28,12 @@ def make_optimizer(config, steps_per_epoch):
         global_clipnorm=config.clipnorm or None)
 
 
-def compile_model(model, config, steps_per_epoch):
-    """MSE loss, RMSE metric; loss scaling is added by Keras under mixed_float16."""
+def compile_model(model, config, steps_per_epoch, extra_metrics=()):
+    """MSE loss, RMSE metric (plus ``extra_metrics``); loss scaling is added by Keras
+    under mixed_float16."""
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch), loss="mse",
-        metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+        metrics=[keras.metrics.RootMeanSquaredError(name="rmse"), *extra_metrics],
         jit_compile=config.jit_compile)
     return model
 

@@ -7,7 +7,6 @@ datasets because ``seq_len`` and ``batch_size`` are hyper-parameters too.
 
 import dataclasses
 
-import keras
 import keras_tuner as kt
 import numpy as np
 
@@ -60,6 +59,8 @@ class TCNHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, **kwargs):
         kwargs.setdefault("verbose", 0)
         kwargs.setdefault("steps_per_epoch", self.config.steps_per_epoch)
+        # The pipeline shuffles the training split; Keras cannot shuffle a dataset.
+        kwargs.setdefault("shuffle", False)
         train, val = (self._dataset(hp.values, split) for split in ("train", "val"))
         return model.fit(train, validation_data=val, **kwargs)
 
@@ -72,13 +73,8 @@ class TCNHyperModel(kt.HyperModel):
 
     def _compile(self, model, params):
         config = self.train_config(params)
-        compile_model(model, config, self._steps_per_epoch(params))
-        if self.physical_rmse:
-            # compile_model fixes its metrics; add ours on the same optimizer and loss.
-            model.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=config.jit_compile,
-                          metrics=[keras.metrics.RootMeanSquaredError(name="rmse"),
-                                   PhysicalRMSE.from_manifest(self.manifest, self.targets)])
-        return model
+        extra = [PhysicalRMSE.from_manifest(self.manifest, self.targets)] if self.physical_rmse else []
+        return compile_model(model, config, self._steps_per_epoch(params), extra)
 
     def _dataset(self, params, split):
         return pipeline.make_dataset(
