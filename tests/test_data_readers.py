@@ -12,7 +12,8 @@ def _sawtooth_stress(n, rate, period_s=2.0):
     return t, 5.0 + 0.5 * ((t / period_s) % 1.0)  # 0.5 MPa drops every 2 s
 
 
-def _write_h5(path, ae=None, logvar=None, fmt="labquake-hdf5", stress=True):
+def _write_h5(path, ae=None, logvar=None, fmt="labquake-hdf5", stress=True,
+              stress_samples=int(11 * MECH_RATE)):
     with h5py.File(path, "w") as f:
         f.attrs.update(format=fmt, version=1, name="tiny")
         if ae is not None:
@@ -22,7 +23,7 @@ def _write_h5(path, ae=None, logvar=None, fmt="labquake-hdf5", stress=True):
             d = f.create_dataset("features/logvar", data=logvar)
             d.attrs.update(hop=0.01, window=0.1, t0=0.1)
         if stress:
-            _, s = _sawtooth_stress(int(11 * MECH_RATE), MECH_RATE)
+            _, s = _sawtooth_stress(stress_samples, MECH_RATE)
             d = f.create_dataset("mech/shear_stress", data=s)
             d.attrs.update(sample_rate=MECH_RATE, t0=0.0, units="MPa")
     return path
@@ -63,6 +64,15 @@ def test_hdf5_features_layout_and_default_channel(tmp_path):
     assert record.feature_names == ["logvar_ch1"]
     np.testing.assert_array_equal(record.features[:, 0], logvar[:, 0])
     np.testing.assert_allclose(record.time[[0, -1]], [0.1, 10.09])
+
+
+def test_window_ending_on_the_last_stress_sample_is_kept(tmp_path):
+    # 0.1 + 0.01 * 1596 rounds to 16.060000000000002 > 3212 / 200 = 16.06: the last
+    # window ends on the last stress sample and must not be lost to the rounding.
+    logvar = np.random.default_rng(0).normal(2, 0.1, (1597, 1)).astype(np.float32)
+    record = readers.read(_write_h5(tmp_path / "f.h5", logvar=logvar, stress_samples=3213))
+    assert len(record.time) == 1597
+    np.testing.assert_allclose(record.time[-1], 16.06)
 
 
 def test_simulated_record_reads(tmp_path):

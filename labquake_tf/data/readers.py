@@ -152,7 +152,10 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
                  for c in iter_hdf5_ae(path, chunk)]
         logvar = np.concatenate(parts)
         time = lv.window_end_time(np.arange(len(logvar)), t0)
-    inside = (time >= stress_time[0]) & (time <= stress_time[-1])
+    # t0 + hop * k rounds up past a stress sample on the same instant (1e-15 s); a
+    # microsecond of slack keeps that window, far below any hop or sample interval.
+    slack = 1e-6
+    inside = (time >= stress_time[0] - slack) & (time <= stress_time[-1] + slack)
     if not inside.any():
         raise ValueError(f"{path}: the AE feature times do not overlap /mech/shear_stress")
     time, logvar = time[inside], logvar[inside]
