@@ -10,7 +10,8 @@ def _reference(x, window, hop, fn=np.var):
     return np.array([fn(x[k * hop:k * hop + window].astype(np.float64), axis=0) for k in range(n)])
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+# int16: float64 tiles; int32: the int64 path; float32: float64 sums.
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
 def test_matches_direct_numpy_across_chunk_boundaries(dtype):
     rng = np.random.default_rng(0)
     x = (rng.normal(0, 800, (20_037, 3)) * np.array([1, 3, 0.2])).astype(dtype)
@@ -28,6 +29,16 @@ def test_int16_full_scale_is_exact():
     got = log_variance([x[:1500], x[1500:]], 1000.0, window=1.0, hop=0.5, output="var")
     # float32 output; an int32 overflow would be off by orders of magnitude
     np.testing.assert_allclose(got[:, 0], _reference(x, 1000, 500)[:, 0], rtol=1e-7)
+
+
+def test_int16_block_sums_are_exact_integers():
+    x = np.random.default_rng(2).integers(-32768, 32768, (40_000, 2)).astype(np.int16)
+    lv = LogVariance(1000.0, window=1.0, hop=1.0, workers=2)
+    sums = lv._block_sums(x, 40)
+    wide = x.astype(object).reshape(40, 1000, 2)  # Python ints: no rounding at all
+    assert sums.dtype == np.int64
+    assert sums[:, 0].tolist() == wide.sum(axis=1).tolist()
+    assert sums[:, 1].tolist() == (wide * wide).sum(axis=1).tolist()
 
 
 def test_var_and_std_outputs():
