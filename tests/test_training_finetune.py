@@ -12,7 +12,7 @@ SEQ = 12
 
 @pytest.fixture(scope="module")
 def pretrained():
-    # dropout > 0 so the test sees frozen blocks lose it
+    # dropout > 0 so the test sees frozen blocks skip it
     return build_tcn(16, filters=8, kernel_size=3, blocks=3, dropout=0.2)
 
 
@@ -39,10 +39,14 @@ def test_pretrained_frozen_copies_and_freezes_the_first_blocks(pretrained):
     assert model.input_shape == (None, SEQ, 1)
     assert len(decoder_blocks(model)) == 2
     for new, old in zip(decoder_blocks(model), decoder_blocks(pretrained)):
-        assert not new.trainable and new.dropout == 0.0
+        assert not new.trainable and new.dropout == old.dropout == 0.2
         for a, b in zip(new.get_weights(), old.get_weights()):
             np.testing.assert_array_equal(a, b)
     assert not model.get_layer("input_norm").trainable
+    # Frozen, the decoder is a fixed function even in training mode (no dropout).
+    trunk, _ = cache.split_at_head(model)
+    x = np.random.default_rng(1).normal(size=(8, SEQ, 1)).astype("float32")
+    np.testing.assert_array_equal(trunk(x, training=True).numpy(), trunk(x, training=False).numpy())
     assert ft.trainable_fraction(model) == pytest.approx(_head_params(8, SEQ) / model.count_params())
 
 

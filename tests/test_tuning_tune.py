@@ -124,14 +124,14 @@ def test_time_limit_stops_launching_trials(data_dir, space_file, tmp_path):
 
 
 def test_head_only_search_keeps_the_pretrained_blocks_frozen(data_dir, tmp_path):
-    pretrained = build_tcn(8, filters=4, kernel_size=3, blocks=2)
+    pretrained = build_tcn(8, filters=4, kernel_size=3, blocks=2, dropout=0.1)
     run = tmp_path / "pretrained"
     run.mkdir()
     pretrained.save(run / "model.keras")
     write_json(run / "manifest.json", {"dataset": "tiny"})
     hm = FrozenDecoderHyperModel(run, data_dir, blocks=1, space=SPACE,
                                  config=TrainConfig(steps_per_epoch=2))
-    assert hm.space["blocks"] == 1 and hm.space["filters"] == 4 and hm.space["dropout"] == 0.0
+    assert hm.space["blocks"] == 1 and hm.space["filters"] == 4 and hm.space["dropout"] == 0.1
     hp = _hp(learning_rate=1e-2)
     model = hm.build(hp)
     block = decoder_blocks(model)

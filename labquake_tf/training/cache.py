@@ -1,18 +1,13 @@
 """Train a TCN's head on cached activations of its frozen decoder.
 
-With ``input_norm`` and every ``decoder_block_i`` frozen, and no dropout in the
-blocks, the decoder is a fixed function: its output for a window never changes
-during fine-tuning. Computing it once (batched, on the accelerator) and
-training only the head on those activations gives the same gradients as the
-full model at a fraction of the cost: each epoch runs the head alone.
+With ``input_norm`` and every ``decoder_block_i`` frozen, the decoder is a fixed
+function (a frozen ``TCNBlock`` runs in inference mode, skipping its dropout): its
+output for a window never changes during fine-tuning. Computing it once (batched,
+on the accelerator) and training only the head on those activations gives the same
+gradients as the full model at a fraction of the cost: each epoch runs the head alone.
 
-The cache is NOT valid, and ``check_cacheable`` refuses, when
-
-- a decoder block or ``input_norm`` is trainable (its output changes every step);
-- a block has dropout > 0: Keras 3 runs a frozen layer's ``Dropout`` in training
-  mode all the same (``trainable=False`` stops updates, not dropout), so its
-  output is random at train time. ``finetune.build_finetune_model`` builds
-  frozen blocks with ``dropout=0``, which is what inference mode computes.
+The cache is NOT valid, and ``check_cacheable`` refuses, when a decoder block or
+``input_norm`` is trainable: its output changes every step.
 
 A frozen ``BatchNormalization`` does use its moving statistics in Keras 3, so
 ``input_norm`` is deterministic once frozen.
@@ -39,10 +34,6 @@ def check_cacheable(model):
         if layer.trainable:
             raise ValueError(f"{model.name}: {layer.name} is trainable, so its output changes "
                              "during training and cannot be cached (use the plain path)")
-    for block in blocks:
-        if block.dropout > 0:
-            raise ValueError(f"{model.name}: {block.name} has dropout={block.dropout}, which "
-                             "Keras applies at train time even in frozen layers; cannot cache")
 
 
 def split_at_head(model):

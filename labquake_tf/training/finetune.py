@@ -8,17 +8,13 @@ that asks whether the pretrained weights matter) or train too (``trainable``).
 The head is always fresh, so the target may be one the pretrained model never
 saw.
 
-Two choices keep a frozen decoder an exact, fixed function (so the activation
-cache in ``training.cache`` is valid):
-
-- ``input_norm`` normalises per time step, so its parameters have seq_len
-  entries and cannot be copied when seq_len changes. Its moving mean and
-  variance are set once from the fine-tuning training windows (what
-  ``Normalization.adapt`` does) and it is frozen with the decoder. Left
-  trainable, it would shift the frozen decoder's inputs at every step.
-- Keras 3 still applies ``Dropout`` inside a frozen layer at train time, so
-  frozen blocks are built with ``dropout=0``: they compute what inference
-  mode computes. Only ``--decoder trainable`` keeps the pretrained dropout.
+A frozen decoder is an exact, fixed function (so the activation cache in
+``training.cache`` is valid): a frozen ``TCNBlock`` runs in inference mode, without
+its dropout, and ``input_norm``, which normalises per time step and so cannot be
+copied when seq_len changes, has its moving mean and variance set once from the
+fine-tuning training windows (what ``Normalization.adapt`` does) and is frozen
+with the decoder. Left trainable, it would shift the frozen decoder's inputs at
+every step.
 """
 
 import pathlib
@@ -57,8 +53,6 @@ def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pret
                          f"decoder blocks), got {blocks}")
     arch = architecture(pretrained)
     frozen = decoder != "trainable"
-    if frozen:
-        arch["dropout"] = 0.0
     model = build_tcn(seq_len, n_targets=n_targets, blocks=blocks, name="tcn_finetune", **arch)
     if decoder != "random-frozen":
         for new, old in zip(decoder_blocks(model), decoder_blocks(pretrained)):

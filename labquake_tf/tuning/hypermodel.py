@@ -124,9 +124,9 @@ class FrozenDecoderHyperModel(TCNHyperModel):
         self.pretrained, _ = load_pretrained(pretrained)
         self.blocks = blocks
         arch = finetune.architecture(self.pretrained)
-        # Frozen blocks are built without dropout (see training.finetune).
+        # The decoder is the pretrained one; frozen, its blocks skip their dropout.
         fixed = {"blocks": blocks, "filters": arch["filters"],
-                 "kernel_size": arch["kernel_size"], "dropout": 0.0}
+                 "kernel_size": arch["kernel_size"], "dropout": arch["dropout"]}
         super().__init__(data_dir, space={**(space or {}), **fixed}, **kwargs)
         if arch["n_features"] != len(self.manifest["feature_names"]):
             raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
