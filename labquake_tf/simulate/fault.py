@@ -182,7 +182,10 @@ def simulate_fault(params, duration, dt=1e-3, seed=0, spinup=0.0, min_drop=None,
             raise RuntimeError(f"spring-slider integration failed at t={sol.t[-1]:.3f} s: "
                                f"{sol.message}")
         if t_eval is not None:
-            states.append(sol.y[:, :-1])
+            # The span's first sample is its start state itself, not the
+            # solver's interpolant at t0 (which may differ in the last bit), so
+            # a record is a bitwise prefix of a longer one with the same seed.
+            states.append(np.column_stack([s0, sol.y[:, 1:-1]]))
         for sign, (te, ye) in enumerate(zip(sol.t_events, sol.y_events)):
             crossings += [(t, 1 - 2 * sign, shear_stress(sigma(t)[0], *y[:2]))
                           for t, y in zip(te, ye)]
