@@ -25,9 +25,12 @@ def receptive_field(kernel_size, blocks):
 
 
 def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blocks=4,
-              dropout=0.1, name="tcn"):
+              dropout=0.1, name="tcn", norm_epsilon=1e-3):
     """Input ``ae_features`` (seq_len, n_features) -> ``input_norm`` -> decoder blocks ->
-    ``head_*`` -> ``prediction`` (n_targets, float32 under any precision policy)."""
+    ``head_*`` -> ``prediction`` (n_targets, float32 under any precision policy).
+
+    ``norm_epsilon`` is Keras' default; a model imported from PyTorch keeps BatchNorm1d's
+    1e-5 (``models.torch_import``) so its outputs match to float32 rounding."""
     seen = receptive_field(kernel_size, blocks)
     if seq_len > seen:
         warnings.warn(f"seq_len={seq_len} exceeds the receptive field ({seen} steps) of "
@@ -35,7 +38,7 @@ def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blo
                       f"the first {seq_len - seen} steps of each window", stacklevel=2)
     inputs = keras.Input((seq_len, n_features), name="ae_features")
     # axis=1: one mean/variance per time step, as the reference BatchNorm1d(seq_len) does.
-    x = keras.layers.BatchNormalization(axis=1, name="input_norm")(inputs)
+    x = keras.layers.BatchNormalization(axis=1, epsilon=norm_epsilon, name="input_norm")(inputs)
     for i in range(blocks):
         x = TCNBlock(filters, kernel_size, dilation_rate=2 ** i, dropout=dropout,
                      name=f"decoder_block_{i}")(x)
