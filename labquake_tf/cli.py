@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": ("labquake_tf.data.prepare", "turn a dataset into TFRecord shards + manifest"),
     "pretrain": ("labquake_tf.training.pretrain", "pretrain a TCN and export it"),
     "finetune": ("labquake_tf.training.finetune", "fine-tune the first K blocks of a pretrained TCN"),
+    "import-torch": ("labquake_tf.training.import_torch", "a reference PyTorch TCN checkpoint (.pth) as a run dir"),
     "evaluate": ("labquake_tf.evaluation.cli", "score a model in physical units, with plots"),
     "transfer-matrix": ("labquake_tf.evaluation.transfer", "zero-shot / fine-tuned RMSE across datasets"),
     "tune": ("labquake_tf.tuning.tune", "KerasTuner search over the TCN and its training"),

@@ -15,6 +15,42 @@ import numpy as np
 
 OUTPUTS = ("logvar", "var", "std")
 
+FEATURE_KINDS = {"logvar": "log10(AE variance)", "std": "AE standard deviation"}
+"""What a model may be fed, with the manifest's unit text. ``logvar`` is this package's
+default; ``std`` (sqrt of the variance) is the reference PyTorch code's input, so a
+model imported from it (``labquake import-torch``) is fed what it was trained on."""
+
+
+def check_kind(kind):
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"features must be one of {sorted(FEATURE_KINDS)}, got {kind!r}")
+    return kind
+
+
+def from_variance(var, kind):
+    """AE variance -> the feature ``kind`` (``log10`` of 0 is ``-inf``, caught by readers)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(var) if check_kind(kind) == "logvar" else np.sqrt(var)
+
+
+def from_logvar(logvar, kind):
+    """log10 variance -> the feature ``kind``."""
+    return logvar if check_kind(kind) == "logvar" else np.power(10.0, np.asarray(logvar) / 2)
+
+
+def manifest_kind(manifest):
+    """The feature kind a model's manifest says it takes; manifests from before the
+    ``feature_kind`` field name it only in ``feature_names``, and were log-variance."""
+    if manifest.get("feature_kind"):
+        return check_kind(manifest["feature_kind"])
+    return feature_kind(manifest.get("feature_names") or []) or "logvar"
+
+
+def feature_kind(feature_names):
+    """The kind behind feature names like ``std_ch1``, or None if they name no one kind."""
+    kinds = {str(n).rsplit("_ch", 1)[0] for n in feature_names}
+    return kinds.pop() if len(kinds) == 1 and kinds <= set(OUTPUTS) else None
+
 
 class LogVariance:
     """Feed chunks with ``update``; each call returns the windows it completed.

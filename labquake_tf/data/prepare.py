@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 
 import labquake_tf
+from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
 from labquake_tf.data.readers import sha256
 
@@ -33,8 +34,11 @@ RECORDS_PER_SHARD = 64
 
 def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATIOS,
             channels=None, force=False, chunk_len=CHUNK_LEN,
-            records_per_shard=RECORDS_PER_SHARD, **record_options):
-    """Write shards and manifest for ``dataset`` (name or path) into ``out``; returns the manifest."""
+            records_per_shard=RECORDS_PER_SHARD, features="logvar", **record_options):
+    """Write shards and manifest for ``dataset`` (name or path) into ``out``; returns the manifest.
+
+    ``features``: ``"logvar"`` (log10 AE variance, the default) or ``"std"`` (its square
+    root, the reference PyTorch code's input); the manifest's ``feature_kind``."""
     import tensorflow as tf
 
     targets = list(targets or labquake_tf.TARGETS)
@@ -42,7 +46,8 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
     ratios = splits.parse_ratios(split)
-    record = registry.load_record(dataset, channels=channels, **record_options)
+    features_lib.check_kind(features)
+    record = registry.load_record(dataset, channels=channels, features=features, **record_options)
     dt = record.dt
     seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
     request = {"dataset": str(dataset), "sha256": record.sha256, "seq_len": seq_len,
@@ -78,7 +83,8 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
         manifest = {
             "format": "labquake-shards", "version": 1, "dataset": record.name,
             "feature_names": record.feature_names, "target_names": targets,
-            "units": {"features": "log10(AE variance)",
+            "feature_kind": features,
+            "units": {"features": features_lib.FEATURE_KINDS[features],
                       **{t: labquake_tf.TARGET_UNITS[t] for t in targets}},
             "dt": dt, "seq_len": seq_len, "chunk_len": chunk_len,
             "scaler": {"features": feature_scaler.to_dict(), "targets": target_scaler.to_dict()},
@@ -177,6 +183,9 @@ def add_arguments(parser):
     parser.add_argument("--lowpass-hz", type=float, default=15.0,
                         help="shear-stress low-pass cutoff; skipped when >= Nyquist")
     parser.add_argument("--no-detrend", action="store_true", help="keep the stress trend")
+    parser.add_argument("--features", choices=sorted(features_lib.FEATURE_KINDS), default="logvar",
+                        help="AE feature: log10 variance (default) or standard deviation "
+                             "(std, the reference PyTorch models' input)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
 
@@ -186,7 +195,8 @@ def run(args):
         options["ttf"] = args.ttf
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     manifest = prepare(args.dataset, args.out, seq_len=args.seq_len, targets=args.targets,
-                       split=args.split, channels=channels, force=args.force, **options)
+                       split=args.split, channels=channels, force=args.force,
+                       features=args.features, **options)
     summary = {n: {"events": s["events"], "steps": s["n_steps"], "t": [s["t_start"], s["t_end"]]}
                for n, s in manifest["splits"].items()}
     print(json.dumps({"out": os.path.abspath(args.out), "dataset": manifest["dataset"],

@@ -3,7 +3,8 @@
 Every reader ends in ``targets.build_targets`` so all formats share one
 definition of filtering, detrending, events and time to failure. The default
 feature is one channel (``logvar_ch1``) for every format, so a model trained on
-one rig takes the input of any other.
+one rig takes the input of any other; ``features="std"`` gives every reader's AE
+standard deviation instead (``std_ch1``, the reference PyTorch code's input).
 
 ``.npz`` keys: ``time`` (n_steps,) s, END of each AE window; ``logvar``
 (n_steps, n_channels) log10 variance; ``shear_stress`` (n_steps,) MPa; optional
@@ -22,6 +23,7 @@ from labquake_tf.data.record import Record
 
 DEFAULT_CHANNELS = (1,)
 DDS_COLUMNS = ("Time", "ShearStress")
+_KIND_TEXT = {"logvar": "log-variance", "std": "standard deviation", "var": "variance"}
 
 
 def sha256(path, block=1 << 20):
@@ -45,7 +47,7 @@ def _finish(name, path, time, logvar, channels, shear_stress, published=None, ki
             **target_options):
     if not np.all(np.isfinite(logvar)):
         row = int(np.argwhere(~np.isfinite(logvar))[0, 0])
-        raise ValueError(f"{path}: non-finite AE log-variance at step {row} (time {time[row]:g} s)")
+        raise ValueError(f"{path}: non-finite AE {_KIND_TEXT.get(kind, kind)} at step {row} (time {time[row]:g} s)")
     if not np.all(np.isfinite(shear_stress)):
         raise ValueError(f"{path}: non-finite shear stress")
     targets, mask, events, info = targets_lib.build_targets(
@@ -57,13 +59,14 @@ def _finish(name, path, time, logvar, channels, shear_stress, published=None, ki
                   sha256=sha256(path), attrs=info)
 
 
-def read_dds_csv(path, channels=None, ttf="published", name=None, **target_options):
+def read_dds_csv(path, channels=None, ttf="published", name=None, features="logvar",
+                 **target_options):
     """A DDS CSV (0.1 s rows; columns found by name; the unnamed index column is ignored).
 
-    Features are ``log10(Var_ChN)``. ``ttf="published"`` (default) keeps the
-    files' TimeToStartFailure/TimeToEndFailure with their artefact rows masked:
-    those are the labels the reference results were computed on. ``"derived"``
-    counts down to the detected events instead (they agree to one row).
+    Features are ``log10(Var_ChN)``, or ``sqrt(Var_ChN)`` with ``features="std"``.
+    ``ttf="published"`` (default) keeps the files' TimeToStartFailure/TimeToEndFailure
+    with their artefact rows masked: those are the labels the reference results were
+    computed on. ``"derived"`` counts down to the detected events instead (they agree to one row).
     """
     if ttf not in ("published", "derived"):
         raise ValueError(f"ttf must be 'published' or 'derived', got {ttf!r}")
@@ -84,15 +87,16 @@ def read_dds_csv(path, channels=None, ttf="published", name=None, **target_optio
     if data.ndim != 2 or data.shape[1] != len(header):
         raise ValueError(f"{path}: rows do not all have {len(header)} fields")
     col = {h: data[:, i] for i, h in enumerate(header)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logvar = np.stack([np.log10(col[f"Var_Ch{c}"]) for c in channels], axis=1)
+    x = np.stack([features_lib.from_variance(col[f"Var_Ch{c}"], features) for c in channels],
+                 axis=1)
     published = (col["TimeToStartFailure"], col["TimeToEndFailure"]) if ttf == "published" else None
-    return _finish(name or _stem(path), path, col["Time"], logvar, channels, col["ShearStress"],
-                   published, **target_options)
+    return _finish(name or _stem(path), path, col["Time"], x, channels, col["ShearStress"],
+                   published, kind=features, **target_options)
 
 
-def read_npz(path, channels=None, name=None, **target_options):
+def read_npz(path, channels=None, name=None, features="logvar", **target_options):
     """A ``.npz`` with the keys documented in this module's docstring."""
+    features_lib.check_kind(features)
     with np.load(path) as z:
         missing = [k for k in ("time", "logvar", "shear_stress") if k not in z.files]
         if missing:
@@ -103,23 +107,27 @@ def read_npz(path, channels=None, name=None, **target_options):
     published = None
     if "ttsf" in arrays and "ttef" in arrays:
         published = (arrays["ttsf"], arrays["ttef"])
-    return _finish(name or _stem(path), path, arrays["time"], logvar[:, [c - 1 for c in channels]],
-                   channels, arrays["shear_stress"], published, **target_options)
+    x = features_lib.from_logvar(logvar[:, [c - 1 for c in channels]], features)
+    return _finish(name or _stem(path), path, arrays["time"], x, channels,
+                   arrays["shear_stress"], published, kind=features, **target_options)
 
 
 def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_seconds=1.0,
-              output="logvar", **target_options):
+              output="logvar", features=None, **target_options):
     """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed through tfio.
 
-    From ``/ae``, ``output="var"`` or ``"std"`` gives the variance or its square
-    root instead (features named ``var_chN`` / ``std_chN``), for comparison with
-    earlier work.
+    ``features="std"`` (or ``output="std"``) gives the square root of the variance
+    instead (features named ``std_chN``), the reference PyTorch code's input; from
+    ``/ae``, ``output="var"`` gives the variance, for comparison with earlier work.
 
     Mechanical channels are interpolated onto the feature grid (window ENDS), so
     the target at a step never comes from after the AE that step has seen.
     """
     import h5py
 
+    output = features or output
+    if output not in features_lib.OUTPUTS:
+        raise ValueError(f"output must be one of {features_lib.OUTPUTS}, got {output!r}")
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != "labquake-hdf5":
             raise ValueError(f"{path}: attribute format={f.attrs.get('format')!r}, "
@@ -136,6 +144,8 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
             logvar = ds[...].reshape(len(ds), -1)
             channels = _channels(channels, logvar.shape[1], path)
             logvar = logvar[:, [c - 1 for c in channels]]
+            if output != "logvar":
+                logvar = 10.0 ** logvar if output == "var" else features_lib.from_logvar(logvar, output)
             time = _attr(ds, "t0", path) + _attr(ds, "hop", path) * np.arange(len(logvar))
             ae = None
         elif "ae" in f:
@@ -160,7 +170,7 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
         raise ValueError(f"{path}: the AE feature times do not overlap /mech/shear_stress")
     time, logvar = time[inside], logvar[inside]
     return _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
-                   kind="logvar" if ae is None else output, **target_options)
+                   kind=output, **target_options)
 
 
 def iter_hdf5_ae(path, chunk_samples):

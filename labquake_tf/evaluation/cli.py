@@ -25,6 +25,7 @@ from labquake_tf.evaluation.metrics import evaluate_model
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     """The whole command: load, prepare, score, write ``out``; returns the metrics."""
     from labquake_tf.data import prepare, splits
+    from labquake_tf.data.features import manifest_kind
     from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
     from labquake_tf.training.trainer import read_history
 
@@ -47,7 +48,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             prepare.prepare(dataset, pathlib.Path(data_dir) / "data", seq_len=int(model.input_shape[1]),
-                            targets=targets, split=ratios)
+                            targets=targets, split=ratios, features=manifest_kind(manifest))
             (work / "plots").mkdir()
             result, p = evaluate_model(model, pathlib.Path(data_dir) / "data", split, work / "plots",
                                        title=f"{dataset}/{split}")

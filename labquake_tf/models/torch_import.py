@@ -308,12 +308,17 @@ def convert(state, dropout=0.1, path="checkpoint"):
 
     arch, weights, _ = keras_weights(state, path)
     model = build_tcn(**arch, dropout=dropout, norm_epsilon=TORCH_BN_EPSILON, name="tcn")
+    assigned = set()
     for (layer_path, name), value in weights.items():
         var = _variable(model, layer_path, name)
         if tuple(var.shape) != value.shape:  # a layout change in build_tcn would land here
             raise CheckpointError(f"{path}: {layer_path}.{name} is {tuple(var.shape)} in Keras, "
                                   f"{value.shape} from the checkpoint")
         var.assign(value)
+        assigned.add(var.path)
+    left = [v.path for v in model.weights if v.path not in assigned]
+    if left:
+        raise CheckpointError(f"{path}: Keras weights {left} have no checkpoint tensor")
     return model, arch
 
 

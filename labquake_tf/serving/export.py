@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 
 import labquake_tf
+from labquake_tf.data.features import manifest_kind
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -99,7 +100,9 @@ def read_metadata(version_dir):
 def _check(model, manifest):
     for key in ("feature_names", "target_names", "seq_len", "scaler"):
         if key not in manifest:
-            raise ValueError(f"manifest has no {key!r} field; it is needed to export")
+            hint = (" (an imported PyTorch model has none until fine-tuned or imported with "
+                    "--scaler-from)" if key == "scaler" else "")
+            raise ValueError(f"manifest has no {key!r} field; it is needed to export{hint}")
     for part in ("features", "targets"):
         if part not in manifest["scaler"] or not {"min", "max"} <= set(manifest["scaler"][part]):
             raise ValueError(f"manifest field 'scaler.{part}' needs 'min' and 'max'")
@@ -122,6 +125,8 @@ def _metadata(manifest, targets, seq_len, extra):
     meta = {
         "dataset": manifest.get("dataset"),
         "feature_names": list(manifest["feature_names"]),
+        # what serving_default's ae_features must hold: logvar or std (sqrt variance)
+        "feature_kind": manifest_kind(manifest),
         "target_names": targets,
         "target_units": {t: units.get(t, labquake_tf.TARGET_UNITS.get(t, "")) for t in targets},
         "seq_len": seq_len,

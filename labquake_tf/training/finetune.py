@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from labquake_tf.data.features import manifest_kind as feature_kind
 from labquake_tf.models import build_tcn, decoder_blocks
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
@@ -40,7 +41,8 @@ def architecture(model):
     """The ``build_tcn`` kwargs a fine-tuned model inherits from a pretrained TCN."""
     block = model.get_layer("decoder_block_0")
     return dict(n_features=int(model.input_shape[-1]), filters=block.filters,
-                kernel_size=block.kernel_size, dropout=block.dropout)
+                kernel_size=block.kernel_size, dropout=block.dropout,
+                norm_epsilon=float(model.get_layer("input_norm").epsilon))
 
 
 def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pretrained-frozen"):
@@ -126,7 +128,8 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     out_dir = pathlib.Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
     data_dir = work / "data"
-    manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split)
+    manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split,
+                               features=feature_kind(source_manifest))
     if len(manifest["feature_names"]) != architecture(source)["n_features"]:
         raise ValueError(f"{dataset}: {len(manifest['feature_names'])} feature channel(s) "
                          f"{manifest['feature_names']}, but {pretrained} was trained on "
