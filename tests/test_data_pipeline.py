@@ -185,3 +185,18 @@ def test_nan_in_shard_features_is_named(dds_dir, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or inf.*val-00000"):
         _collect(pipeline.make_dataset(out, "val"))
+
+
+def test_prepare_std_features_carry_their_kind(p4581_dir, tmp_path):
+    out = tmp_path / "std"
+    assert cli.main(["prepare", "--dataset", "p4581", "--out", str(out), "--features", "std"]) == 0
+    std, logvar = (pipeline.load_manifest(d) for d in (out, p4581_dir))
+    assert std["feature_names"] == ["std_ch1"] and std["feature_kind"] == "std"
+    assert std["units"]["features"] == "AE standard deviation"
+    assert logvar["feature_kind"] == "logvar" and logvar["feature_names"] == ["logvar_ch1"]
+    # the same train part: the min-max range is the logvar one through sqrt(10 ** x)
+    for end in ("min", "max"):
+        np.testing.assert_allclose(std["scaler"]["features"][end],
+                                   10.0 ** (np.asarray(logvar["scaler"]["features"][end]) / 2),
+                                   rtol=1e-5)
+    assert std["scaler"]["targets"] == logvar["scaler"]["targets"]

@@ -153,3 +153,24 @@ def test_dds_columns_found_by_name_not_position(tmp_path, dds_dir):
     a, b = readers.read(path), readers.read(dds_dir / "p4581.csv")
     np.testing.assert_array_equal(a.features, b.features)
     np.testing.assert_array_equal(a.events, b.events)
+
+
+def test_std_features_are_the_square_root_of_the_variance(tmp_path, dds_dir):
+    # The reference PyTorch code's input: sqrt(Var_Ch1), named std_ch1 in every format.
+    rows = np.genfromtxt(dds_dir / "p4581.csv", delimiter=",", skip_header=1)
+    header = (dds_dir / "p4581.csv").read_text().splitlines()[0].split(",")
+    var = rows[:, header.index("Var_Ch1")]
+    std, logvar = (readers.read(dds_dir / "p4581.csv", features=k) for k in ("std", "logvar"))
+    assert std.feature_names == ["std_ch1"] and logvar.feature_names == ["logvar_ch1"]
+    np.testing.assert_allclose(std.features[:, 0], np.sqrt(var), rtol=1e-6)
+    np.testing.assert_array_equal(std.targets["shear_stress"], logvar.targets["shear_stress"])
+    lv = np.random.default_rng(0).normal(2, 0.1, (1000, 1)).astype(np.float32)
+    h5 = readers.read(_write_h5(tmp_path / "f.h5", logvar=lv), features="std")
+    assert h5.feature_names == ["std_ch1"]
+    np.testing.assert_allclose(h5.features[:, 0], 10.0 ** (lv[:, 0] / 2), rtol=1e-6)
+    t, s = _sawtooth_stress(2000, 100.0)
+    np.savez(tmp_path / "r.npz", time=t, logvar=np.tile(lv[:, :1], (2, 1)), shear_stress=s)
+    npz = readers.read(tmp_path / "r.npz", features="std")
+    np.testing.assert_allclose(npz.features[:1000, 0], 10.0 ** (lv[:, 0] / 2), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"features must be one of \['logvar', 'std'\]"):
+        readers.read(dds_dir / "p4581.csv", features="rms")

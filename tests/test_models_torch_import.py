@@ -257,31 +257,3 @@ def test_another_architecture_is_refused(tmp_path):
         (4, 4, 3, 3), np.float32), "fc.weight": np.zeros((2, 4), np.float32)})
     with pytest.raises(CheckpointError, match=r"resnet.pth: not the reference TCN layout.*fc.weight"):
         torch_import.load_torch_checkpoint(path)
-
-
-def test_import_torch_writes_a_run_dir_and_nothing_on_bad_input(tmp_path, capsys):
-    from labquake_tf.cli import main
-    from labquake_tf.training.artifacts import load_pretrained
-
-    out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"--targets"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out)])
-    with pytest.raises(ValueError, match=r"holds a 4-step model.*not --seq-len 70"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
-              "--targets", "shear_stress", "ttsf", "ttef", "--seq-len", "70"])
-    assert not out.exists() and os.listdir(tmp_path) == []
-    assert main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
-                 "--targets", "shear_stress", "ttsf", "ttef"]) == 0
-    assert "weight_g/weight_v" in capsys.readouterr().out
-    model, manifest = load_pretrained(out)
-    assert manifest["feature_names"] == ["std_ch1", "std_ch2"]
-    assert manifest["feature_kind"] == "std" and manifest["seq_len"] == 4
-    assert manifest["target_names"] == ["shear_stress", "ttsf", "ttef"] and "scaler" not in manifest
-    config = json.loads((out / "config.json").read_text())
-    assert config["model"]["norm_epsilon"] == 1e-5 and config["import"]["tensors"] == 25
-    ref = np.load(FIXTURES / "torch_tcn_legacy.npz")
-    np.testing.assert_allclose(model(ref["windows"], training=False).numpy(), ref["outputs"],
-                               atol=1e-5, rtol=0)
-    with pytest.raises(FileExistsError, match="not empty"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
-              "--targets", "shear_stress", "ttsf", "ttef"])

@@ -111,6 +111,7 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp's 0700 is no run dir's mode
     try:
         save_model(model, work / "model.keras")
         write_json(work / "manifest.json", manifest)
