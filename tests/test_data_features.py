@@ -65,3 +65,18 @@ def test_window_end_times_and_streaming_yield():
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LogVariance(1000.0, **kwargs)
+
+
+def test_feature_kinds_and_what_a_manifest_says():
+    from labquake_tf.data import features as f
+
+    np.testing.assert_allclose(f.from_variance(np.array([4.0, 100.0]), "std"), [2.0, 10.0])
+    np.testing.assert_allclose(f.from_logvar(np.array([2.0, 0.0]), "std"), [10.0, 1.0])
+    np.testing.assert_allclose(f.from_variance(np.array([100.0]), "logvar"), [2.0])
+    assert f.manifest_kind({"feature_kind": "std", "feature_names": ["std_ch1"]}) == "std"
+    assert f.manifest_kind({"feature_names": ["std_ch1", "std_ch2"]}) == "std"
+    assert f.manifest_kind({"feature_names": ["logvar_ch1"]}) == "logvar"
+    assert f.manifest_kind({}) == "logvar"  # manifests from before feature kinds
+    assert f.feature_kind(["std_ch1", "logvar_ch2"]) is None
+    with pytest.raises(ValueError, match=r"features must be one of \['logvar', 'std'\], got 'rms'"):
+        f.manifest_kind({"feature_kind": "rms"})

@@ -46,6 +46,11 @@ def test_an_imported_model_fine_tunes_on_std_features_and_exports(dds_dir, tmp_p
     with pytest.raises(ValueError, match="no 'scaler' field.*imported PyTorch model"):
         export_model(imported, manifest, "imp", base_dir=tmp_path / "saved")
 
+    # scored zero-shot on p4581's std features (scaler fit on p4581's train part)
+    assert main(["evaluate", str(src), "--dataset", "p4581", "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["n_windows"] > 500 and np.isfinite(result["targets"]["shear_stress"]["rmse"])
+
     # the paper's recipe at fixture size: fewer blocks, a longer window, a fresh head
     out = tmp_path / "ft"
     assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",

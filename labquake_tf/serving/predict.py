@@ -81,6 +81,9 @@ def add_arguments(parser):
                         help="a dataset name (p4581, synthetic-dds, ...) or a record file")
     parser.add_argument("--out", default=None,
                         help="output folder (default: predictions/MODEL-RECORD)")
+    parser.add_argument("--features", choices=("logvar", "std"), default="logvar",
+                        help="the AE feature the model takes (its export's metadata "
+                             "feature_kind; std for models imported from PyTorch)")
     parser.add_argument("--batch-size", type=int, default=256, help="windows per request")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
@@ -88,7 +91,7 @@ def add_arguments(parser):
 def run(args):
     from labquake_tf.data.registry import load_record
 
-    record = load_record(args.input)
+    record = load_record(args.input, features=args.features)
     client = Client(args.server, args.model, args.version, timeout=args.timeout)
     time, outputs = predict_record(client, record, args.batch_size)
     offset = len(record) - len(time)
