@@ -197,10 +197,11 @@ class _Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_forbidden_global_is_refused_and_never_run(tmp_path):
+@pytest.mark.parametrize("protocol", [0, 2, 4])  # GLOBAL and STACK_GLOBAL opcodes
+def test_a_forbidden_global_is_refused_and_never_run(tmp_path, protocol):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pth"
-    payload = pickle.dumps(collections.OrderedDict(w=_Evil(marker)), protocol=2)
+    payload = pickle.dumps(collections.OrderedDict(w=_Evil(marker)), protocol=protocol)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("evil/data.pkl", payload)
     with pytest.raises(CheckpointError, match=r"evil.pth: .*(posix|os)\.system.*not allowed"):
@@ -209,6 +210,18 @@ def test_a_forbidden_global_is_refused_and_never_run(tmp_path):
     # the same pickle through the standard unpickler would have run it: the test can fail
     pickle.loads(payload)
     assert marker.exists()
+
+
+def test_a_pickled_build_cannot_reach_the_allowed_functions(tmp_path):
+    # BUILD with slot state sets attributes on whatever find_class returned
+    payload = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"
+               b"N}X\x0c\x00\x00\x00__defaults__(K\x00ts\x86b.")
+    path = tmp_path / "build.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x/data.pkl", payload)
+    with pytest.raises(CheckpointError, match="holds a function, not a state_dict"):
+        torch_import.read_state_dict(path)
+    assert torch_import._rebuild_tensor.__defaults__ is None
 
 
 def test_truncated_and_non_zip_files_are_refused(tmp_path):

@@ -80,12 +80,18 @@ def _rebuild_parameter(data, *_):
     return data
 
 
+def _fresh(function):
+    # A new callable per lookup: a pickle's BUILD may set attributes (even __defaults__)
+    # on what find_class returned, and must not reach this module's functions.
+    return lambda: (lambda *args: function(*args))
+
+
 _ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,  # immutable type
+    ("torch._utils", "_rebuild_tensor_v2"): _fresh(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _fresh(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _fresh(_rebuild_parameter),
+    **{("torch", name): (lambda name=name: _StorageType(name)) for name in _STORAGE_DTYPES},
 }
 
 
@@ -102,8 +108,9 @@ class _Unpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise CheckpointError(f"{self._path}: the pickle asks for {module}.{name}, which is "
                                   "not allowed in a state_dict checkpoint; refused, nothing "
-                                  "was executed")
-        return _ALLOWED[(module, name)]
+                                  "was executed (a whole pickled model must be re-saved as "
+                                  "torch.save(model.state_dict(), path))")
+        return _ALLOWED[(module, name)]()
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
@@ -117,14 +124,19 @@ class _Unpickler(pickle.Unpickler):
 
     def _read_storage(self, kind, key, numel):
         member = f"{self._prefix}data/{key}"
+        order = ">" if self._big_endian else "<"
+        dtype = np.dtype(order + ("u2" if kind.dtype == "bf16" else kind.dtype))
         try:
+            # sizes are checked before reading: a deflated member could expand without end
+            size = self._archive.getinfo(member).file_size
+            if size != numel * dtype.itemsize:
+                raise CheckpointError(f"{self._path}: storage {member} holds {size} bytes, "
+                                      f"expected {numel} {kind.name} elements")
             raw = self._archive.read(member)
         except KeyError:
             raise CheckpointError(f"{self._path}: storage {member} missing from the archive") from None
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise CheckpointError(f"{self._path}: storage {member} unreadable ({e})") from None
-        order = ">" if self._big_endian else "<"
-        dtype = np.dtype(order + ("u2" if kind.dtype == "bf16" else kind.dtype))
         if len(raw) != numel * dtype.itemsize:
             raise CheckpointError(f"{self._path}: storage {member} holds {len(raw)} bytes, "
                                   f"expected {numel} {kind.name} elements")
