@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from labquake_tf.data.features import manifest_kind as feature_kind
+from labquake_tf.data.features import manifest_kind
 from labquake_tf.models import build_tcn, decoder_blocks
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
@@ -129,7 +129,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     work = out_dir.with_name(out_dir.name + ".partial")
     data_dir = work / "data"
     manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split,
-                               features=feature_kind(source_manifest))
+                               features=manifest_kind(source_manifest))
     if len(manifest["feature_names"]) != architecture(source)["n_features"]:
         raise ValueError(f"{dataset}: {len(manifest['feature_names'])} feature channel(s) "
                          f"{manifest['feature_names']}, but {pretrained} was trained on "
