@@ -270,3 +270,22 @@ def test_another_architecture_is_refused(tmp_path):
         (4, 4, 3, 3), np.float32), "fc.weight": np.zeros((2, 4), np.float32)})
     with pytest.raises(CheckpointError, match=r"resnet.pth: not the reference TCN layout.*fc.weight"):
         torch_import.load_torch_checkpoint(path)
+
+
+def test_plain_weights_without_weight_norm_import_as_g_equal_to_the_norm():
+    # a checkpoint saved after torch's remove_weight_norm: conv weights as plain .weight
+    normed = reference_layout(6, 4, 2, 2, style="legacy")
+    plain = collections.OrderedDict()
+    for key, value in normed.items():
+        if key.endswith(".weight_g"):
+            continue
+        if key.endswith(".weight_v"):
+            g = normed[key[:-1] + "g"]
+            value = g * value / np.sqrt((value ** 2).sum(axis=(1, 2), keepdims=True))
+            key = key[:-len("_v")]
+        plain[key] = value.astype(np.float32) if value.dtype != np.int64 else value
+    x = np.random.default_rng(1).uniform(size=(4, 6, 1)).astype("float32")
+    a, _ = torch_import.convert(normed)
+    b, _ = torch_import.convert(plain)
+    np.testing.assert_allclose(b(x, training=False).numpy(), a(x, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
