@@ -116,3 +116,37 @@ def test_mirrored_strategy_and_export(tmp_path):
     served = tf.saved_model.load(str(tmp_path / "export"))  # keep it alive while serving
     np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_streamable_variant_reads_its_history_and_never_sees_padding(tmp_path):
+    from labquake_tf.models import head_length, input_length, is_streamable
+
+    model = build_from_preset("tiny-stream", n_features=2, n_targets=2)
+    history = receptive_field(3, 3) - 1
+    assert model.input_shape == (None, 16 + history, 2) == (None, input_length(16, 3, 3, True), 2)
+    assert is_streamable(model) and not is_streamable(build_from_preset("tiny"))
+    assert head_length(model) == 16 and "streamable" not in PRESETS["tiny"]
+    norm = model.get_layer("input_norm")
+    assert norm.axis in (-1, 2, [2]) and tuple(norm.moving_mean.shape) == (2,)
+    assert model.get_layer("history_crop").output.shape == (None, 16, 8)
+    assert [b.name for b in decoder_blocks(model)] == [f"decoder_block_{i}" for i in range(3)]
+
+    # The cropped decoder outputs for a window equal those of the same steps inside a
+    # much longer stream: no zero padding reaches them.
+    rng = np.random.default_rng(0)
+    stream = rng.normal(size=(1, 200, 2)).astype("float32")
+    long_in = keras.Input((200, 2))
+    z = long_in
+    for layer in [model.get_layer("input_norm"), *decoder_blocks(model)]:
+        z = layer(z)
+    long_decoder = keras.Model(long_in, z)
+    trunk = keras.Model(model.input, model.get_layer("history_crop").output)
+    window = stream[:, -model.input_shape[1]:]
+    np.testing.assert_allclose(trunk(window, training=False)[0],
+                               long_decoder(stream, training=False)[0, -16:], rtol=1e-5, atol=1e-6)
+
+    clone = keras.Model.from_config(model.get_config())
+    assert clone.get_config() == model.get_config() and is_streamable(clone)
+    model.save(tmp_path / "s.keras")
+    loaded = keras.saving.load_model(tmp_path / "s.keras")
+    np.testing.assert_array_equal(loaded(window, training=False), model(window, training=False))

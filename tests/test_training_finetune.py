@@ -129,3 +129,19 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
     test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
     assert np.isfinite(test["rmse"]) and test["rmse"] > 0
+
+
+def test_streamable_source_gives_a_streamable_finetune_model_and_cache():
+    from labquake_tf.models import head_length, is_streamable, receptive_field
+
+    source = build_tcn(16, filters=8, kernel_size=3, blocks=3, dropout=0.0, streamable=True)
+    model = ft.build_finetune_model(source, SEQ, blocks=2)
+    assert is_streamable(model) and head_length(model) == SEQ
+    assert model.input_shape == (None, SEQ + receptive_field(3, 2) - 1, 1)
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(40, model.input_shape[1], 1)).astype("float32")
+    ft.adapt_input_norm(model, x)  # per feature: one mean over windows and steps
+    np.testing.assert_allclose(model.get_layer("input_norm").moving_mean.numpy(), [x.mean()],
+                               rtol=1e-5)
+    trunk, head = cache.split_at_head(model)
+    assert trunk.output.shape == (None, SEQ, 8)  # only the head's steps are cached
+    np.testing.assert_allclose(head(trunk(x[:4])), model(x[:4]), rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 
 from labquake_tf.models.layers import TCNBlock, WeightNormConv1D
 from labquake_tf.models.tcn import (PRESETS, build_from_preset, build_tcn, decoder_blocks,
-                                    receptive_field)
+                                    head_length, input_length, is_streamable, receptive_field)
 
 __all__ = ["PRESETS", "TCNBlock", "WeightNormConv1D", "build_from_preset", "build_tcn",
-           "decoder_blocks", "receptive_field"]
+           "decoder_blocks", "head_length", "input_length", "is_streamable", "receptive_field"]

@@ -22,7 +22,7 @@ layers, so training it trains the full model: nothing has to be copied back.
 import keras
 import numpy as np
 
-from labquake_tf.models import decoder_blocks
+from labquake_tf.models import decoder_blocks, is_streamable
 
 
 def check_cacheable(model):
@@ -39,9 +39,12 @@ def check_cacheable(model):
 def split_at_head(model):
     """``(trunk, head)``: input -> last decoder block, and last block -> prediction.
 
-    Both share the layers (and so the weights) of ``model``.
+    Both share the layers (and so the weights) of ``model``. A streamable model's
+    trunk ends after ``history_crop``: only the head's seq_len steps are cached.
     """
     last = decoder_blocks(model)[-1]
+    if is_streamable(model):
+        last = model.get_layer("history_crop")
     trunk = keras.Model(model.inputs, last.output, name=f"{model.name}_trunk")
     inputs = keras.Input(last.output.shape[1:], name="decoder_output")
     x = inputs

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from labquake_tf.data.features import manifest_kind
-from labquake_tf.models import build_tcn, decoder_blocks
+from labquake_tf.models import build_tcn, decoder_blocks, head_length, input_length, is_streamable
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
 from labquake_tf.training.config import TrainConfig
@@ -42,7 +42,8 @@ def architecture(model):
     block = model.get_layer("decoder_block_0")
     return dict(n_features=int(model.input_shape[-1]), filters=block.filters,
                 kernel_size=block.kernel_size, dropout=block.dropout,
-                norm_epsilon=float(model.get_layer("input_norm").epsilon))
+                norm_epsilon=float(model.get_layer("input_norm").epsilon),
+                streamable=is_streamable(model))
 
 
 def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pretrained-frozen"):
@@ -66,11 +67,14 @@ def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pret
 
 
 def adapt_input_norm(model, windows):
-    """Set ``input_norm``'s per-step moving statistics from training windows."""
+    """Set ``input_norm``'s moving statistics (per step, or per feature in the streamable
+    variant) from training windows."""
     norm = model.get_layer("input_norm")
     windows = np.asarray(windows, np.float64)
-    norm.moving_mean.assign(windows.mean(axis=(0, 2)).astype("float32"))
-    norm.moving_variance.assign(windows.var(axis=(0, 2)).astype("float32"))
+    axis = norm.axis if isinstance(norm.axis, int) else norm.axis[0]
+    others = tuple(a for a in range(windows.ndim) if a != axis % windows.ndim)
+    norm.moving_mean.assign(windows.mean(axis=others).astype("float32"))
+    norm.moving_variance.assign(windows.var(axis=others).astype("float32"))
 
 
 def trainable_fraction(model):
@@ -122,13 +126,16 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     source, source_manifest = load_pretrained(pretrained)
     blocks = blocks or len(decoder_blocks(source))
-    seq_len = seq_len or int(source.input_shape[1])
+    seq_len = seq_len or head_length(source)
+    arch = architecture(source)
+    # The windows the model reads: seq_len, plus a streamable decoder's history.
+    window = input_length(seq_len, arch["kernel_size"], blocks, arch["streamable"])
     use_cache = use_cache and decoder != "trainable"
 
     out_dir = pathlib.Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
     data_dir = work / "data"
-    manifest = prepare.prepare(dataset, data_dir, seq_len=seq_len, targets=[target], split=split,
+    manifest = prepare.prepare(dataset, data_dir, seq_len=window, targets=[target], split=split,
                                features=manifest_kind(source_manifest))
     if len(manifest["feature_names"]) != architecture(source)["n_features"]:
         raise ValueError(f"{dataset}: {len(manifest['feature_names'])} feature channel(s) "

@@ -32,7 +32,7 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     from labquake_tf.data import pipeline, prepare
     from labquake_tf.evaluation import figures
     from labquake_tf.evaluation.metrics import evaluate_model
-    from labquake_tf.models import PRESETS, build_tcn
+    from labquake_tf.models import PRESETS, build_tcn, input_length
     from labquake_tf.training.trainer import train
 
     if preset not in PRESETS:
@@ -44,7 +44,10 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     work = out.with_name(f"{out.name}{worker}.partial")
     data_dir = work / "data"
     model_kwargs = {**PRESETS[preset], **model_overrides}
-    manifest = prepare.prepare(dataset, data_dir, seq_len=model_kwargs["seq_len"],
+    # A streamable model's windows carry its decoder's history too.
+    window = input_length(model_kwargs["seq_len"], model_kwargs["kernel_size"],
+                          model_kwargs["blocks"], model_kwargs.get("streamable", False))
+    manifest = prepare.prepare(dataset, data_dir, seq_len=window,
                                targets=list(targets), split=split)
     model_kwargs.update(n_features=len(manifest["feature_names"]), n_targets=len(targets))
     write_json(work / "manifest.json", manifest)
@@ -78,7 +81,8 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
 def add_arguments(parser):
     parser.add_argument("--dataset", default=DEFAULTS["dataset"],
                         help="registry name (synthetic-biaxial, p4581, ...) or record path")
-    parser.add_argument("--preset", default=DEFAULTS["preset"], help="TCN preset (small, paper, ...)")
+    parser.add_argument("--preset", default=DEFAULTS["preset"], help="TCN preset (small, paper, ...; small-stream, paper-stream, ... "
+                             "for the streamable variant)")
     parser.add_argument("--targets", default=",".join(DEFAULTS["targets"]),
                         help="comma-separated: shear_stress,ttsf,ttef")
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])

@@ -11,7 +11,7 @@ import keras_tuner as kt
 import numpy as np
 
 from labquake_tf.data import pipeline
-from labquake_tf.models import build_tcn, receptive_field
+from labquake_tf.models import build_tcn, input_length, receptive_field
 from labquake_tf.training import TrainConfig, compile_model, finetune, load_pretrained
 from labquake_tf.training.trainer import count_steps
 from labquake_tf.tuning import space as space_lib
@@ -28,11 +28,14 @@ class TCNHyperModel(kt.HyperModel):
         targets: target names to predict; all of the manifest's when None.
         config: the ``TrainConfig`` the tuned values override.
         physical_rmse: also track ``rmse_phys`` (the ``val_rmse_phys`` objective).
+        streamable: search ``build_tcn(streamable=True)`` models (their windows are
+            ``models.input_length`` steps long; the shards must be prepared for the longest).
     """
 
     def __init__(self, data_dir, space=None, targets=None, config=None,
-                 physical_rmse=False, seed=0, **kwargs):
+                 physical_rmse=False, seed=0, streamable=False, **kwargs):
         super().__init__(**kwargs)
+        self.streamable = bool(streamable)
         self.data_dir = str(data_dir)
         self.manifest = pipeline.load_manifest(data_dir)
         self.space = {**space_lib.load_space(), **(space or {})}
@@ -54,7 +57,12 @@ class TCNHyperModel(kt.HyperModel):
             params["seq_len"], n_features=len(self.manifest["feature_names"]),
             n_targets=len(self.targets), filters=params["filters"],
             kernel_size=params["kernel_size"], blocks=params["blocks"],
-            dropout=params["dropout"])
+            dropout=params["dropout"], streamable=self.streamable)
+
+    def window(self, params):
+        """Input steps of this trial's model."""
+        return input_length(params["seq_len"], params["kernel_size"], params["blocks"],
+                            self.streamable)
 
     def fit(self, hp, model, *args, **kwargs):
         kwargs.setdefault("verbose", 0)
@@ -78,7 +86,7 @@ class TCNHyperModel(kt.HyperModel):
 
     def _dataset(self, params, split):
         return pipeline.make_dataset(
-            self.data_dir, split, seq_len=params["seq_len"], targets=self.targets,
+            self.data_dir, split, seq_len=self.window(params), targets=self.targets,
             batch_size=params["batch_size"], shuffle=split == "train", seed=self.seed,
             repeat=split == "train" and self.config.steps_per_epoch is not None)
 
@@ -86,7 +94,7 @@ class TCNHyperModel(kt.HyperModel):
         # The cosine period is in epochs; the schedule counts optimizer steps.
         if self.config.steps_per_epoch:
             return self.config.steps_per_epoch
-        key = params["seq_len"], params["batch_size"]
+        key = self.window(params), params["batch_size"]
         if key not in self._steps:
             self._steps[key] = count_steps(self._dataset(params, "train"))
         return self._steps[key]
@@ -95,7 +103,7 @@ class TCNHyperModel(kt.HyperModel):
         # Steps before the receptive field cannot reach the prediction at the
         # window's last step: such a trial would pay for data it never sees.
         field = receptive_field(params["kernel_size"], params["blocks"])
-        if params["seq_len"] > field:
+        if params["seq_len"] > field and not self.streamable:
             raise kt.errors.FailedTrialError(
                 f"seq_len {params['seq_len']} exceeds the receptive field {field} of "
                 f"{params['blocks']} blocks with kernel {params['kernel_size']}; skipped")
@@ -127,7 +135,8 @@ class FrozenDecoderHyperModel(TCNHyperModel):
         # The decoder is the pretrained one; frozen, its blocks skip their dropout.
         fixed = {"blocks": blocks, "filters": arch["filters"],
                  "kernel_size": arch["kernel_size"], "dropout": arch["dropout"]}
-        super().__init__(data_dir, space={**(space or {}), **fixed}, **kwargs)
+        super().__init__(data_dir, space={**(space or {}), **fixed},
+                         **{**kwargs, "streamable": arch["streamable"]})
         if arch["n_features"] != len(self.manifest["feature_names"]):
             raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
                              f"but {pretrained} takes {arch['n_features']}")
@@ -136,7 +145,7 @@ class FrozenDecoderHyperModel(TCNHyperModel):
     def make_model(self, params):
         model = finetune.build_finetune_model(self.pretrained, params["seq_len"], self.blocks,
                                               n_targets=len(self.targets))
-        finetune.adapt_input_norm(model, self._train_windows(params["seq_len"]))
+        finetune.adapt_input_norm(model, self._train_windows(self.window(params)))
         return model
 
     def _train_windows(self, seq_len):

@@ -54,6 +54,8 @@ def add_arguments(parser):
     parser.add_argument("--export-dir", default="saved_models")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--streamable", action="store_true",
+                        help="search the streamable TCN variant (build_tcn(streamable=True))")
     parser.add_argument("--verbose", type=int, default=0)
 
 
@@ -70,7 +72,8 @@ def run(args):
     space = load_space(args.space)
     data_dir = args.data or prepare_data(args.dataset, project / "data", space, args)
     hyper_kwargs = dict(space=space, targets=args.targets, config=config,
-                        physical_rmse=args.objective == "val_rmse_phys", seed=args.seed)
+                        physical_rmse=args.objective == "val_rmse_phys", seed=args.seed,
+                        streamable=getattr(args, "streamable", False))
     if args.pretrained:
         hypermodel = FrozenDecoderHyperModel(args.pretrained, data_dir, args.blocks, **hyper_kwargs)
     else:
@@ -101,9 +104,24 @@ def prepare_data(dataset, data_dir, space, args):
     from labquake_tf.data import prepare, splits
 
     ratios = splits.FINETUNE_RATIOS if args.pretrained else splits.PRETRAIN_RATIOS
-    prepare.prepare(dataset, data_dir, seq_len=max(values(space["seq_len"])),
+    prepare.prepare(dataset, data_dir, seq_len=longest_window(space, args),
                     targets=args.targets, split=ratios, force=args.overwrite)
     return data_dir
+
+
+def longest_window(space, args):
+    """The longest input a trial can read: a streamable model's carries its decoder's history."""
+    from labquake_tf.models import input_length
+
+    seq_len = max(values(space["seq_len"]))
+    kernel, blocks = max(values(space["kernel_size"])), max(values(space["blocks"]))
+    streamable = getattr(args, "streamable", False)
+    if args.pretrained:
+        from labquake_tf.training import finetune, load_pretrained
+
+        arch = finetune.architecture(load_pretrained(args.pretrained)[0])
+        kernel, blocks, streamable = arch["kernel_size"], args.blocks, arch["streamable"]
+    return input_length(seq_len, kernel, blocks, streamable)
 
 
 def export_best(tuner, hypermodel, name, args):
@@ -115,7 +133,7 @@ def export_best(tuner, hypermodel, name, args):
         raise SystemExit(f"labquake tune: no trial in {tuner.project_dir} finished; nothing to export")
     model = tuner.load_model(best[0])
     manifest = model_manifest(hypermodel.manifest, hypermodel.targets,
-                              best[0].hyperparameters.get("seq_len"))
+                              int(model.input_shape[1]))
     tuning = {"tuner": args.tuner, "objective": args.objective, "score": best[0].score,
               "trial": best[0].trial_id, "hyperparameters": best[0].hyperparameters.values,
               "project_dir": str(pathlib.Path(tuner.project_dir).resolve())}
