@@ -80,3 +80,13 @@ def test_feature_kinds_and_what_a_manifest_says():
     assert f.feature_kind(["std_ch1", "logvar_ch2"]) is None
     with pytest.raises(ValueError, match=r"features must be one of \['logvar', 'std'\], got 'rms'"):
         f.manifest_kind({"feature_kind": "rms"})
+
+
+def test_chunks_shorter_than_a_window_from_the_start_lose_no_window():
+    # Until the first window completes, fewer than window/hop - 1 blocks are carried:
+    # all of them must be kept (a negative slice start once dropped the oldest ones).
+    x = (np.random.default_rng(5).normal(size=(3000, 1)) * 40).astype(np.int16)
+    whole = log_variance(x, 1000.0)
+    pieces = log_variance([x[i:i + 37] for i in range(0, len(x), 37)], 1000.0, workers=1)
+    assert len(whole) == (3000 - 100) // 10 + 1
+    np.testing.assert_array_equal(pieces, whole)

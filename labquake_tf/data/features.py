@@ -101,7 +101,8 @@ class LogVariance:
         if self._tail is not None:
             sums = np.concatenate([self._tail, sums])
         keep = self.blocks_per_window - 1
-        self._tail = sums[len(sums) - keep:] if keep else sums[:0]
+        # max(0, ...): before the first window there are fewer than keep blocks, all kept.
+        self._tail = sums[max(0, len(sums) - keep):] if keep else sums[:0]
         return sums
 
     def _block_sums(self, x, n_blocks):
