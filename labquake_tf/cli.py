@@ -22,6 +22,7 @@ COMMANDS = {
     "serving-config": ("labquake_tf.serving.config", "write a TF Serving models.config"),
     "serve": ("labquake_tf.serving.server", "serve SavedModels over TF Serving's REST API"),
     "predict": ("labquake_tf.serving.predict", "stream a record through a REST server"),
+    "stream": ("labquake_tf.streaming.cli", "real-time predictions and alarms on a live AE stream"),
 }
 
 
