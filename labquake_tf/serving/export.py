@@ -7,6 +7,8 @@
   min-max scalers are baked into the graph, so clients never see scaled numbers.
 * ``serving_scaled``: the model as trained, scaled inputs -> scaled outputs.
 * ``metadata``: no inputs -> ``metadata_json``, the same JSON as ``assets/metadata.json``.
+* ``serving_step`` (streamable models only): one new raw feature step and the layer
+  states in, the prediction and the new states out (``serving.step``).
 
 ``assets/model.keras`` and ``assets/manifest.json`` ride along so fine-tuning can
 start from an export. The SavedModel loads with ``tf.saved_model.load`` alone:
@@ -50,6 +52,15 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
         raise FileExistsError(f"{final} already exists; pass force=True (--force) to replace it")
 
     metadata = _metadata(manifest, targets, seq_len, extra_metadata)
+    from labquake_tf.models import is_streamable
+
+    if is_streamable(model):
+        from labquake_tf.serving.step import STEP_SIGNATURE, state_specs
+
+        metadata["signatures"][STEP_SIGNATURE] = ("one raw step + layer states in, "
+                                                  "prediction + new states out")
+        metadata["stream"] = {"warmup_steps": seq_len,
+                              "states": {n: list(s) for n, s in state_specs(model).items()}}
     # TF Serving only watches integer-named dirs, so a dot-named sibling is invisible to
     # it and the final rename is atomic on the same filesystem.
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
@@ -173,6 +184,13 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
         scaled((ae_features - f_min) / f_scale) * t_scale + t_min), input_signature=[spec])
     archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)),
                          input_signature=[spec])
+    from labquake_tf.models import is_streamable
+
+    if is_streamable(model):
+        from labquake_tf.serving import step
+
+        archive.add_endpoint(step.STEP_SIGNATURE, *step.step_endpoint(
+            model, f_min, f_scale, t_min, t_scale, targets))
     meta_json = json.dumps(metadata, sort_keys=True)
     archive.add_endpoint(METADATA_SIGNATURE,
                          lambda: {"metadata_json": tf.constant(meta_json)}, input_signature=[])
