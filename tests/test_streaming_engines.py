@@ -75,3 +75,20 @@ def test_incremental_engine_refuses_a_reference_model_and_bad_steps(streamable):
         IncrementalEngine(streamable).push(np.zeros((5, 3)))
     with pytest.raises(ValueError, match="engine must be"):
         make_engine(streamable, "fast")
+
+
+def test_mixed_float16_model_streams_in_float32(streamable):
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        mixed = build_tcn(10, n_features=2, n_targets=2, filters=6, kernel_size=3, blocks=3,
+                          dropout=0.1, streamable=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    mixed.set_weights(streamable.get_weights())
+    x = np.random.default_rng(5).normal(size=(80, 2)).astype("float32")
+    length = streamable.input_shape[1]
+    _, out = IncrementalEngine(mixed).push(x)
+    # float32 arithmetic: the float32 model's numbers, not float16's
+    np.testing.assert_allclose(out, streamable.predict(_windows(x, length), verbose=0), atol=1e-5)
+    assert np.abs(out - mixed.predict(_windows(x, length), verbose=0)).max() < 0.05
