@@ -114,3 +114,17 @@ def test_reference_model_refused_by_the_incremental_engine(tmp_path, capsys):
     assert "not a streamable TCN" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["stream", "--model", str(tmp_path / "run")])
+
+
+def test_realtime_pacing(tmp_path):
+    import time
+
+    _run_dir(tmp_path / "run")
+    record = load_record("p4581")
+    t0 = float(record.time[0])
+    args = ["stream", "--model", str(tmp_path / "run"), "--input", "p4581", "--quiet",
+            "--start", str(t0), "--end", str(t0 + 8.0), "--out", str(tmp_path / "o.jsonl")]
+    tic = time.perf_counter()
+    assert main(args + ["--realtime", "--speed", "10"]) == 0
+    assert time.perf_counter() - tic >= 0.75  # 8 s of stream at 10x real time
+    assert len(_lines(tmp_path / "o.jsonl")) == 81 - 8 - 2 * 2 * 3 + 1
