@@ -37,6 +37,11 @@ def test_serving_step_through_the_rest_server_matches_predict(tmp_path):
         np.stack([x[i:i + length] for i in range(len(x) - length + 1)]))
     expected = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).inverse_transform(
         model.predict(windows, verbose=0))
+    # The same numbers from the export dir through the in-process Streamer.
+    from labquake_tf.streaming import Streamer
+
+    streamed = Streamer(path).update_features(x)
+    np.testing.assert_allclose(streamed.values["ttsf"], expected[:, 1], atol=1e-5)
     with Server(tmp_path / "s", port=0) as server:
         stepper = StepClient(Client(server.url, "s"))
         assert stepper.warmup == length
