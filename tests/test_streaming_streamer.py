@@ -113,3 +113,16 @@ def test_feature_replay_gaps_reset_and_bad_input_is_refused(setup):
         raw.update(np.zeros((10, 1), np.int16))
     with pytest.raises(ValueError, match="needs its data manifest"):
         Streamer(model)
+
+
+def test_default_time_stamps_run_on_across_a_reset(setup):
+    model, manifest, _ = setup
+    steps = np.random.default_rng(4).uniform(1, 4, size=(50, 1))
+    streamer = Streamer(model, manifest, t0=2.0)
+    first = streamer.update_features(steps)
+    assert first.time[0] == pytest.approx(2.0 + (streamer.warmup_steps - 1) * 0.01)
+    streamer.reset(2.5, "operator")
+    again = streamer.update_features(steps)
+    assert streamer.resets == [(2.5, "operator")]
+    assert again.time[0] == pytest.approx(2.5 + (streamer.warmup_steps - 1) * 0.01)
+    np.testing.assert_allclose(again.scaled, first.scaled, atol=1e-6)

@@ -136,7 +136,8 @@ class Streamer:
         self._lv = None
         self._lv_start = 0       # sample index where the current LogVariance began
         self._lv_windows = 0     # windows it has produced
-        self._last_time = None   # time of the last feature step
+        self._last_time = None   # time of the last feature step in the current window run
+        self._clock = None       # time of the last feature step seen (kept across resets)
         if sample_rate is not None:
             if self.channels is None:
                 raise ValueError(self._raw_error)
@@ -199,7 +200,7 @@ class Streamer:
             raise ValueError(f"feature steps of shape {steps.shape}; the model takes "
                              f"(n, {len(self.feature_names)}) {self.feature_names}")
         if time is None:
-            last = self._last_time if self._last_time is not None else self._t0 - self.hop
+            last = self._clock if self._clock is not None else self._t0 - self.hop
             time = last + self.hop * np.arange(1, len(steps) + 1)
         time = np.asarray(time, np.float64)
         if time.shape != (len(steps),):
@@ -207,6 +208,8 @@ class Streamer:
         return self._features(steps, time)
 
     def _features(self, steps, times):
+        if len(times):
+            self._clock = float(times[-1])
         parts = []
         while len(steps):
             cut, reason = self._first_bad(steps, times)
