@@ -114,6 +114,9 @@ def test_reference_model_refused_by_the_incremental_engine(tmp_path, capsys):
     assert "not a streamable TCN" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["stream", "--model", str(tmp_path / "run")])
+    _run_dir(tmp_path / "fast", dt=0.01)
+    assert main(["stream", "--model", str(tmp_path / "fast"), "--input", "p4581"]) == 2
+    assert "steps every 0.1 s, but the model was trained on 0.01 s steps" in capsys.readouterr().err
 
 
 def test_realtime_pacing(tmp_path):

@@ -84,6 +84,9 @@ def _run(args):
                                       args.sample_rate, chunk)
     else:
         source = sources.open_record(args.input, args.level, chunk, start, end)
+        if source.record is not None and abs(source.record.dt - hop) > 0.01 * hop:
+            raise ValueError(f"{args.input}: feature steps every {source.record.dt:g} s, but "
+                             f"the model was trained on {hop:g} s steps")
 
     out = open(args.out, "w") if args.out else sys.stdout
     writer = _Writer(out, args.format)
