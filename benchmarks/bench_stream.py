@@ -1,7 +1,7 @@
 """Streaming inference: incremental engine vs windowed recompute, per hop, in one run.
 
     python benchmarks/bench_stream.py                   # small and paper, one JSON line each
-    python benchmarks/bench_stream.py --preset paper    # one line: incremental_speedup, realtime_factor
+    python benchmarks/bench_stream.py --preset paper    # incremental_speedup, realtime_factor
 
 Random weights (the cost does not depend on training). Per preset (the streamable
 variant ``PRESET-stream``):
@@ -110,7 +110,8 @@ def bench(preset, hops, window_hops, raw_seconds, seed=0):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small,paper", help="comma-separated: small, paper, tiny, ...")
+    p.add_argument("--preset", default="small,paper",
+                   help="comma-separated: small, paper, tiny, ...")
     p.add_argument("--hops", type=int, default=300, help="incremental hops timed")
     p.add_argument("--window-hops", default="small=30,paper=2",
                    help="windowed hops timed per preset (paper size: seconds per hop)")

@@ -80,7 +80,8 @@ def _plot(path, record, time, ttsf, alarms, onsets, test, thresholds):
     ax.plot(time[inside] - t0, truth, color="0.6", lw=1, label="true TTsF")
     ax.plot(time[inside] - t0, ttsf[inside], color="C3", lw=1, label="streamed prediction")
     for i, t in enumerate(thresholds):
-        at = [a["time"] - t0 for a in alarms if a["alarm"] == f"ttsf<{t:g}" and t0 <= a["time"] <= t1]
+        at = [a["time"] - t0 for a in alarms
+              if a["alarm"] == f"ttsf<{t:g}" and t0 <= a["time"] <= t1]
         ax.axhline(t, color=f"C{i}", lw=0.6, ls=":")
         ax.plot(at, [t] * len(at), "v", color=f"C{i}", ms=6, label=f"alarm ttsf<{t:g} s")
     for o in onsets[(onsets >= t0) & (onsets <= t1)]:

@@ -14,7 +14,6 @@ per-hop compute latency.
 """
 
 import json
-import pathlib
 import sys
 import time as time_lib
 
@@ -23,7 +22,8 @@ import numpy as np
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
-                        help="run dir, .keras file (manifest.json beside it) or exported version dir")
+                        help="run dir, .keras file (manifest.json beside it) or exported "
+                             "version dir")
     parser.add_argument("--input", required=True,
                         help="a record (.h5 with /ae or /features/logvar, DDS .csv, .npz), a "
                              "dataset name (p4581, ...), or - for raw frames on stdin")

@@ -51,7 +51,8 @@ def open_record(path_or_name, level="auto", chunk_seconds=0.01, start=None, end=
             has_ae = "ae" in f
             if has_ae:
                 ae = f["ae"]
-                rate, t0, n = float(ae.attrs["sample_rate"]), float(ae.attrs.get("t0", 0.0)), ae.shape[0]
+                rate, n = float(ae.attrs["sample_rate"]), ae.shape[0]
+                t0 = float(ae.attrs.get("t0", 0.0))
         if has_ae:
             return _raw_hdf5(path, rate, t0, n, chunk_seconds, start, end)
         if level == "raw":

@@ -56,7 +56,8 @@ class Predictions:
             return Predictions(np.zeros(0), {n: np.zeros(0) for n in names},
                                np.zeros((0, 0), np.float32))
         return Predictions(np.concatenate([p.time for p in parts]),
-                           {n: np.concatenate([p.values[n] for p in parts]) for n in parts[0].values},
+                           {n: np.concatenate([p.values[n] for p in parts])
+                            for n in parts[0].values},
                            np.concatenate([p.scaled for p in parts]))
 
 
