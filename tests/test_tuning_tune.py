@@ -177,3 +177,21 @@ def test_chief_and_two_workers_account_for_every_trial_once(data_dir, space_file
     for r in rows:
         assert list((project / "search" / f"trial_{r['trial']}").glob("checkpoint*"))
     assert not (project / "trials.csv.tmp").exists()
+
+
+def test_streamable_search_reads_the_decoder_history(data_dir):
+    import argparse
+
+    from labquake_tf.models import is_streamable
+    from labquake_tf.tuning.tune import longest_window
+
+    hm = TCNHyperModel(data_dir, space=SPACE, config=TrainConfig(steps_per_epoch=2),
+                       streamable=True)
+    hp = _hp(blocks=1, filters=4, learning_rate=1e-3)
+    model = hm.build(hp)
+    # one block of kernel 3 sees 5 steps: 4 more than the 4-step window, prepared as 8
+    assert is_streamable(model) and model.input_shape == (None, 8, 1)
+    history = hm.fit(hp, model, epochs=1)
+    assert np.isfinite(history.history["loss"][0])
+    args = argparse.Namespace(streamable=True, pretrained=None)
+    assert longest_window(SPACE, args) == 4 + (1 + 2 * 2 * 3) - 1  # blocks up to 2
