@@ -126,3 +126,14 @@ def test_default_time_stamps_run_on_across_a_reset(setup):
     assert streamer.resets == [(2.5, "operator")]
     assert again.time[0] == pytest.approx(2.5 + (streamer.warmup_steps - 1) * 0.01)
     np.testing.assert_allclose(again.scaled, first.scaled, atol=1e-6)
+
+
+def test_interval_outputs_where_the_manifest_has_them(setup):
+    model, manifest, _ = setup
+    with_q = {**manifest, "intervals": {"ttsf": {"q": 0.5},
+                                        "shear_stress": {"lower": -0.1, "upper": 0.2}}}
+    out = Streamer(model, with_q).update_features(np.full((30, 1), 2.5))
+    assert list(out.values) == ["shear_stress", "shear_stress_lower", "shear_stress_upper",
+                                "ttsf", "ttsf_lower", "ttsf_upper"]
+    np.testing.assert_allclose(out.values["ttsf_upper"] - out.values["ttsf"], 0.5)
+    np.testing.assert_allclose(out.values["shear_stress_lower"] - out.values["shear_stress"], -0.1)
