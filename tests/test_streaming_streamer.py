@@ -137,3 +137,10 @@ def test_interval_outputs_where_the_manifest_has_them(setup):
                                 "ttsf", "ttsf_lower", "ttsf_upper"]
     np.testing.assert_allclose(out.values["ttsf_upper"] - out.values["ttsf"], 0.5)
     np.testing.assert_allclose(out.values["shear_stress_lower"] - out.values["shear_stress"], -0.1)
+    # the fine-tuning job's block: constant-score intervals only
+    job = {**manifest, "intervals": {"method": "split-conformal", "targets": {
+        "ttsf": {"score": "constant", "q": 0.3, "coef": 0.0, "offset": 0.3},
+        "shear_stress": {"score": "normalized", "q": 2.0, "coef": 2.0, "offset": 0.01}}}}
+    out = Streamer(model, job).update_features(np.full((30, 1), 2.5))
+    assert list(out.values) == ["shear_stress", "ttsf", "ttsf_lower", "ttsf_upper"]
+    np.testing.assert_allclose(out.values["ttsf"] - out.values["ttsf_lower"], 0.3)

@@ -80,13 +80,22 @@ def load(model_or_export, manifest=None):
 
 def _intervals(manifest, metadata, names):
     """Per-target ``(lower, upper)`` offsets in physical units, where the model carries
-    split-conformal intervals (``intervals: {NAME: {"lower": a, "upper": b}}`` or
-    ``{NAME: {"q": half_width}}`` in the manifest or export metadata)."""
-    found = {**(manifest.get("intervals") or {}), **(metadata.get("intervals") or {})}
+    split-conformal intervals of constant width: the fine-tuning job's
+    ``intervals: {"targets": {NAME: {"coef": 0, "offset": half_width}}}``, or
+    ``{NAME: {"q": half_width}}`` / ``{NAME: {"lower": a, "upper": b}}``, in the manifest
+    or export metadata. An ensemble-spread-scaled interval (``coef > 0``) needs the
+    members' spread, which a stream of one model does not have: no interval then."""
+    found = {}
+    for block in (manifest.get("intervals"), metadata.get("intervals")):
+        if isinstance(block, dict):
+            found.update(block.get("targets", block))
     out = {}
     for name in names:
         spec = found.get(name)
-        if isinstance(spec, dict) and "q" in spec:
+        if isinstance(spec, dict) and "offset" in spec:
+            if float(spec.get("coef", 0.0)) == 0.0:
+                out[name] = (-float(spec["offset"]), float(spec["offset"]))
+        elif isinstance(spec, dict) and "q" in spec:
             out[name] = (-float(spec["q"]), float(spec["q"]))
         elif isinstance(spec, dict) and {"lower", "upper"} <= set(spec):
             out[name] = (float(spec["lower"]), float(spec["upper"]))
