@@ -3,11 +3,25 @@
 Each subcommand lives in the module that does the work and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen module is
 imported, so ``labquake --help`` does not pay for importing TensorFlow.
+
+Errors: a user error (``labquake_tf.errors``, a missing or existing file, a
+message our own code raised) ends in one line on stderr, ``labquake CMD: error:
+...``, exit status 1 (data) or 2 (usage). Anything else is a bug: its traceback
+is kept and the last line says so (exit status 70, sysexits' EX_SOFTWARE).
+``--verbose`` or ``LABQUAKE_VERBOSE=1`` adds the traceback to user errors and
+lets TensorFlow's logs through; by default they are silenced (``_quiet``).
 """
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
+import re
 import sys
+import threading
+import traceback
+import warnings
 
 COMMANDS = {
     "simulate": ("labquake_tf.simulate.cli", "generate a synthetic lab-quake record (HDF5)"),
@@ -25,29 +39,298 @@ COMMANDS = {
     "stream": ("labquake_tf.streaming.cli", "real-time predictions and alarms on a live AE stream"),
 }
 
-
-def _usage():
-    lines = ["usage: labquake COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'labquake COMMAND --help' for a command's options."]
-    return "\n".join(lines)
+EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
+VERBOSE_ENV = "LABQUAKE_VERBOSE"
 
 
 def main(argv=None):
+    """Run ``labquake ARGV``; returns the exit status.
+
+    ``argv=None`` means a real process (``sys.argv``): only then is stderr's file
+    descriptor filtered, since in-process callers (tests) own their stderr.
+    """
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _env_verbose()
+    while argv and argv[0] == "--verbose":
+        verbose, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] == "--version":
+        print(_version())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"labquake: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module_name, help_ = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"labquake {name}", description=help_)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return module.run(args) or 0
+        print(f"labquake: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} "
+              "(see 'labquake --help')", file=sys.stderr)
+        return EXIT_USAGE
+    # Decided before the module (and TensorFlow) is imported: the log settings
+    # only take effect if they are in place when TensorFlow starts.
+    verbose = verbose or any(a == "--verbose" or a.startswith("--verbose=") for a in rest)
+    with _quiet(verbose, filter_fd=as_program):
+        return _run(name, rest, verbose)
+
+
+def _run(name, rest, verbose):
+    prog = f"labquake {name}"
+    try:
+        module_name, help_ = COMMANDS[name]
+        module = importlib.import_module(module_name)
+        parser = _Parser(prog=prog, description=help_)
+        module.add_arguments(parser)
+        if "--verbose" not in parser._option_string_actions:  # tune has its own (Keras') --verbose
+            parser.add_argument("--verbose", action="store_true",
+                                help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
+        args = parser.parse_args(rest)
+        return module.run(args) or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 -- sorted into user errors and bugs below
+        return _report(prog, err, verbose)
+
+
+def _report(prog, err, verbose):
+    code = user_error_code(err)
+    sys.stdout.flush()
+    if code is None:
+        traceback.print_exception(err, file=sys.stderr)
+        from labquake_tf import __version__
+
+        print(f"{prog}: internal error, a bug in labquake_tf {__version__} (not in your input): "
+              f"{type(err).__name__}: {one_line(err)} -- please report it with the traceback "
+              "above", file=sys.stderr)
+        return EXIT_BUG
+    if verbose:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+    return code
+
+
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                PermissionError, ConnectionError)
+"""The user's files and servers: wrong paths, existing outputs, an unreachable server."""
+
+_OUR_MESSAGES = (ValueError, LookupError, RuntimeError, OSError)
+"""Raised by a ``raise`` statement in labquake_tf, these carry a message for the user."""
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_error_code(err):
+    """The exit status for a user error, or None for a bug (keep the traceback).
+
+    A ``ValueError`` from deep inside numpy or TensorFlow is a bug unless our
+    code caught it and raised its own message; ``labquake_tf.errors`` types are
+    the explicit way, a ``raise`` statement in this package the implicit one.
+    """
+    from labquake_tf import errors
+
+    if isinstance(err, errors.LabquakeError):
+        return err.exit_code
+    if isinstance(err, _FILE_ERRORS):
+        return EXIT_DATA
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(err, (tf.errors.NotFoundError, tf.errors.DataLossError)):
+        return EXIT_DATA
+    if isinstance(err, _OUR_MESSAGES) and _raised_here(err):
+        return EXIT_DATA
+    return None
+
+
+def _raised_here(err):
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    return (os.path.abspath(last.filename).startswith(_PACKAGE_DIR)
+            and (last.line or "").lstrip().startswith("raise "))
+
+
+def one_line(err):
+    """The error's message on one line (file errors as ``PATH: reason``)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])  # str(KeyError) quotes its message
+    else:
+        text = str(err)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(err, tf.errors.OpError):
+        text = err.message.split("\n")[0]  # the rest is graph node context
+    return " ".join(text.split()) or type(err).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line too (``UsageError``, exit 2)."""
+
+    def error(self, message):
+        from labquake_tf.errors import UsageError
+
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _usage():
+    lines = ["usage: labquake [--verbose] COMMAND [options]", "       labquake --version", "",
+             "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'labquake COMMAND --help' for a command's options.",
+              f"--verbose (or {VERBOSE_ENV}=1): tracebacks with errors, TensorFlow's logs.",
+              "Exit status: 0 done, 1 bad input data, 2 bad options, 70 a bug."]
+    return "\n".join(lines)
+
+
+def _version():
+    from labquake_tf import __version__
+
+    return f"labquake {__version__}"
+
+
+def _env_verbose():
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+_SPURIOUS_WARNINGS = (
+    # Keras' EpochIterator on a finite dataset sized by the manifest: the end is expected.
+    r"Your input ran out of data",
+    # Reloading a .keras file for inference or fine-tuning; the optimizer is rebuilt.
+    r"Skipping variable loading for optimizer",
+    r"Compiled the loaded model, but the compiled metrics have yet to be built",
+)
+
+
+@contextlib.contextmanager
+def _quiet(verbose, filter_fd):
+    """Silence TensorFlow's C++ and Python logs and known spurious Keras warnings.
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` hides TensorFlow's own C++ logs, read when
+    TensorFlow loads; lines that XLA/abseil print before ``absl::InitializeLog()``
+    ignore it, so a real process also filters those out of file descriptor 2.
+    """
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    loggers = {name: logging.getLogger(name) for name in ("tensorflow", "absl")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    fd_filter = _LogLineFilter.start() if filter_fd else None
+    try:
+        with warnings.catch_warnings():
+            for pattern in _SPURIOUS_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            for logger in loggers.values():
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        if fd_filter is not None:
+            fd_filter.stop()
+
+
+class _LogLineFilter:
+    """Copies fd 2 to the real stderr through a pipe, dropping C++ log lines.
+
+    Decided on each line's first bytes, so progress bars (``\\r`` lines) and
+    prompts pass at once; only what could still become a log line waits.
+    """
+
+    # A template character: '#' a digit, 'L' a log severity, anything else itself.
+    _TEMPLATES = (b"####-##-## ##:##:##.",  # TSL: 2026-11-30 09:43:18.713805: E ...
+                  b"L#### ##:##:##.",  # abseil / glog: E0000 00:00:1718... 123 file.cc:45] ...
+                  b"WARNING: All log messages before absl::InitializeLog()")
+    _CONTINUATIONS = (b"\t", b"To enable the following instructions")
+
+    def __init__(self, out_fd):
+        self.out, self.buf, self.mode, self.after_drop = out_fd, b"", "start", False
+
+    @classmethod
+    def start(cls):
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return None
+        self = cls(saved)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.read_fd = read_fd
+        self.thread = threading.Thread(target=self._pump, name="labquake-stderr", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.out, 2)  # closes the pipe's last write end: the pump sees EOF
+        self.thread.join(timeout=5.0)
+        if not self.thread.is_alive():  # a child process may still hold the pipe
+            os.close(self.out)
+
+    def _pump(self):
+        while True:
+            data = os.read(self.read_fd, 1 << 16)
+            if not data:
+                break
+            self.feed(data)
+        self.feed(b"", final=True)
+        os.close(self.read_fd)
+
+    def feed(self, data, final=False):
+        out = []
+        for piece in re.split(rb"([\r\n])", data):
+            if piece in (b"\n", b"\r"):
+                if self.mode == "start":
+                    self.mode = "pass" if self._decide(done=True) != "drop" else "drop"
+                    if self.mode == "pass":
+                        out.append(self.buf)
+                if self.mode == "pass":
+                    out.append(piece)
+                self.after_drop = self.mode == "drop"
+                self.mode, self.buf = "start", b""
+            elif piece:
+                if self.mode == "start":
+                    self.buf += piece
+                    decision = self._decide(done=False)
+                    if decision != "wait":
+                        self.mode = decision
+                        if decision == "pass":
+                            out.append(self.buf)
+                        self.buf = b""
+                elif self.mode == "pass":
+                    out.append(piece)
+        if final and self.mode == "start" and self._decide(done=True) != "drop":
+            out.append(self.buf)
+        data = b"".join(out)
+        while data:
+            data = data[os.write(self.out, data):]
+
+    def _decide(self, done):
+        """'drop', 'pass', or 'wait' for more of the line."""
+        buf = self.buf
+        templates = self._TEMPLATES + (self._CONTINUATIONS if self.after_drop else ())
+        maybe = False
+        for t in templates:
+            n = min(len(t), len(buf))
+            if all(_fits(t[i], buf[i]) for i in range(n)):
+                if len(buf) >= len(t):
+                    return "drop"
+                maybe = True
+        return "wait" if maybe and not done else "pass"
+
+
+def _fits(template_char, char):
+    if template_char == ord("#"):
+        return 48 <= char <= 57
+    if template_char == ord("L"):
+        return char in b"IWEF"
+    return template_char == char
 
 
 if __name__ == "__main__":

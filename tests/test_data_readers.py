@@ -125,12 +125,18 @@ def _csv(tmp_path, header, rows):
 
 def test_bad_csv_and_paths(tmp_path, dds_dir):
     header = ["", "Time", "ShearStress", "Var_Ch1"]
-    with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) \['TimeToStartFailure'"):
+    with pytest.raises(ValueError, match=r"bad.csv row 1 \(header\): missing column\(s\) "
+                       r"TimeToStartFailure, TimeToEndFailure; found \(unnamed\), Time, "
+                       r"ShearStress, Var_Ch1; --ttf derived"):
         readers.read(_csv(tmp_path, header, [[0, 0.1, 1.0, 5.0]]))
-    with pytest.raises(ValueError, match="bad.csv: non-numeric"):
+    with pytest.raises(ValueError, match=r"bad.csv row 2, column Time: 'x' is not a number$"):
         readers.read(_csv(tmp_path, header, [[0, "x", 1.0, 5.0]]), ttf="derived")
-    with pytest.raises(ValueError, match=r"bad.csv: non-finite AE log-variance at step 1"):
+    with pytest.raises(ValueError, match=r"bad.csv row 3 \(t = 0.2 s\), column Var_Ch1: '-1' is "
+                       r"not a positive variance$"):
         readers.read(_csv(tmp_path, header, [[0, 0.1, 1, 5], [1, 0.2, 2, -1]]), ttf="derived")
+    with pytest.raises(ValueError, match=r"bad.csv row 3, column Time: 0.1 does not come after "
+                       r"the previous row's 0.2"):
+        readers.read(_csv(tmp_path, header, [[0, 0.2, 1, 5], [1, 0.1, 2, 5]]), ttf="derived")
     with pytest.raises(ValueError, match=r"p4581.csv: channels \[3\] not available"):
         readers.read(dds_dir / "p4581.csv", channels=[3])
     with pytest.raises(FileNotFoundError, match="nope.csv"):
@@ -139,7 +145,7 @@ def test_bad_csv_and_paths(tmp_path, dds_dir):
     with pytest.raises(ValueError, match="unknown record format"):
         readers.read(tmp_path / "r.parquet")
     np.savez(tmp_path / "r.npz", time=np.arange(3.0))
-    with pytest.raises(ValueError, match=r"r.npz: missing array\(s\) \['logvar', 'shear_stress'\]"):
+    with pytest.raises(ValueError, match=r"r.npz: missing array\(s\) logvar, shear_stress; found time$"):
         readers.read(tmp_path / "r.npz")
 
 

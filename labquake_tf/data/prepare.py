@@ -24,6 +24,7 @@ import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
 from labquake_tf.data.readers import sha256
+from labquake_tf.errors import DataError, UsageError
 
 DEFAULT_WINDOW_SECONDS = 5.12
 """Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
@@ -44,12 +45,14 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     targets = list(targets or labquake_tf.TARGETS)
     unknown = [t for t in targets if t not in labquake_tf.TARGETS]
     if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
+        raise UsageError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
     ratios = splits.parse_ratios(split)
     features_lib.check_kind(features)
     record = registry.load_record(dataset, channels=channels, features=features, **record_options)
     dt = record.dt
     seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
+    if seq_len < 1:
+        raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
     request = {"dataset": str(dataset), "sha256": record.sha256, "seq_len": seq_len,
                "targets": targets, "split": list(ratios), "channels": record.feature_names,
                "chunk_len": chunk_len, "processing": record.attrs}
@@ -57,12 +60,16 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     if existing is not None:
         return existing
 
-    parts = splits.split_by_events(record.events, len(record), ratios)
+    try:
+        parts = splits.split_by_events(record.events, len(record), ratios)
+    except DataError as e:
+        raise DataError(f"{dataset}: {e}") from None
     for name, part in parts.items():
         n = part["steps"][1] - part["steps"][0]
         if n < seq_len:
-            raise ValueError(f"{record.source}: split {name!r} has {n} steps, shorter than one "
-                             f"window of seq_len={seq_len}; lower --seq-len or change --split")
+            raise DataError(f"{dataset}: split {name!r} has {n} steps ({n * dt:g} s), shorter "
+                            f"than one window of seq_len={seq_len}; pass --seq-len {n} or less, "
+                            "or give it a larger share with --split")
     feature_scaler, target_scaler = splits.fit_scalers(record, parts["train"]["steps"], targets)
 
     parent = os.path.dirname(os.path.abspath(out)) or "."
@@ -193,7 +200,11 @@ def run(args):
     options = {"lowpass_hz": args.lowpass_hz, "detrend": not args.no_detrend}
     if args.ttf:
         options["ttf"] = args.ttf
-    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    try:
+        channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    except ValueError:
+        raise UsageError(f"--channels: expected 1-based channel numbers like 1,2; "
+                         f"got {args.channels!r}") from None
     manifest = prepare(args.dataset, args.out, seq_len=args.seq_len, targets=args.targets,
                        split=args.split, channels=channels, force=args.force,
                        features=args.features, **options)

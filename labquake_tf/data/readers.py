@@ -13,17 +13,23 @@ standard deviation instead (``std_ch1``, the reference PyTorch code's input).
 
 import csv
 import hashlib
+import io
 import os
+import zipfile
 
 import numpy as np
 
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.record import Record
+from labquake_tf.errors import DataError, UsageError, more_text, row_text
 
 DEFAULT_CHANNELS = (1,)
 DDS_COLUMNS = ("Time", "ShearStress")
 _KIND_TEXT = {"logvar": "log-variance", "std": "standard deviation", "var": "variance"}
+PUBLISHED_TTF_COLUMNS = ("TimeToStartFailure", "TimeToEndFailure")
+MIN_ROWS = 32
+"""Fewer rows cannot hold a stick-slip cycle, nor feed the stress low-pass filter."""
 
 
 def sha256(path, block=1 << 20):
@@ -38,18 +44,36 @@ def _channels(channels, n_available, path):
     channels = tuple(DEFAULT_CHANNELS if channels is None else channels)
     bad = [c for c in channels if not 1 <= int(c) <= n_available]
     if bad or not channels:
-        raise ValueError(f"{path}: channels {list(channels)} not available "
-                         f"(the file has channels 1..{n_available})")
+        raise DataError(f"{path}: channels {list(channels)} not available "
+                        f"(the file has channels 1..{n_available}; --channels picks them)")
     return [int(c) for c in channels]
+
+
+def _seconds(t):
+    """A time for a message: ``3949.3``, ``12.07``."""
+    return f"{t:.2f}".rstrip("0").rstrip(".") if np.isfinite(t) else str(t)
+
+
+def _at_time(time, i):
+    try:
+        return f" (t = {_seconds(float(time[i]))} s)"
+    except (TypeError, ValueError, IndexError):
+        return ""
 
 
 def _finish(name, path, time, logvar, channels, shear_stress, published=None, kind="logvar",
             **target_options):
-    if not np.all(np.isfinite(logvar)):
-        row = int(np.argwhere(~np.isfinite(logvar))[0, 0])
-        raise ValueError(f"{path}: non-finite AE {_KIND_TEXT.get(kind, kind)} at step {row} (time {time[row]:g} s)")
-    if not np.all(np.isfinite(shear_stress)):
-        raise ValueError(f"{path}: non-finite shear stress")
+    if len(time) < MIN_ROWS:
+        raise DataError(f"{path}: {len(time)} rows of data; a record needs at least {MIN_ROWS} "
+                        "(and three stick-slip events to split)")
+    bad = ~np.isfinite(logvar)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: AE {_KIND_TEXT.get(kind, kind)} of channel {channels[col]} "
+                        f"is not finite in "
+                        f"the window ending t = {_seconds(time[row])} s (a zero-variance or "
+                        f"non-finite stretch of the AE){more_text(int(bad.sum()) - 1, 'window')}")
+    _check_finite(path, "shear_stress", shear_stress, time)
     targets, mask, events, info = targets_lib.build_targets(
         time, shear_stress, published=published, **target_options)
     return Record(name=name, time=np.asarray(time, np.float64),
@@ -57,6 +81,57 @@ def _finish(name, path, time, logvar, channels, shear_stress, published=None, ki
                   feature_names=[f"{kind}_ch{c}" for c in channels], targets=targets,
                   label_mask=mask, events=events, source=os.path.abspath(path),
                   sha256=sha256(path), attrs=info)
+
+
+def _where(label, index, time):
+    """``shear_stress[1500] (t = 250 s)``: an array element as numpy indexes it."""
+    return (f"{label}[{', '.join(map(str, index))}]"
+            f"{'' if time is None else _at_time(time, index[0])}")
+
+
+def _check_finite(path, label, values, time=None):
+    """NaN/Inf in an array read from ``path`` → a DataError naming the first one."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: {_where(label, index, time)} is {values[index]}, not a finite "
+                        f"number{more_text(int(bad.sum()) - 1)}")
+
+
+def _check_increasing(path, label, time):
+    step = np.diff(time)
+    if len(step) and not (step > 0).all():
+        i = int(np.argmin(step > 0)) + 1
+        raise DataError(f"{path}: {label}[{i}] = {time[i]:g} s does not come after "
+                        f"{label}[{i - 1}] = {time[i - 1]:g} s (time must increase)")
+
+
+def _numeric(path, label, values, time=None):
+    """An array as float64, or a DataError naming its first non-number."""
+    values = np.asarray(values)
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    if values.dtype.kind not in "USO":  # complex, dates, ...
+        raise DataError(f"{path}: {label} holds {values.dtype} values, not numbers")
+    try:
+        return values.astype(np.float64)  # numbers stored as text convert
+    except (TypeError, ValueError):
+        pass
+    bad = [i for i in np.ndindex(values.shape) if not _is_number(values[i])]
+    index = bad[0] if bad else (0,) * values.ndim
+    shown = values[index]
+    shown = shown.decode(errors="replace") if isinstance(shown, bytes) else shown
+    raise DataError(f"{path}: {_where(label, index, time)}: {shown!r} is not a number"
+                    f"{more_text(len(bad) - 1)}")
+
+
+def _is_number(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_dds_csv(path, channels=None, ttf="published", name=None, features="logvar",
@@ -67,26 +142,49 @@ def read_dds_csv(path, channels=None, ttf="published", name=None, features="logv
     ``ttf="published"`` (default) keeps the files' TimeToStartFailure/TimeToEndFailure
     with their artefact rows masked: those are the labels the reference results were
     computed on. ``"derived"`` counts down to the detected events instead (they agree to one row).
+
+    Errors name the row as an editor numbers the file's lines (the header is
+    row 1, the first data row is row 2) and the column by its header.
     """
     if ttf not in ("published", "derived"):
-        raise ValueError(f"ttf must be 'published' or 'derived', got {ttf!r}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        rows = list(reader)
+        raise UsageError(f"ttf must be 'published' or 'derived' (--ttf), got {ttf!r}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path} row {row_text(line)}: byte 0x{raw[e.start]:02x} is not UTF-8 "
+                        "text (not a CSV file?)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    rows = list(reader)
+    while rows and not rows[-1]:  # blank lines at the end of the file
+        rows.pop()
+    if not any(header):
+        raise DataError(f"{path}: no header row (an empty CSV); expected columns "
+                        f"{', '.join(DDS_COLUMNS)}, Var_Ch1, ...")
     var_cols = sorted(int(h[6:]) for h in header if h.startswith("Var_Ch") and h[6:].isdigit())
-    needed = list(DDS_COLUMNS) + (["TimeToStartFailure", "TimeToEndFailure"] if ttf == "published" else [])
-    missing = [c for c in needed if c not in header] or ([] if var_cols else ["Var_Ch1"])
+    needed = list(DDS_COLUMNS) + (list(PUBLISHED_TTF_COLUMNS) if ttf == "published" else [])
+    missing = [c for c in needed if c not in header] + ([] if var_cols else ["Var_Ch1"])
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {header}")
+        hint = ("; --ttf derived needs no TimeToStartFailure/TimeToEndFailure"
+                if set(missing) <= set(PUBLISHED_TTF_COLUMNS) else "")
+        raise DataError(f"{path} row 1 (header): missing column(s) {', '.join(missing)}; "
+                        f"found {', '.join(h or '(unnamed)' for h in header)}{hint}")
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header (row 1)")
     channels = _channels(channels, max(var_cols), path)
+    used = needed + [f"Var_Ch{c}" for c in channels]
     try:
         data = np.array(rows, dtype=np.float64)
-    except ValueError as e:
-        raise ValueError(f"{path}: non-numeric value ({e})") from None
-    if data.ndim != 2 or data.shape[1] != len(header):
-        raise ValueError(f"{path}: rows do not all have {len(header)} fields")
-    col = {h: data[:, i] for i, h in enumerate(header)}
+    except ValueError:  # ragged rows or text: find it, slowly, only now
+        data = None
+    if data is None or data.ndim != 2 or data.shape[1] != len(header):
+        col = _csv_columns_slowly(path, header, rows, used)
+    else:
+        col = {h: data[:, i] for i, h in enumerate(header)}
+    _check_csv_values(path, header, rows, col, used, channels, zero_ok=features == "std")
     x = np.stack([features_lib.from_variance(col[f"Var_Ch{c}"], features) for c in channels],
                  axis=1)
     published = (col["TimeToStartFailure"], col["TimeToEndFailure"]) if ttf == "published" else None
@@ -94,22 +192,124 @@ def read_dds_csv(path, channels=None, ttf="published", name=None, features="logv
                    published, kind=features, **target_options)
 
 
+def _csv_columns_slowly(path, header, rows, used):
+    """The used columns as float64 when some row is ragged or some cell is text.
+
+    Raises a DataError naming the first bad row (and column); text in a column
+    the reader does not use is no error.
+    """
+    n = len(header)
+    ragged = [i for i, r in enumerate(rows) if len(r) != n]
+    index = {h: header.index(h) for h in used}
+    time_col = index["Time"]
+
+    def at(i):
+        try:
+            return f" (t = {_seconds(float(rows[i][time_col]))} s)"
+        except (ValueError, IndexError):
+            return ""
+
+    if ragged:
+        i = ragged[0]
+        k = len(rows[i])
+        if k < n:
+            lost = ", ".join(h or "(unnamed)" for h in header[k:])
+            what = (f"{k} of {n} fields, column(s) {lost} missing"
+                    + (" (a truncated last row?)" if i == len(rows) - 1 else ""))
+        else:
+            what = f"{k} fields where the header has {n}"
+        raise DataError(f"{path} row {row_text(i + 2)}{at(i)}: {what}"
+                        f"{more_text(len(ragged) - 1, 'row')}")
+    columns, bad = {}, []
+    for h in used:
+        j = index[h]
+        cells = [r[j] for r in rows]
+        try:
+            columns[h] = np.array(cells, dtype=np.float64)
+        except ValueError:
+            bad += [(i, j) for i, c in enumerate(cells) if not _is_number(c)]
+    if bad:
+        i, j = min(bad)
+        raise DataError(f"{path} row {row_text(i + 2)}{at(i)}, column {header[j]}: "
+                        f"{rows[i][j]!r} is not a number{more_text(len(bad) - 1)}")
+    return columns
+
+
+def _check_csv_values(path, header, rows, col, used, channels, zero_ok=False):
+    """NaN/Inf in a used column, variances <= 0 (< 0 for std), time that does not increase."""
+    bad = []
+    for h in used:
+        rows_bad = np.flatnonzero(~np.isfinite(col[h]))
+        bad += [(int(i), header.index(h), "not a finite number") for i in rows_bad]
+    for c in channels:
+        h = f"Var_Ch{c}"
+        low = (col[h] < 0) if zero_ok else (col[h] <= 0)
+        rows_bad = np.flatnonzero(np.isfinite(col[h]) & low)
+        why = "a negative variance" if zero_ok else "not a positive variance"
+        bad += [(int(i), header.index(h), why) for i in rows_bad]
+    time, t = col["Time"], header.index("Time")
+    if bad:
+        i, j, why = min(bad)
+        when = _at_time(time, i) if j != t else ""
+        raise DataError(f"{path} row {row_text(i + 2)}{when}, column {header[j]}: "
+                        f"{rows[i][j].strip()!r} is {why}{more_text(len(bad) - 1)}")
+    step = np.diff(time)
+    if not (step > 0).all():
+        i = int(np.argmin(step > 0)) + 1
+        raise DataError(f"{path} row {row_text(i + 2)}, column Time: {rows[i][t].strip()} does "
+                        f"not come after the previous row's {rows[i - 1][t].strip()} "
+                        "(time must increase)")
+
+
 def read_npz(path, channels=None, name=None, features="logvar", **target_options):
-    """A ``.npz`` with the keys documented in this module's docstring."""
+    """A ``.npz`` with the keys documented in this module's docstring.
+
+    Errors name the array and the index as numpy would, ``shear_stress[1501]``.
+    """
     features_lib.check_kind(features)
-    with np.load(path) as z:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        reason = (f"a damaged or truncated zip archive: {e}" if magic.startswith(b"PK")
+                  else str(e) if magic == b"\x93NUMPY"
+                  else "no zip signature; np.savez writes .npz")
+        raise DataError(f"{path}: not a readable NumPy .npz archive ({reason})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single array, not an .npz archive of time, logvar and "
+                        "shear_stress (save with np.savez)")
+    with archive as z:
         missing = [k for k in ("time", "logvar", "shear_stress") if k not in z.files]
         if missing:
-            raise ValueError(f"{path}: missing array(s) {missing}; found {z.files}")
-        arrays = {k: z[k] for k in z.files}
-    logvar = arrays["logvar"].reshape(len(arrays["logvar"]), -1)
+            raise DataError(f"{path}: missing array(s) {', '.join(missing)}; "
+                            f"found {', '.join(z.files) or 'none'}")
+        arrays = {}
+        for k in z.files:
+            if k in ("time", "logvar", "shear_stress", "ttsf", "ttef"):
+                try:
+                    arrays[k] = z[k]
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                    raise DataError(f"{path}: array {k!r} cannot be read ({e})") from None
+    time = _numeric(path, "time", arrays["time"]).reshape(-1)
+    lengths = {k: len(v) for k, v in arrays.items() if np.ndim(v)}
+    if len(set(lengths.values())) > 1 or len(lengths) < len(arrays):
+        raise DataError(f"{path}: arrays differ in length: "
+                        + ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items()))
+    _check_finite(path, "time", time)
+    _check_increasing(path, "time", time)
+    logvar = _numeric(path, "logvar", arrays["logvar"], time).reshape(len(time), -1)
     channels = _channels(channels, logvar.shape[1], path)
+    logvar = logvar[:, [c - 1 for c in channels]]
+    _check_finite(path, "logvar", logvar, time)
+    stress = _numeric(path, "shear_stress", arrays["shear_stress"], time)
+    _check_finite(path, "shear_stress", stress, time)
     published = None
     if "ttsf" in arrays and "ttef" in arrays:
-        published = (arrays["ttsf"], arrays["ttef"])
-    x = features_lib.from_logvar(logvar[:, [c - 1 for c in channels]], features)
-    return _finish(name or _stem(path), path, arrays["time"], x, channels,
-                   arrays["shear_stress"], published, kind=features, **target_options)
+        published = tuple(_numeric(path, k, arrays[k], time) for k in ("ttsf", "ttef"))
+    x = features_lib.from_logvar(logvar, features)
+    return _finish(name or _stem(path), path, time, x, channels, stress, published,
+                   kind=features, **target_options)
 
 
 def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_seconds=1.0,
@@ -127,34 +327,48 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
 
     output = features or output
     if output not in features_lib.OUTPUTS:
-        raise ValueError(f"output must be one of {features_lib.OUTPUTS}, got {output!r}")
-    with h5py.File(path, "r") as f:
+        raise UsageError(f"output must be one of {features_lib.OUTPUTS}, got {output!r}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({_h5_reason(e)})") from None
+    with f:
         if f.attrs.get("format") != "labquake-hdf5":
-            raise ValueError(f"{path}: attribute format={f.attrs.get('format')!r}, "
-                             "expected 'labquake-hdf5'")
-        if "mech/shear_stress" not in f:
-            raise ValueError(f"{path}: missing dataset /mech/shear_stress")
+            raise DataError(f"{path}: attribute format={f.attrs.get('format')!r}, "
+                            "expected 'labquake-hdf5' (the layout in CONTRIBUTING.md)")
+        if "mech/shear_stress" not in f or not isinstance(f["mech/shear_stress"], h5py.Dataset):
+            raise DataError(f"{path}: missing dataset /mech/shear_stress; found "
+                            f"{_h5_datasets(f, h5py)}")
         stress_ds = f["mech/shear_stress"]
-        stress = stress_ds[...].astype(np.float64)
+        stress = _h5_read(stress_ds, path).reshape(-1)
         stress_time = _attr(stress_ds, "t0", path) + np.arange(len(stress)) / _attr(
-            stress_ds, "sample_rate", path)
+            stress_ds, "sample_rate", path, positive=True)
+        stress = _numeric(path, "/mech/shear_stress", stress, stress_time)
+        _check_finite(path, "/mech/shear_stress", stress, stress_time)
         name = name or str(f.attrs.get("name", _stem(path)))
         if "features/logvar" in f:
             ds = f["features/logvar"]
-            logvar = ds[...].reshape(len(ds), -1)
+            logvar = _h5_read(ds, path)
+            logvar = logvar.reshape(len(logvar), -1) if logvar.ndim else logvar.reshape(1, 1)
             channels = _channels(channels, logvar.shape[1], path)
-            logvar = logvar[:, [c - 1 for c in channels]]
+            time = _attr(ds, "t0", path) + _attr(ds, "hop", path, positive=True) * np.arange(
+                len(logvar))
+            logvar = _numeric(path, "/features/logvar", logvar[:, [c - 1 for c in channels]], time)
+            _check_finite(path, "/features/logvar", logvar, time)
             if output != "logvar":
-                logvar = 10.0 ** logvar if output == "var" else features_lib.from_logvar(logvar, output)
-            time = _attr(ds, "t0", path) + _attr(ds, "hop", path) * np.arange(len(logvar))
+                logvar = (10.0 ** logvar if output == "var"
+                          else features_lib.from_logvar(logvar, output))
             ae = None
         elif "ae" in f:
             ae = f["ae"]
             n_ch = ae.shape[1] if ae.ndim == 2 else 1
             channels = _channels(channels, n_ch, path)
-            sample_rate, t0 = _attr(ae, "sample_rate", path), _attr(ae, "t0", path)
+            if ae.dtype.kind not in "iuf":
+                raise DataError(f"{path}: dataset /ae holds {ae.dtype} values, not numbers")
+            sample_rate, t0 = _attr(ae, "sample_rate", path, positive=True), _attr(ae, "t0", path)
         else:
-            raise ValueError(f"{path}: neither /ae nor /features/logvar present")
+            raise DataError(f"{path}: neither /ae nor /features/logvar present; found "
+                            f"{_h5_datasets(f, h5py)}")
     if ae is not None:
         lv = features_lib.LogVariance(sample_rate, window, hop, output)
         chunk = max(lv.hop, int(chunk_seconds * sample_rate) // lv.hop * lv.hop)
@@ -167,10 +381,32 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
     slack = 1e-6
     inside = (time >= stress_time[0] - slack) & (time <= stress_time[-1] + slack)
     if not inside.any():
-        raise ValueError(f"{path}: the AE feature times do not overlap /mech/shear_stress")
+        raise DataError(f"{path}: the AE feature times ({_seconds(time[0]) if len(time) else '-'}"
+                        f"..{_seconds(time[-1]) if len(time) else '-'} s) do not overlap "
+                        f"/mech/shear_stress ({_seconds(stress_time[0])}.."
+                        f"{_seconds(stress_time[-1])} s)")
     time, logvar = time[inside], logvar[inside]
     return _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
                    kind=output, **target_options)
+
+
+def _h5_reason(err):
+    """h5py's 'Unable to synchronously open file (file signature not found)' → the reason."""
+    text = str(err)
+    return text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
+
+
+def _h5_read(ds, path):
+    try:
+        return ds[...]
+    except (OSError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: dataset {ds.name} cannot be read ({_h5_reason(e)})") from None
+
+
+def _h5_datasets(f, h5py):
+    names = []
+    f.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
+    return ", ".join(names) or "no datasets"
 
 
 def iter_hdf5_ae(path, chunk_samples):
@@ -180,19 +416,32 @@ def iter_hdf5_ae(path, chunk_samples):
     yields one row per element; re-batching 2 MHz samples through tf.data costs
     ~20 us per row, 1000x slower than the slices.)
     """
+    import tensorflow as tf
     import tensorflow_io as tfio
 
-    ae = tfio.IOTensor.from_hdf5(str(path))("/ae")
-    n = int(ae.shape[0])
-    for start in range(0, n, chunk_samples):
-        x = ae[start:min(start + chunk_samples, n)].numpy()
-        yield x[:, None] if x.ndim == 1 else x
+    try:
+        ae = tfio.IOTensor.from_hdf5(str(path))("/ae")
+        n = int(ae.shape[0])
+        for start in range(0, n, chunk_samples):
+            x = ae[start:min(start + chunk_samples, n)].numpy()
+            yield x[:, None] if x.ndim == 1 else x
+    except tf.errors.OpError as e:
+        raise DataError(f"{path}: dataset /ae cannot be read "
+                        f"({e.message.splitlines()[0]})") from None
 
 
-def _attr(ds, key, path):
+def _attr(ds, key, path, positive=False):
     if key not in ds.attrs:
-        raise ValueError(f"{path}: dataset {ds.name} has no attribute {key!r}")
-    return float(ds.attrs[key])
+        raise DataError(f"{path}: dataset {ds.name} has no attribute {key!r}")
+    try:
+        value = float(ds.attrs[key])
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: dataset {ds.name} attribute {key}={ds.attrs[key]!r} "
+                        "is not a number") from None
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise DataError(f"{path}: dataset {ds.name} attribute {key}={value:g} must be a "
+                        f"{'positive' if positive else 'finite'} number")
+    return value
 
 
 def _stem(path):
@@ -209,5 +458,9 @@ def read(path, **options):
         raise FileNotFoundError(f"{path}: no such file")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in READERS:
-        raise ValueError(f"{path}: unknown record format {suffix!r} (known: {sorted(READERS)})")
+        raise DataError(f"{path}: unknown record format {suffix!r} (known: {sorted(READERS)})")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a folder, not a record file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
     return READERS[suffix](path, **options)

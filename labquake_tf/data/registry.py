@@ -16,6 +16,7 @@ import tempfile
 
 import labquake_tf
 from labquake_tf.data import readers
+from labquake_tf.errors import DataError, UsageError
 
 _TCN_PAPER = "https://raw.githubusercontent.com/CountofGlamorgan/TCN_paper/main/data/"
 _DDS_FILE = "newDF_TimeToFailure_from_{}_WITHOUT_subwindows.csv"
@@ -40,7 +41,7 @@ def cache_dir():
 def dataset_path(name):
     """Local path of a named dataset, fetching or generating it if needed."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
     return _dds_path(name, spec) if spec["kind"] == "dds" else _synthetic_path(spec)
 
@@ -57,7 +58,7 @@ def load_record(name_or_path, **options):
         return readers.read(dataset_path(name_or_path), **options)
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: neither a file nor a dataset name "
-                                f"(known: {sorted(DATASETS)})")
+                                f"(known: {', '.join(DATASETS)})")
     return readers.read(name_or_path, **options)
 
 
@@ -66,17 +67,23 @@ def _dds_path(name, spec):
     if local:
         path = pathlib.Path(local) / f"{name}.csv"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: not found (LABQUAKE_DATA_DIR={local})")
+            raise FileNotFoundError(f"{path}: not found (LABQUAKE_DATA_DIR={local}); put "
+                                    f"{name}.csv there, or unset LABQUAKE_DATA_DIR to download it")
         digest = readers.sha256(path)
         if digest != spec["sha256"]:
-            raise ValueError(f"{path}: sha256 {digest} does not match the registry's "
-                             f"{spec['sha256']} for {name}")
+            raise DataError(f"{path}: sha256 {digest} does not match the registry's "
+                            f"{spec['sha256']} for {name} (LABQUAKE_DATA_DIR={local}: an edited "
+                            "or partial copy?)")
         return path
     import keras
 
-    return pathlib.Path(keras.utils.get_file(
-        f"{name}.csv", spec["url"], file_hash=spec["sha256"], hash_algorithm="sha256",
-        cache_dir=str(cache_dir()), cache_subdir="dds"))
+    try:
+        return pathlib.Path(keras.utils.get_file(
+            f"{name}.csv", spec["url"], file_hash=spec["sha256"], hash_algorithm="sha256",
+            cache_dir=str(cache_dir()), cache_subdir="dds"))
+    except Exception as e:  # noqa: BLE001 -- keras raises a bare Exception on fetch failure
+        raise DataError(f"{name}: download from {spec['url']} failed ({' '.join(str(e).split())}); "
+                        f"offline, set LABQUAKE_DATA_DIR to a folder holding {name}.csv") from e
 
 
 def _synthetic_path(spec, seed=0):

@@ -8,6 +8,7 @@ part starts at the beginning of a loading cycle and no slip straddles two parts.
 import numpy as np
 
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.errors import DataError, UsageError
 
 SPLIT_NAMES = ("train", "val", "test")
 PRETRAIN_RATIOS = (0.7, 0.1, 0.2)
@@ -16,11 +17,16 @@ FINETUNE_RATIOS = (0.5, 0.1, 0.4)
 
 def parse_ratios(ratios):
     """``"0.7,0.1,0.2"`` or a sequence → a tuple of positive floats summing to 1."""
-    if isinstance(ratios, str):
-        ratios = [float(r) for r in ratios.split(",")]
-    ratios = tuple(float(r) for r in ratios)
+    text = ratios
+    try:
+        if isinstance(ratios, str):
+            ratios = [float(r) for r in ratios.split(",")]
+        ratios = tuple(float(r) for r in ratios)
+    except (TypeError, ValueError):
+        ratios = ()
     if len(ratios) != len(SPLIT_NAMES) or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ValueError(f"split ratios must be three non-negative numbers (train,val,test), got {ratios}")
+        raise UsageError(f"split ratios (--split) must be three non-negative numbers "
+                         f"train,val,test, e.g. 0.7,0.1,0.2; got {text!r}")
     total = sum(ratios)
     return tuple(r / total for r in ratios)
 
@@ -33,6 +39,21 @@ def event_counts(n_events, ratios=PRETRAIN_RATIOS):
     return n_train, n_val, n_events - n_train - n_val
 
 
+def min_events(ratios=PRETRAIN_RATIOS, limit=100_000):
+    """The fewest events ``ratios`` splits with at least one event in every part."""
+    for n in range(len(SPLIT_NAMES), limit):
+        if min(event_counts(n, ratios)) >= 1:
+            return n
+    return limit
+
+
+def _fitting_split(n_events):
+    """Shares that give ``n_events`` (>= 3) one event each for val and test at least."""
+    val = max(1, round(0.1 * n_events))
+    test = max(1, round(0.2 * n_events))
+    return f"{n_events - val - test},{val},{test}"
+
+
 def split_by_events(events, n_steps, ratios=PRETRAIN_RATIOS):
     """``{name: {"steps": [start, stop), "events": [first, stop)}}``, contiguous.
 
@@ -42,8 +63,13 @@ def split_by_events(events, n_steps, ratios=PRETRAIN_RATIOS):
     events = np.asarray(events).reshape(-1, 2)
     counts = event_counts(len(events), ratios)
     if min(counts) < 1:
-        raise ValueError(f"{len(events)} events cannot be split {parse_ratios(ratios)} with at "
-                         f"least one event per part (got {dict(zip(SPLIT_NAMES, counts))})")
+        shares = ",".join(f"{r:.2g}" for r in parse_ratios(ratios))
+        need = min_events(ratios)
+        fix = (f"--split {_fitting_split(len(events))} splits {len(events)}"
+               if len(events) >= len(SPLIT_NAMES) else "a longer record is the only fix")
+        raise DataError(f"{len(events)} stick-slip event(s) cannot be split {shares} with at "
+                        f"least one event per part: that split needs {need} events "
+                        f"({fix})")
     parts, first, start = {}, 0, 0
     for i, (name, count) in enumerate(zip(SPLIT_NAMES, counts)):
         stop_event = first + count
