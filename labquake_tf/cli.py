@@ -87,6 +87,12 @@ def _run(name, rest, verbose):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as exit_:  # raise SystemExit("message"): Python's exit 1 with a message
+        if not isinstance(exit_.code, str):
+            raise
+        text = exit_.code.removeprefix(f"{prog}: ")
+        print(f"{prog}: error: {' '.join(text.split())}", file=sys.stderr)
+        return EXIT_DATA
     except Exception as err:  # noqa: BLE001 -- sorted into user errors and bugs below
         return _report(prog, err, verbose)
 
@@ -238,9 +244,9 @@ class _LogLineFilter:
     prompts pass at once; only what could still become a log line waits.
     """
 
-    # A template character: '#' a digit, 'L' a log severity, anything else itself.
+    # In a template, '#' stands for a digit and '%' for a severity letter.
     _TEMPLATES = (b"####-##-## ##:##:##.",  # TSL: 2026-11-30 09:43:18.713805: E ...
-                  b"L#### ##:##:##.",  # abseil / glog: E0000 00:00:1718... 123 file.cc:45] ...
+                  b"%#### ##:##:",  # abseil / glog: I1114 09:32:22.28 or, before init, I0000 00:00:1718...
                   b"WARNING: All log messages before absl::InitializeLog()")
     _CONTINUATIONS = (b"\t", b"To enable the following instructions")
 
@@ -328,7 +334,7 @@ class _LogLineFilter:
 def _fits(template_char, char):
     if template_char == ord("#"):
         return 48 <= char <= 57
-    if template_char == ord("L"):
+    if template_char == ord("%"):
         return char in b"IWEF"
     return template_char == char
 

@@ -1,6 +1,15 @@
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
 import pytest
 
+import labquake_tf
 from labquake_tf import cli
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 
 def test_help_lists_every_command(capsys):
@@ -21,3 +30,93 @@ def test_every_command_parses_help(name, capsys):
         cli.main([name, "--help"])
     assert exit_.value.code == 0
     assert f"labquake {name}" in capsys.readouterr().out
+
+
+def _labquake(*argv, env=None, cwd=None):
+    """``labquake ARGV`` as a real process (the console script's ``main()``), quiet by default."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", cli.VERBOSE_ENV)} | (env or {})
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", "import sys; from labquake_tf import cli; "
+                           "sys.exit(cli.main())", *argv], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_help_and_version_print_exactly_these_lines():
+    expected = ["usage: labquake [--verbose] COMMAND [options]", "       labquake --version", "",
+                "commands:"]
+    expected += [f"  {name:<16} {help_}" for name, (_, help_) in cli.COMMANDS.items()]
+    expected += ["", "Run 'labquake COMMAND --help' for a command's options.",
+                 "--verbose (or LABQUAKE_VERBOSE=1): tracebacks with errors, TensorFlow's logs.",
+                 "Exit status: 0 done, 1 bad input data, 2 bad options, 70 a bug."]
+    done = _labquake("--help")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == expected
+    done = _labquake("--version")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [f"labquake {labquake_tf.__version__}"]
+
+
+TF_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} |WARNING: All "
+                         r"log messages before absl|To enable the following instructions)|"
+                         r"OUT_OF_RANGE|oneDNN|TensorRT|cuFFT|cuDNN|cuBLAS", re.M)
+
+
+def test_a_command_prints_no_tensorflow_logs_unless_verbose(tmp_path):
+    from tests.test_cli_errors import _columns, _write_csv
+
+    record = _write_csv(tmp_path / "r.csv", _columns())
+    done = _labquake("prepare", "--dataset", str(record), "--out", str(tmp_path / "p"))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert '"n_events": 19' in done.stdout and not TF_LOG_LINE.search(done.stdout)
+    # The same command with --verbose shows what was hidden (TensorFlow logs on import),
+    # so the quiet run above is a real test. Its bad --split ends in the error line.
+    done = _labquake("prepare", "--dataset", str(record), "--out", str(tmp_path / "v"),
+                     "--split", "1,x", "--verbose")
+    assert TF_LOG_LINE.search(done.stderr), done.stderr
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("labquake prepare: error: split ratios")
+
+
+NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+         b"I0000 00:00:1732960000.123456   4242 cuda_executor.cc:1015] successful NUMA node read\n"
+         b"2026-11-30 09:43:18.739637: E external/local_xla/xla/stream_executor/cuda/cuda_dnn.cc"
+         b":10575] Unable to register cuDNN factory\n"
+         b"2026-11-30 09:44:23.789647: W tensorflow/core/framework/local_rendezvous.cc:404] Local "
+         b"rendezvous is aborting with status: OUT_OF_RANGE: End of sequence\n"
+         b"\t [[{{node IteratorGetNext}}]]\n")
+KEPT = b"simulate [#####     ]  50%\rsimulate [##########] 100%\nplain 2026 words\n\tindented\n"
+
+
+def test_the_stderr_filter_drops_cxx_log_lines_at_any_chunking(tmp_path):
+    data = NOISE + KEPT + NOISE
+    for chunk in (1, 7, len(data)):
+        with open(tmp_path / "out", "wb") as f:
+            filt = cli._LogLineFilter(f.fileno())
+            for i in range(0, len(data), chunk):
+                filt.feed(data[i:i + chunk])
+            filt.feed(b"", final=True)
+        assert (tmp_path / "out").read_bytes() == KEPT, chunk
+
+
+def test_a_real_process_filters_lines_that_ignore_tf_cpp_min_log_level(tmp_path):
+    # Lines XLA and abseil print before absl::InitializeLog() ignore TF_CPP_MIN_LOG_LEVEL
+    # (GPU builds print them on import); the command's own stderr and error line pass.
+    (tmp_path / "noisy_cmd.py").write_text(
+        "import os, sys\n"
+        "from labquake_tf.errors import DataError\n"
+        "def add_arguments(parser):\n    pass\n"
+        "def run(args):\n"
+        f"    os.write(2, {NOISE!r})\n"
+        f"    sys.stderr.write({KEPT.decode()!r})\n"
+        "    raise DataError('r.csv row 3, column Time: oops')\n")
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from labquake_tf import cli; "
+            "cli.COMMANDS['noisy'] = ('noisy_cmd', 'test'); sys.exit(cli.main())")
+    env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    run = [sys.executable, "-c", code, str(tmp_path), "noisy"]
+    done = subprocess.run(run, capture_output=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == KEPT + b"labquake noisy: error: r.csv row 3, column Time: oops\n"
+    done = subprocess.run(run + ["--verbose"], capture_output=True, env=env, timeout=60)
+    assert done.stderr.startswith(NOISE + KEPT + b"Traceback")

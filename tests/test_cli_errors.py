@@ -6,6 +6,7 @@ DDS CSV, HDF5 and NumPy forms), so these tests never wait for the DDS downloads.
 
 import json
 import os
+import re
 import sys
 
 import h5py
@@ -291,3 +292,81 @@ if __name__ == "__main__":  # print every table row's message: python tests/test
         p = BAD_RECORDS[kind][suffix][0](d)
         print(f"--- {kind} {suffix}", flush=True)
         cli.main(["prepare", "--dataset", str(p), "--out", str(d / "out")])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A tiny run dir, a run dir whose model.keras is garbage, a good and a bad record."""
+    from tests.test_serving_export import tiny_manifest, tiny_model
+
+    root = tmp_path_factory.mktemp("inputs")
+    run = root / "run"
+    run.mkdir()
+    tiny_model().save(run / "model.keras")
+    (run / "manifest.json").write_text(json.dumps(tiny_manifest()))
+    broken = root / "broken"
+    broken.mkdir()
+    _garbage(broken / "model.keras")
+    (broken / "manifest.json").write_text(json.dumps(tiny_manifest()))
+    return {"RUN": str(run), "BROKEN": str(broken), "MISSING": str(root / "nope"),
+            "REC": str(_write_csv(root / "r.csv", _columns())),
+            "NAN": str(_write_csv(root / "nan.csv", _columns(),
+                                  edit=_set_cell("ShearStress", "nan")))}
+
+
+# (argv with placeholders, exit status, what the line must say); OUT must not exist after.
+COMMAND_ROWS = [
+    (["finetune", "--from", "MISSING", "--dataset", "REC", "--out", "OUT"], 1, "MISSING: no run dir"),
+    (["finetune", "--from", "BROKEN", "--dataset", "REC", "--out", "OUT"], 1, "not a Keras model"),
+    (["finetune", "--from", "RUN", "--dataset", "MISSING.csv", "--out", "OUT"], 1,
+     "MISSING.csv: neither a file nor a dataset name"),
+    (["finetune", "--from", "RUN", "--dataset", "REC", "--split", "0.5,x", "--out", "OUT"], 2,
+     "split ratios"),
+    (["finetune", "--from", "RUN", "--dataset", "REC", "--blocks", "9", "--out", "OUT"], 2,
+     "blocks (--blocks) must be between 1 and 3"),
+    (["finetune", "--from", "RUN", "--dataset", "REC", "--epochs", "two"], 2,
+     "argument --epochs: invalid int value: 'two'"),
+    (["evaluate", "MISSING", "--out", "OUT"], 1, "MISSING: no run dir"),
+    (["evaluate", "RUN", "--dataset", "NAN", "--out", "OUT"], 1,
+     "nan.csv row 1,502 (t = 250 s), column ShearStress"),
+    (["evaluate", "RUN", "--dataset", "REC", "--ratios", "1,2", "--out", "OUT"], 2, "split ratios"),
+    (["evaluate", "RUN", "--split", "holdout", "--out", "OUT"], 2, "argument --split: invalid choice"),
+    (["export", "MISSING", "--name", "m", "--base-dir", "OUT"], 1, "MISSING: no run dir"),
+    (["export", "RUN", "--name", "m", "--version", "0", "--base-dir", "OUT"], 2,
+     "version (--version) must be a positive integer, got 0"),
+    (["export", "RUN", "--name", "m", "--version", "one", "--base-dir", "OUT"], 2,
+     "argument --version: invalid int value: 'one'"),
+    (["serve", "--model-base-path", "MISSING"], 1, "MISSING is not a directory"),
+    (["serve", "--model-base-path", "MISSING", "--label", "stable"], 1,
+     "--label 'stable': expected LABEL=VERSION"),
+    (["serve", "--model-base-path", "MISSING", "--port", "http"], 2,
+     "argument --port: invalid int value: 'http'"),
+    (["predict", "--server", "http://127.0.0.1:9", "--model", "m", "--input", "MISSING.h5",
+      "--out", "OUT"], 1, "MISSING.h5: neither a file nor a dataset name"),
+    (["predict", "--server", "http://127.0.0.1:9", "--model", "m", "--input", "REC", "--out", "OUT",
+      "--timeout", "1"], 1, "Connection refused"),
+    (["predict", "--server", "http://127.0.0.1:9", "--model", "m", "--input", "REC",
+      "--batch-size", "many"], 2, "argument --batch-size: invalid int value: 'many'"),
+    (["tune", "--dataset", "MISSING.npz", "--project-dir", "OUT"], 1,
+     "MISSING.npz: neither a file nor a dataset name"),
+    (["tune", "--data", "MISSING", "--project-dir", "OUT"], 1, "no manifest"),
+    (["tune", "--dataset", "REC", "--targets", "stress", "--project-dir", "OUT"], 2,
+     "unknown target(s) ['stress']"),
+    (["tune", "--max-trials", "few", "--project-dir", "OUT"], 2,
+     "argument --max-trials: invalid int value: 'few'"),
+]
+
+
+@pytest.mark.parametrize("argv,code,needle", COMMAND_ROWS,
+                         ids=[f"{r[0][0]}-{i}" for i, r in enumerate(COMMAND_ROWS)])
+def test_every_command_ends_bad_input_in_one_line(argv, code, needle, inputs, tmp_path, capsys):
+    names = dict(inputs, OUT=str(tmp_path / "out"))
+
+    def fill(text):
+        return re.sub(r"\b(RUN|BROKEN|MISSING|REC|NAN|OUT)\b", lambda m: names[m.group()], text)
+
+    got, stdout, err = _run([fill(a) for a in argv], capsys)
+    line = _assert_one_line(err, argv[0])
+    assert got == code, line
+    assert fill(needle) in line, line
+    assert not (tmp_path / "out").exists()

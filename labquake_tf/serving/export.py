@@ -26,6 +26,7 @@ import numpy as np
 
 import labquake_tf
 from labquake_tf.data.features import manifest_kind
+from labquake_tf.errors import UsageError
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -43,10 +44,10 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
     """
     seq_len, n_features, targets = _check(model, manifest)
     model_dir = pathlib.Path(base_dir) / name
+    if version is not None and int(version) < 1:  # before mkdir: a refusal writes nothing
+        raise UsageError(f"version (--version) must be a positive integer, got {version}")
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
     final = model_dir / str(version)
     if final.exists() and not force:
         raise FileExistsError(f"{final} already exists; pass force=True (--force) to replace it")

@@ -7,8 +7,11 @@ A run dir holds ``model.keras``, ``manifest.json`` (the data it trained on) and
 import json
 import os
 import pathlib
+import zipfile
 
 import keras
+
+from labquake_tf.errors import DataError
 
 
 def write_json(path, obj):
@@ -59,4 +62,7 @@ def load_pretrained(path):
             raise FileNotFoundError(f"{path}: {p.name} missing (looked for {p})")
     import labquake_tf.models  # noqa: F401  registers the custom layers for deserialisation
 
+    if not zipfile.is_zipfile(model_path):  # keras would call it "File not found"
+        raise DataError(f"{model_path}: not a Keras model (a .keras file is a zip archive; "
+                        "this one is damaged or something else)")
     return keras.models.load_model(model_path), read_json(manifest_path)

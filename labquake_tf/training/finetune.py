@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from labquake_tf.data.features import manifest_kind
+from labquake_tf.errors import UsageError
 from labquake_tf.models import build_tcn, decoder_blocks, head_length, input_length, is_streamable
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
@@ -52,8 +53,8 @@ def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pret
         raise ValueError(f"decoder must be one of {DECODER_MODES}, got {decoder!r}")
     available = len(decoder_blocks(pretrained))
     if not 1 <= blocks <= available:
-        raise ValueError(f"blocks must be between 1 and {available} (the pretrained model's "
-                         f"decoder blocks), got {blocks}")
+        raise UsageError(f"blocks (--blocks) must be between 1 and {available} (the pretrained "
+                         f"model's decoder blocks), got {blocks}")
     arch = architecture(pretrained)
     frozen = decoder != "trainable"
     model = build_tcn(seq_len, n_targets=n_targets, blocks=blocks, name="tcn_finetune", **arch)
