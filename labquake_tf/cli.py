@@ -43,13 +43,14 @@ EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 VERBOSE_ENV = "LABQUAKE_VERBOSE"
 
 
-def main(argv=None):
+def main(argv=None, filter_stderr=None):
     """Run ``labquake ARGV``; returns the exit status.
 
-    ``argv=None`` means a real process (``sys.argv``): only then is stderr's file
-    descriptor filtered, since in-process callers (tests) own their stderr.
+    ``filter_stderr`` (default: ``argv is None``, a real process reading
+    ``sys.argv``) filters C++ log lines out of stderr's file descriptor; in-process
+    callers (tests) own their stderr. Wrappers that are processes pass True.
     """
-    as_program = argv is None
+    as_program = argv is None if filter_stderr is None else filter_stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _env_verbose()
     while argv and argv[0] == "--verbose":
@@ -246,7 +247,7 @@ class _LogLineFilter:
 
     # In a template, '#' stands for a digit and '%' for a severity letter.
     _TEMPLATES = (b"####-##-## ##:##:##.",  # TSL: 2026-11-30 09:43:18.713805: E ...
-                  b"%#### ##:##:",  # abseil / glog: I1114 09:32:22.28 or, before init, I0000 00:00:1718...
+                  b"%#### ##:##:",  # abseil: I1114 09:32:22.28 ..., before init I0000 00:00:1718...
                   b"WARNING: All log messages before absl::InitializeLog()")
     _CONTINUATIONS = (b"\t", b"To enable the following instructions")
 

@@ -5,7 +5,8 @@ Same options as ``labquake finetune``; see ``labquake_tf/training/finetune.py``.
 
 import sys
 
-from labquake_tf.training.finetune import main
+# labquake_tf.cli, not the job module: the CLI quiets TensorFlow before importing it.
+from labquake_tf.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["finetune", *sys.argv[1:]], filter_stderr=True))

@@ -5,7 +5,8 @@ Same options as ``labquake pretrain``; see ``labquake_tf/training/pretrain.py``.
 
 import sys
 
-from labquake_tf.training.pretrain import main
+# labquake_tf.cli, not the job module: the CLI quiets TensorFlow before importing it.
+from labquake_tf.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["pretrain", *sys.argv[1:]], filter_stderr=True))

@@ -8,4 +8,4 @@ import sys
 from labquake_tf.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["tune", *sys.argv[1:]]))
+    sys.exit(main(["tune", *sys.argv[1:]], filter_stderr=True))

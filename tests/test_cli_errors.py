@@ -323,7 +323,7 @@ COMMAND_ROWS = [
     (["finetune", "--from", "RUN", "--dataset", "REC", "--split", "0.5,x", "--out", "OUT"], 2,
      "split ratios"),
     (["finetune", "--from", "RUN", "--dataset", "REC", "--blocks", "9", "--out", "OUT"], 2,
-     "blocks (--blocks) must be between 1 and 3"),
+     "blocks must be between 1 and 3"),
     (["finetune", "--from", "RUN", "--dataset", "REC", "--epochs", "two"], 2,
      "argument --epochs: invalid int value: 'two'"),
     (["evaluate", "MISSING", "--out", "OUT"], 1, "MISSING: no run dir"),
@@ -354,6 +354,9 @@ COMMAND_ROWS = [
      "unknown target(s) ['stress']"),
     (["tune", "--max-trials", "few", "--project-dir", "OUT"], 2,
      "argument --max-trials: invalid int value: 'few'"),
+    (["simulate", "--out", "OUT", "--set", "stiffness"], 2, "--set expects KEY=VALUE"),
+    (["simulate", "--out", "OUT", "--set", "stifness=1"], 2,
+     "unknown simulation parameter(s) ['stifness']"),
 ]
 
 

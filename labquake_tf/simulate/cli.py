@@ -49,7 +49,7 @@ def run(args):
         path = generate(args.preset, args.duration, args.seed, args.out, mode=args.mode,
                         name=args.name, progress=ProgressBar(f"simulate {args.preset}"), **overrides)
     except ValueError as err:
-        print(f"labquake simulate: {err}", file=sys.stderr)
+        print(f"labquake simulate: error: {err}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     stats = cycle_statistics(path)

@@ -53,8 +53,8 @@ def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pret
         raise ValueError(f"decoder must be one of {DECODER_MODES}, got {decoder!r}")
     available = len(decoder_blocks(pretrained))
     if not 1 <= blocks <= available:
-        raise UsageError(f"blocks (--blocks) must be between 1 and {available} (the pretrained "
-                         f"model's decoder blocks), got {blocks}")
+        raise UsageError(f"blocks must be between 1 and {available} (the pretrained model's "
+                         f"decoder blocks; --blocks), got {blocks}")
     arch = architecture(pretrained)
     frozen = decoder != "trainable"
     model = build_tcn(seq_len, n_targets=n_targets, blocks=blocks, name="tcn_finetune", **arch)
