@@ -14,6 +14,7 @@ lets TensorFlow's logs through; by default they are silenced (``_quiet``).
 
 import argparse
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -69,22 +70,31 @@ def main(argv=None, filter_stderr=None):
     # Decided before the module (and TensorFlow) is imported: the log settings
     # only take effect if they are in place when TensorFlow starts.
     verbose = verbose or any(a == "--verbose" or a.startswith("--verbose=") for a in rest)
-    with _quiet(verbose, filter_fd=as_program):
+    with _quiet(verbose, filter_fd=as_program, prog=f"labquake {name}"):
         return _run(name, rest, verbose)
+
+
+def run_command(argv):
+    """``labquake COMMAND ARGS`` in-process, raising what the command raises (tests, scripts).
+
+    ``main`` is this plus turning errors into one line and an exit status.
+    """
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = _Parser(prog=f"labquake {name}", description=help_)
+    module.add_arguments(parser)
+    if "--verbose" not in parser._option_string_actions:  # tune has its own (Keras') --verbose
+        parser.add_argument("--verbose", action="store_true",
+                            help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
+    args = parser.parse_args(rest)
+    return module.run(args) or 0
 
 
 def _run(name, rest, verbose):
     prog = f"labquake {name}"
     try:
-        module_name, help_ = COMMANDS[name]
-        module = importlib.import_module(module_name)
-        parser = _Parser(prog=prog, description=help_)
-        module.add_arguments(parser)
-        if "--verbose" not in parser._option_string_actions:  # tune has its own (Keras') --verbose
-            parser.add_argument("--verbose", action="store_true",
-                                help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
-        args = parser.parse_args(rest)
-        return module.run(args) or 0
+        return run_command([name, *rest])
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -208,8 +218,10 @@ _SPURIOUS_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _quiet(verbose, filter_fd):
+def _quiet(verbose, filter_fd, prog="labquake"):
     """Silence TensorFlow's C++ and Python logs and known spurious Keras warnings.
+
+    Other warnings stay, as one line each: ``labquake CMD: warning: ...``.
 
     ``TF_CPP_MIN_LOG_LEVEL=3`` hides TensorFlow's own C++ logs, read when
     TensorFlow loads; lines that XLA/abseil print before ``absl::InitializeLog()``
@@ -228,6 +240,7 @@ def _quiet(verbose, filter_fd):
         with warnings.catch_warnings():
             for pattern in _SPURIOUS_WARNINGS:
                 warnings.filterwarnings("ignore", message=pattern)
+            warnings.showwarning = functools.partial(_show_warning, prog)
             for logger in loggers.values():
                 logger.setLevel(logging.ERROR)
             yield
@@ -236,6 +249,10 @@ def _quiet(verbose, filter_fd):
             logger.setLevel(levels[name])
         if fd_filter is not None:
             fd_filter.stop()
+
+
+def _show_warning(prog, message, category, filename, lineno, file=None, line=None):
+    print(f"{prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 class _LogLineFilter:

@@ -120,3 +120,19 @@ def test_a_real_process_filters_lines_that_ignore_tf_cpp_min_log_level(tmp_path)
     assert done.stderr == KEPT + b"labquake noisy: error: r.csv row 3, column Time: oops\n"
     done = subprocess.run(run + ["--verbose"], capture_output=True, env=env, timeout=60)
     assert done.stderr.startswith(NOISE + KEPT + b"Traceback")
+
+
+def test_warnings_are_one_line_and_known_spurious_ones_are_dropped(monkeypatch, capsys):
+    import warnings
+
+    from labquake_tf.data import prepare
+
+    def run(args):
+        warnings.warn("Your input ran out of data; interrupting training.")
+        warnings.warn("seq_len=600 exceeds the receptive field (253 steps)\nof the model")
+        return 0
+
+    monkeypatch.setattr(prepare, "run", run)
+    assert cli.main(["prepare", "--dataset", "x", "--out", "y"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "labquake prepare: warning: seq_len=600 exceeds the receptive field (253 steps) of the model"]

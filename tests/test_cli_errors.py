@@ -373,3 +373,16 @@ def test_every_command_ends_bad_input_in_one_line(argv, code, needle, inputs, tm
     assert got == code, line
     assert fill(needle) in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_shorter_than_one_window_says_which_seq_len_fits(tmp_path, capsys):
+    path = _write_csv(tmp_path / "r.csv", _columns())
+    out = tmp_path / "p"
+    code, _, err = _run(["prepare", "--dataset", str(path), "--out", str(out), "--seq-len", "300"],
+                        capsys)
+    line = _assert_one_line(err, "prepare")
+    assert code == 1
+    assert line.endswith(f"{path}: split 'val' has 200 steps, shorter than one window of "
+                         "seq_len=300; pass --seq-len 200 or less, or give val a larger share "
+                         "with --split")
+    assert not out.exists() and os.listdir(tmp_path) == ["r.csv"]

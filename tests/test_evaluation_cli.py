@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from labquake_tf.cli import main
+from labquake_tf.cli import main, run_command
 from labquake_tf.models import build_tcn
 from labquake_tf.training.trainer import save_model
 
@@ -54,8 +54,8 @@ def test_evaluate_refuses_a_model_that_does_not_fit_the_targets(run_dir, dds_dir
     save_model(build_tcn(16, n_targets=2, filters=4, kernel_size=3, blocks=3), bad / "model.keras")
     (bad / "manifest.json").write_text(json.dumps({"dataset": "p4581", "target_names": TARGETS}))
     with pytest.raises(ValueError, match="model predicts 2 target"):
-        main(["evaluate", str(bad), "--out", str(tmp_path / "eval")])
+        run_command(["evaluate", str(bad), "--out", str(tmp_path / "eval")])
     assert not (tmp_path / "eval").exists()
     assert not list(tmp_path.glob(".eval-*"))
     with pytest.raises(FileNotFoundError, match="no run dir"):
-        main(["evaluate", str(tmp_path / "missing")])
+        run_command(["evaluate", str(tmp_path / "missing")])

@@ -1,6 +1,6 @@
 import pytest
 
-from labquake_tf.cli import main
+from labquake_tf.cli import main, run_command
 from labquake_tf.serving.config import models_config, parse_policy
 
 
@@ -77,11 +77,11 @@ def test_inconsistent_requests_are_refused_and_nothing_written(tmp_path):
     fake_versions(tmp_path, "m", 1, 2)
     args = ["serving-config", "--base-dir", str(tmp_path), "--model", "m"]
     with pytest.raises(FileNotFoundError, match=r"version\(s\) \[5\] not in"):
-        main(args + ["--policy", "m=specific:1,5"])
+        run_command(args + ["--policy", "m=specific:1,5"])
     with pytest.raises(ValueError, match="label 'stable' points at version 1"):
-        main(args + ["--label", "m=stable:1"])  # latest:1 serves only version 2
+        run_command(args + ["--label", "m=stable:1"])  # latest:1 serves only version 2
     with pytest.raises(FileNotFoundError, match="'other': no SavedModel versions"):
-        main(args + ["--model", "other"])
+        run_command(args + ["--model", "other"])
     with pytest.raises(ValueError, match=r"model\(s\) \['x'\] not given"):
-        main(args + ["--policy", "x=all"])
+        run_command(args + ["--policy", "x=all"])
     assert not (tmp_path / "models.config").exists()

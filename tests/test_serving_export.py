@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from labquake_tf.cli import main
+from labquake_tf.cli import main, run_command
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.models import build_from_preset
 from labquake_tf.serving import export as export_lib
@@ -198,6 +198,6 @@ def test_export_cli_refuses_to_overwrite(exported):
     _, path, _ = exported
     stamp = (path / "saved_model.pb").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="already exists"):
-        main(["export", str(path), "--name", "tiny", "--base-dir", str(path.parents[1]),
-              "--version", "1"])
+        run_command(["export", str(path), "--name", "tiny", "--base-dir", str(path.parents[1]),
+                     "--version", "1"])
     assert (path / "saved_model.pb").stat().st_mtime_ns == stamp

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from test_serving_export import TARGETS, shared_export
 
-from labquake_tf.cli import main
+from labquake_tf.cli import main, run_command
 from labquake_tf.data.record import Record
 from labquake_tf.data.registry import load_record
 from labquake_tf.serving import Client
@@ -68,5 +68,5 @@ def test_mismatched_records_are_named(served, tmp_path):
     with pytest.raises(ValueError, match="odd: 10 steps, shorter than one 16-step window"):
         predict_record(client, record(10, 1))
     with pytest.raises(FileNotFoundError, match="nope.npz"):
-        main(["predict", "--server", server.url, "--model", "tiny", "--input",
-              str(tmp_path / "nope.npz")])
+        run_command(["predict", "--server", server.url, "--model", "tiny", "--input",
+                     str(tmp_path / "nope.npz")])

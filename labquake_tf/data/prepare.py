@@ -67,9 +67,9 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     for name, part in parts.items():
         n = part["steps"][1] - part["steps"][0]
         if n < seq_len:
-            raise DataError(f"{dataset}: split {name!r} has {n} steps ({n * dt:g} s), shorter "
-                            f"than one window of seq_len={seq_len}; pass --seq-len {n} or less, "
-                            "or give it a larger share with --split")
+            raise DataError(f"{dataset}: split {name!r} has {n} steps, shorter than one window "
+                            f"of seq_len={seq_len}; pass --seq-len {n} or less, or give {name} "
+                            "a larger share with --split")
     feature_scaler, target_scaler = splits.fit_scalers(record, parts["train"]["steps"], targets)
 
     parent = os.path.dirname(os.path.abspath(out)) or "."
