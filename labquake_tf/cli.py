@@ -146,8 +146,8 @@ def user_error_code(err):
 
     if isinstance(err, errors.LabquakeError):
         return err.exit_code
-    if isinstance(err, _FILE_ERRORS):
-        return EXIT_DATA
+    if isinstance(err, _FILE_ERRORS) or (isinstance(err, OSError) and err.errno is not None):
+        return EXIT_DATA  # the OS refused (no such file, disk full, ...): not our bug
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(err, (tf.errors.NotFoundError, tf.errors.DataLossError)):
         return EXIT_DATA

@@ -136,3 +136,24 @@ def test_warnings_are_one_line_and_known_spurious_ones_are_dropped(monkeypatch, 
     assert cli.main(["prepare", "--dataset", "x", "--out", "y"]) == 0
     assert capsys.readouterr().err.splitlines() == [
         "labquake prepare: warning: seq_len=600 exceeds the receptive field (253 steps) of the model"]
+
+
+@pytest.mark.parametrize("error,code,line", [
+    (OSError(28, "No space left on device", "/runs/x/model.keras"), 1,
+     "labquake prepare: error: /runs/x/model.keras: No space left on device"),
+    (KeyError("shear_stress"), 70, None),  # raised outside labquake_tf: a bug
+    (RuntimeError("boom"), 70, None),
+])
+def test_errors_sorted_into_user_errors_and_bugs(error, code, line, monkeypatch, capsys):
+    from labquake_tf.data import prepare
+
+    def run(args):
+        raise error
+
+    monkeypatch.setattr(prepare, "run", run)
+    assert cli.main(["prepare", "--dataset", "x", "--out", "y"]) == code
+    err = capsys.readouterr().err
+    if line:
+        assert err.splitlines() == [line]
+    else:
+        assert err.startswith("Traceback") and "a bug in labquake_tf" in err.splitlines()[-1]

@@ -308,7 +308,12 @@ def inputs(tmp_path_factory):
     broken.mkdir()
     _garbage(broken / "model.keras")
     (broken / "manifest.json").write_text(json.dumps(tiny_manifest()))
-    return {"RUN": str(run), "BROKEN": str(broken), "MISSING": str(root / "nope"),
+    badjson = root / "badjson"  # a plain ValueError our code raises: a user error too
+    badjson.mkdir()
+    (badjson / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    (badjson / "manifest.json").write_text('{"dataset": "p4581",')
+    return {"RUN": str(run), "BROKEN": str(broken), "BADJSON": str(badjson),
+            "MISSING": str(root / "nope"),
             "REC": str(_write_csv(root / "r.csv", _columns())),
             "NAN": str(_write_csv(root / "nan.csv", _columns(),
                                   edit=_set_cell("ShearStress", "nan")))}
@@ -332,6 +337,8 @@ COMMAND_ROWS = [
     (["evaluate", "RUN", "--dataset", "REC", "--ratios", "1,2", "--out", "OUT"], 2, "split ratios"),
     (["evaluate", "RUN", "--split", "holdout", "--out", "OUT"], 2, "argument --split: invalid choice"),
     (["export", "MISSING", "--name", "m", "--base-dir", "OUT"], 1, "MISSING: no run dir"),
+    (["export", "BADJSON", "--name", "m", "--base-dir", "OUT"], 1,
+     "BADJSON/manifest.json: not valid JSON"),
     (["export", "RUN", "--name", "m", "--version", "0", "--base-dir", "OUT"], 2,
      "version (--version) must be a positive integer, got 0"),
     (["export", "RUN", "--name", "m", "--version", "one", "--base-dir", "OUT"], 2,
@@ -366,7 +373,7 @@ def test_every_command_ends_bad_input_in_one_line(argv, code, needle, inputs, tm
     names = dict(inputs, OUT=str(tmp_path / "out"))
 
     def fill(text):
-        return re.sub(r"\b(RUN|BROKEN|MISSING|REC|NAN|OUT)\b", lambda m: names[m.group()], text)
+        return re.sub(r"\b(RUN|BROKEN|BADJSON|MISSING|REC|NAN|OUT)\b", lambda m: names[m.group()], text)
 
     got, stdout, err = _run([fill(a) for a in argv], capsys)
     line = _assert_one_line(err, argv[0])
