@@ -214,6 +214,8 @@ _SPURIOUS_WARNINGS = (
     # Reloading a .keras file for inference or fine-tuning; the optimizer is rebuilt.
     r"Skipping variable loading for optimizer",
     r"Compiled the loaded model, but the compiled metrics have yet to be built",
+    # A functional model with a named input called on a bare tensor: same result.
+    r"The structure of `inputs` doesn't match the expected structure",
 )
 
 

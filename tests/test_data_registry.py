@@ -25,6 +25,22 @@ def test_hash_mismatch_is_an_error(dds_dir, tmp_path, monkeypatch):
         registry.dataset_path("p5198")
 
 
+def test_offline_download_says_to_set_the_data_dir(tmp_path, monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):  # what keras.utils.get_file raises without a network
+        raise Exception("URL fetch failure on https://example: None -- [Errno -3] Temporary "
+                        "failure in name resolution")
+
+    monkeypatch.delenv("LABQUAKE_DATA_DIR", raising=False)
+    monkeypatch.setenv("LABQUAKE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(ValueError, match=r"^p4581: download from https://\S+ failed \(URL fetch "
+                       r"failure .*\); offline, set LABQUAKE_DATA_DIR to a folder holding "
+                       r"p4581.csv$"):
+        registry.dataset_path("p4581")
+
+
 def test_unknown_names_and_paths():
     with pytest.raises(ValueError, match="unknown dataset 'p9999'"):
         registry.dataset_path("p9999")

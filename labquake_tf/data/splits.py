@@ -25,8 +25,8 @@ def parse_ratios(ratios):
     except (TypeError, ValueError):
         ratios = ()
     if len(ratios) != len(SPLIT_NAMES) or min(ratios) < 0 or sum(ratios) <= 0:
-        raise UsageError(f"split ratios (--split) must be three non-negative numbers "
-                         f"train,val,test, e.g. 0.7,0.1,0.2; got {text!r}")
+        raise UsageError(f"split ratios must be three non-negative numbers train,val,test "
+                         f"such as 0.7,0.1,0.2; got {text!r}")
     total = sum(ratios)
     return tuple(r / total for r in ratios)
 
