@@ -230,8 +230,9 @@ def test_missing_dds_file_names_the_data_dir(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--split", "0.7,abc"], "--split"),
-    (["--split", "0.7,0.3"], "--split"),
+    (["--split", "0.7,abc"], "split ratios must be three non-negative numbers train,val,test "
+                             "such as 0.7,0.1,0.2; got '0.7,abc'"),
+    (["--split", "0.7,0.3"], "got '0.7,0.3'"),
     (["--channels", "one"], "--channels"),
     (["--seq-len", "ten"], "argument --seq-len: invalid int value: 'ten'"),
     (["--seq-len", "-5"], "--seq-len must be at least 1"),
