@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from labquake_tf.cli import main
+from labquake_tf.cli import main, run_command
 from labquake_tf.training.artifacts import load_pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -14,10 +14,10 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 def test_import_torch_writes_a_run_dir_and_nothing_on_bad_input(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=r"--targets"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out)])
+        run_command(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out)])
     with pytest.raises(ValueError, match=r"holds a 4-step model.*not --seq-len 70"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
-              "--targets", "shear_stress", "ttsf", "ttef", "--seq-len", "70"])
+        run_command(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
+                     "--targets", "shear_stress", "ttsf", "ttef", "--seq-len", "70"])
     assert not out.exists() and os.listdir(tmp_path) == []
     assert main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
                  "--targets", "shear_stress", "ttsf", "ttef"]) == 0
@@ -32,8 +32,8 @@ def test_import_torch_writes_a_run_dir_and_nothing_on_bad_input(tmp_path, capsys
     np.testing.assert_allclose(model(ref["windows"], training=False).numpy(), ref["outputs"],
                                atol=1e-5, rtol=0)
     with pytest.raises(FileExistsError, match="not empty"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
-              "--targets", "shear_stress", "ttsf", "ttef"])
+        run_command(["import-torch", str(FIXTURES / "torch_tcn_legacy.pth"), "--out", str(out),
+                     "--targets", "shear_stress", "ttsf", "ttef"])
 
 
 def test_an_imported_model_fine_tunes_on_std_features_and_exports(dds_dir, tmp_path):
@@ -68,8 +68,8 @@ def test_an_imported_model_fine_tunes_on_std_features_and_exports(dds_dir, tmp_p
     # with a scaler adopted from prepared std data, the import itself exports
     scaled = tmp_path / "scaled"
     with pytest.raises(ValueError, match=r"features \['std_ch1'\] differ.*\['logvar_ch1'\]"):
-        main(["import-torch", str(FIXTURES / "torch_tcn_param.pth"), "--out", str(scaled),
-              "--features", "logvar", "--scaler-from", str(out / "data")])
+        run_command(["import-torch", str(FIXTURES / "torch_tcn_param.pth"), "--out", str(scaled),
+                     "--features", "logvar", "--scaler-from", str(out / "data")])
     assert not scaled.exists()
     assert main(["import-torch", str(FIXTURES / "torch_tcn_param.pth"), "--out", str(scaled),
                  "--scaler-from", str(out / "data")]) == 0
