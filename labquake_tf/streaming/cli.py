@@ -55,7 +55,7 @@ def run(args):
     try:
         return _run(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"labquake stream: {err}", file=sys.stderr)
+        print(f"labquake stream: error: {err}", file=sys.stderr)
         return 2
 
 
