@@ -21,8 +21,13 @@ def p4581_dir(dds_dir, tmp_path_factory):
 def _numpy_windows(arrays, manifest, seq_len, names):
     fs = MinMaxScaler.from_dict(manifest["scaler"]["features"])
     ts = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).select(names)
-    ends = [t for t in range(seq_len - 1, len(arrays["time"])) if arrays["label_mask"][t]]
-    x = np.stack([fs.transform(arrays["features"][t - seq_len + 1:t + 1]) for t in ends])
+    # A window enters when its last step is a label for every requested target; the
+    # steps before the split are its inputs (context), never its labels.
+    k = len(arrays["context"])
+    features = np.concatenate([arrays["context"], arrays["features"]])
+    ends = [t for t in range(max(0, seq_len - 1 - k), len(arrays["time"]))
+            if all(arrays["label_mask"][n][t] for n in names)]
+    x = np.stack([fs.transform(features[k + t - seq_len + 1:k + t + 1]) for t in ends])
     y = ts.transform(np.stack([arrays["targets"][n] for n in names], axis=1)[ends])
     return x, y
 

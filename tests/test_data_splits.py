@@ -33,7 +33,7 @@ def test_scalers_fit_on_train_only(dds_dir):
     train = record.features[start:stop]
     assert f_scaler.data_min[0] == train.min() and f_scaler.data_max[0] == train.max()
     assert f_scaler.data_max[0] < record.features.max() or f_scaler.data_min[0] > record.features.min()
-    labelled = record.label_mask[start:stop]
+    labelled = record.label_mask["ttsf"][start:stop]
     assert t_scaler.data_max[1] == record.targets["ttsf"][start:stop][labelled].max()
 
 
@@ -41,8 +41,10 @@ def test_masked_rows_do_not_enter_the_target_scaler():
     n = 20
     ttsf = np.arange(n, dtype=float)
     ttsf[-5:] = 1e6  # a bogus label, masked
+    stress = np.arange(n, dtype=float) * 2  # a label everywhere, its last rows included
     mask = np.r_[np.ones(n - 5, bool), np.zeros(5, bool)]
     record = Record("r", np.arange(n) * 0.1, np.zeros((n, 1), np.float32), ["logvar_ch1"],
-                    {"ttsf": ttsf}, mask)
-    _, t_scaler = splits.fit_scalers(record, (0, n), ["ttsf"])
-    assert t_scaler.data_max[0] == n - 6
+                    {"ttsf": ttsf, "shear_stress": stress},
+                    {"ttsf": mask, "shear_stress": np.ones(n, bool)})
+    _, t_scaler = splits.fit_scalers(record, (0, n), ["ttsf", "shear_stress"])
+    assert t_scaler.data_max.tolist() == [n - 6, 2 * (n - 1)]

@@ -53,13 +53,15 @@ def test_detect_events_threshold_is_configurable():
     assert len(targets.detect_events(stress, min_drop=0.5)) == 5
 
 
-def test_derived_time_to_failure_counts_down_and_masks_after_last_onset():
+def test_derived_time_to_failure_counts_down_and_masks_after_last_event():
     time = np.arange(10) * 0.5
     events = np.array([[3, 5], [7, 8]])
-    ttsf, ttef, mask = targets.time_to_failure(time, events)
+    ttsf, ttef, masks = targets.time_to_failure(time, events)
     np.testing.assert_allclose(ttsf[:8], [1.5, 1.0, 0.5, 0, 1.5, 1.0, 0.5, 0])
-    np.testing.assert_allclose(ttef[:8], [2.5, 2.0, 1.5, 1.0, 0.5, 0, 1.0, 0.5])
-    assert mask.tolist() == [True] * 8 + [False] * 2
+    np.testing.assert_allclose(ttef[:9], [2.5, 2.0, 1.5, 1.0, 0.5, 0, 1.0, 0.5, 0])
+    # After the last onset TTsF has nothing to count down to; TTeF still does until the last end.
+    assert masks["ttsf"].tolist() == [True] * 8 + [False] * 2
+    assert masks["ttef"].tolist() == [True] * 9 + [False] * 1
 
 
 @pytest.mark.parametrize("name,n_events", [("p4581", 31), ("p5198", 46)])
@@ -73,16 +75,19 @@ def test_dds_event_detection_matches_published_columns(dds_dir, name, n_events):
 
 
 @pytest.mark.parametrize("name", ["p4581", "p5198"])
-def test_dds_ttf_artefacts_are_masked(dds_dir, name):
+def test_dds_ttf_artefacts_are_masked_per_target(dds_dir, name):
     record = readers.read(dds_dir / f"{name}.csv")
-    last_onset = record.events[-1, 0]
-    mask = record.label_mask
-    assert not mask[0]  # row 0 is a spurious 0,0 before the real countdown
-    assert not mask[last_onset + 1:].any()  # counting down to a non-existent final event
-    assert mask[1:last_onset + 1].all()
+    for key, col in (("ttsf", 0), ("ttef", 1)):
+        last = record.events[-1, col]
+        mask = record.label_mask[key]
+        assert not mask[0]  # row 0 is a spurious 0,0 before the real countdown
+        assert not mask[last + 1:].any()  # counting down to a non-existent final event
+        assert mask[1:last + 1].all()
+    # Shear stress is measured on every row, the last loading phase included.
+    assert record.label_mask["shear_stress"].all()
     # Derived labels agree with the published ones wherever both are labels.
     derived = readers.read(dds_dir / f"{name}.csv", ttf="derived")
-    both = mask & derived.label_mask
-    assert both.sum() > 0.9 * len(mask)
     for key in ("ttsf", "ttef"):
+        both = record.label_mask[key] & derived.label_mask[key]
+        assert both.sum() > 0.9 * len(record)
         assert np.abs(derived.targets[key][both] - record.targets[key][both]).max() < 0.1

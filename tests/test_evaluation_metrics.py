@@ -35,3 +35,36 @@ def test_plots_write_pngs(tmp_path):
             assert im.format == "PNG" and im.size[0] > 300
     with pytest.raises(ValueError, match="loss"):
         plot_history({"epoch": []}, tmp_path / "empty.png")
+
+
+def test_p4581_last_cycle_is_scored_for_shear_stress_and_masked_for_ttsf(dds_dir, tmp_path):
+    """The 86 test steps after p4581's last onset are a real loading phase: a shear-stress
+    label, not a time-to-failure one (nothing to count down to)."""
+    from labquake_tf.data import pipeline, prepare
+    from labquake_tf.evaluation.metrics import evaluate_model, predict
+    from labquake_tf.models import build_tcn
+
+    data = tmp_path / "p4581"
+    manifest = prepare.prepare("p4581", data, seq_len=16, targets=["shear_stress", "ttsf"],
+                               split="0.5,0.1,0.4")
+    test = manifest["splits"]["test"]
+    assert test["n_steps"] == 1255
+    assert test["n_labelled"] == {"shear_stress": 1255, "ttsf": 1169}
+    last_onset = manifest["events"][-1][0] - test["step_range"][0]
+    assert test["n_steps"] - 1 - last_onset == 86
+
+    # Every labelled step is a window end (the first ones read the val part's AE as input).
+    arrays = pipeline.split_arrays(data, "test")
+    stress = arrays["targets"]["shear_stress"][last_onset + 1:]
+    assert len(stress) == 86 and np.ptp(stress) > 0.3  # the last loading phase (MPa)
+    for names, n in ((["shear_stress"], 1255), (["ttsf"], 1169), (None, 1169)):
+        assert sum(len(y) for _, y in pipeline.make_dataset(data, "test", targets=names)) == n
+
+    model = build_tcn(16, n_targets=2, filters=4, kernel_size=3, blocks=3, dropout=0.0)
+    result, p = evaluate_model(model, data, "test")
+    assert result["targets"]["shear_stress"]["n_labelled"] == 1255
+    assert result["targets"]["ttsf"]["n_labelled"] == 1169
+    assert p["mask"].shape == (1255, 2) and np.isnan(p["true"][~p["mask"]]).all()
+    assert np.isfinite(p["true"][p["mask"]]).all()
+    p2 = predict(model, data, "test")
+    assert p2["time"][-1] == arrays["time"][-1]  # the last step of the record is scored

@@ -40,7 +40,8 @@ def test_predict_cli_streams_a_record_to_csv_and_plot(served, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     record = load_record(record_path)
     assert len(rows) == len(record) - 15  # one row per full 16-step window
-    assert set(rows[0]) == {"time", *TARGETS, *(f"{t}_true" for t in TARGETS), "label_mask"}
+    assert set(rows[0]) == {"time", *TARGETS, *(f"{t}_true" for t in TARGETS),
+                            *(f"{t}_labelled" for t in TARGETS)}
     np.testing.assert_allclose([float(r["time"]) for r in rows], record.time[15:])
     np.testing.assert_allclose([float(r["shear_stress_true"]) for r in rows],
                                record.targets["shear_stress"][15:], rtol=1e-6)

@@ -1,8 +1,17 @@
 """Prepared shards → tf.data windows, or → numpy arrays in physical units.
 
 The window ending at step ``t`` (it includes ``t``) predicts the targets at
-``t``; windows whose last step is not a label are dropped, and windows never
-reach across a split boundary.
+``t``; windows never reach across a split boundary.
+
+Each target has its own label mask (shear stress is a label wherever it was
+measured, time to failure is not after the last event). ``make_dataset`` keeps
+a window when its last step is a label for EVERY requested target: training on
+one target (fine-tuning, the default pretraining) uses all of that target's
+labels; training on several at once drops the windows where any of them is
+unlabelled, so the plain MSE never sees a fake label (a masked loss would keep
+them for the labelled targets, at the price of a custom loss in every training
+path). Evaluation scores each target on its own mask (``split_arrays`` returns
+them per target).
 """
 
 import json
@@ -73,15 +82,18 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
                       for v in (target_scaler.data_min, target_scaler.scale))
     offsets = tf.range(-seq_len + 1, 1, dtype=tf.int32)
 
+    n_masks = _n_masks(manifest)
+
     def parse(path, serialized):
-        ex = _parse(path, serialized, n_features, n_stored)
+        ex = _parse(path, serialized, n_features, n_stored, n_masks)
         x = (ex["features"] - f_min) / f_scale
         y = (tf.gather(ex["targets"], target_idx, axis=1) - t_min) / t_scale
-        return x, y, ex["mask"], tf.cast(ex["n_context"], tf.int32)
+        mask = ex["mask"] if n_masks == 1 else tf.gather(ex["mask"], target_idx, axis=1)
+        return x, y, tf.reduce_all(mask, axis=1), tf.cast(ex["n_context"], tf.int32)
 
     def windows(x, y, mask, n_context):
         # Ends need seq_len - 1 steps of history inside the record (its context
-        # included) and a real label at the end.
+        # included) and a real label at the end for every requested target.
         ends = tf.range(tf.maximum(n_context, seq_len - 1), tf.shape(x)[0])
         ends = tf.boolean_mask(ends, tf.gather(mask, ends))
         return tf.data.Dataset.from_tensor_slices(
@@ -104,18 +116,25 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
 
 
 def split_arrays(data_dir, split):
-    """The split in physical units: ``time, features, targets (dict), label_mask, events``.
+    """The split in physical units: ``time, features, targets, label_mask, events``.
 
-    ``events`` are ``[onset, end]`` step indices relative to the split's first step.
+    ``targets`` and ``label_mask`` are dicts by target name (one mask per target);
+    ``events`` are ``[onset, end]`` step indices relative to the split's first step;
+    ``context`` holds the (up to ``seq_len - 1``) feature rows before the split's
+    first step, inputs for the windows ending on its first steps.
     """
     manifest = load_manifest(data_dir)
     paths = shard_paths(data_dir, manifest, split)
     n_features, names = len(manifest["feature_names"]), manifest["target_names"]
+    n_masks = _n_masks(manifest)
     parts = {"time": [], "features": [], "targets": [], "mask": []}
+    context = None
     for path in paths:
         for serialized in tf.data.TFRecordDataset(path):
-            ex = _parse(tf.constant(path), serialized, n_features, len(names))
+            ex = _parse(tf.constant(path), serialized, n_features, len(names), n_masks)
             k = int(ex["n_context"])
+            if context is None:
+                context = ex["features"].numpy()[:k]
             for key in parts:
                 parts[key].append(ex[key].numpy()[k:])
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
@@ -128,7 +147,14 @@ def split_arrays(data_dir, split):
                          f"manifest says {info['n_steps']}")
     return {"time": arrays["time"], "features": arrays["features"],
             "targets": {n: arrays["targets"][:, i].astype(np.float64) for i, n in enumerate(names)},
-            "label_mask": arrays["mask"], "events": events}
+            "label_mask": {n: arrays["mask"][:, min(i, n_masks - 1)].copy()
+                           for i, n in enumerate(names)},
+            "events": events, "context": context}
+
+
+def _n_masks(manifest):
+    """Mask columns per step: one per target since shard version 2, one shared before."""
+    return len(manifest["target_names"]) if manifest.get("version", 1) >= 2 else 1
 
 
 def _check_request(data_dir, manifest, split, seq_len, targets):
@@ -148,7 +174,7 @@ def _check_request(data_dir, manifest, split, seq_len, targets):
     return seq_len, [names.index(t) for t in targets], scaler
 
 
-def _parse(path, serialized, n_features, n_targets):
+def _parse(path, serialized, n_features, n_targets, n_masks):
     ex = tf.io.parse_single_example(serialized, _SPEC)
     time = tf.io.decode_raw(ex["time"], tf.float64)
     n = tf.shape(time)[0]
@@ -160,12 +186,14 @@ def _parse(path, serialized, n_features, n_targets):
                             ["features width does not match the manifest in", path]),
         tf.debugging.Assert(tf.equal(tf.size(targets), n * n_targets),
                             ["targets width does not match the manifest in", path]),
-        tf.debugging.Assert(tf.equal(tf.size(mask), n), ["mask length differs in", path]),
+        tf.debugging.Assert(tf.equal(tf.size(mask), n * n_masks),
+                            ["mask length does not match the manifest in", path]),
         tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(features)),
                             ["NaN or inf in features of", path]),
     ]
     with tf.control_dependencies(checks):
         return {"features": tf.reshape(features, [n, n_features]),
                 "targets": tf.reshape(targets, [n, n_targets]),
-                "time": tf.identity(time), "mask": tf.cast(mask, tf.bool),
+                "time": tf.identity(time),
+                "mask": tf.cast(tf.reshape(mask, [n, n_masks]), tf.bool),
                 "n_context": ex["n_context"], "start": ex["start"]}

@@ -1,13 +1,19 @@
 """``labquake prepare``: a dataset → TFRecord shards per split + ``manifest.json``.
 
 Record granularity: one ``tf.train.Example`` per CHUNK of ``chunk_len`` steps,
-carrying the ``seq_len - 1`` steps before it (same split) as context. Every
+carrying the ``seq_len - 1`` steps before it as context. Every
 window that ends inside a chunk can then be built from that record alone, so
 shards can be interleaved and records parsed in parallel without a window ever
 crossing a record, and any ``seq_len`` up to the prepared one still works. One
 record per step would cost a proto parse per step and tie windows to file order.
+The context of a split's first chunk comes from the steps before the split (the
+end of the previous part): windows there are inputs only (AE the model would
+have seen live), their labels are never used, so every labelled step of val and
+test can be scored, the first ``seq_len - 1`` included. Only the record's very
+first steps have no window.
 Arrays travel as raw little-endian bytes (float32 features/targets, float64
-time, uint8 mask): exact, and one ``decode_raw`` each.
+time, uint8 masks, one column per target: format version 2): exact, and one
+``decode_raw`` each.
 
 The whole output is written into a temporary folder beside ``--out`` and renamed
 at the end, so a failed run leaves nothing half-written.
@@ -29,6 +35,8 @@ from labquake_tf.errors import DataError, UsageError
 DEFAULT_WINDOW_SECONDS = 5.12
 """Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
 
+SHARD_VERSION = 2
+"""1: one label mask for all targets; 2: one mask column per target (``target_names``)."""
 CHUNK_LEN = 1024
 RECORDS_PER_SHARD = 64
 
@@ -85,10 +93,11 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
             split_info[name] = {
                 "events": last - first, "event_range": [first, last], "step_range": [start, stop],
                 "t_start": float(record.time[start]), "t_end": float(record.time[stop - 1]),
-                "n_steps": stop - start, "n_labelled": int(record.label_mask[start:stop].sum()),
+                "n_steps": stop - start,
+                "n_labelled": {t: int(record.label_mask[t][start:stop].sum()) for t in targets},
                 "shards": shards}
         manifest = {
-            "format": "labquake-shards", "version": 1, "dataset": record.name,
+            "format": "labquake-shards", "version": SHARD_VERSION, "dataset": record.name,
             "feature_names": record.feature_names, "target_names": targets,
             "feature_kind": features,
             "units": {"features": features_lib.FEATURE_KINDS[features],
@@ -139,6 +148,7 @@ def _write_split(tf, folder, name, record, start, stop, targets, seq_len, chunk_
     y = np.stack([record.targets[t] for t in targets], axis=1).astype(np.float32)
     # Masked rows may hold NaN (no next event); the mask says they are not labels.
     y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    mask = np.stack([record.label_mask[t] for t in targets], axis=1).astype(np.uint8)
     chunk_starts = list(range(start, stop, chunk_len))
     shards = []
     for s, first in enumerate(range(0, len(chunk_starts), records_per_shard)):
@@ -148,15 +158,15 @@ def _write_split(tf, folder, name, record, start, stop, targets, seq_len, chunk_
         with tf.io.TFRecordWriter(path) as writer:
             for c0 in chunk_starts[first:first + records_per_shard]:
                 c1 = min(c0 + chunk_len, stop)
-                lo = max(start, c0 - (seq_len - 1))
-                writer.write(_example(tf, record, y, lo, c0, c1, start).SerializeToString())
+                lo = max(0, c0 - (seq_len - 1))
+                writer.write(_example(tf, record, y, mask, lo, c0, c1, start).SerializeToString())
                 n_records += 1
         shards.append({"file": filename, "n_records": n_records,
                        "bytes": os.path.getsize(path), "sha256": sha256(path)})
     return shards
 
 
-def _example(tf, record, y, lo, c0, c1, split_start):
+def _example(tf, record, y, mask, lo, c0, c1, split_start):
     def raw(a):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(a).tobytes()]))
 
@@ -167,7 +177,7 @@ def _example(tf, record, y, lo, c0, c1, split_start):
         "features": raw(record.features[lo:c1].astype("<f4")),
         "targets": raw(y[lo:c1].astype("<f4")),
         "time": raw(record.time[lo:c1].astype("<f8")),
-        "mask": raw(record.label_mask[lo:c1].astype(np.uint8)),
+        "mask": raw(mask[lo:c1]),
         "n_context": int64(c0 - lo),
         "start": int64(c0 - split_start),
     }))

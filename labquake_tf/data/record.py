@@ -12,8 +12,11 @@ class Record:
 
     ``time[i]`` is the END of the AE window behind ``features[i]``: a model that
     sees steps ``<= i`` never sees AE recorded after ``time[i]`` (no look-ahead).
-    ``label_mask[i]`` is False where the targets are not real labels (e.g. the
-    DDS files count down to a non-existent event after the last real one).
+    ``label_mask[name][i]`` is False where target ``name`` is not a real label at
+    step ``i``: each target has its own mask. Shear stress is a label wherever it
+    was measured; time to failure is not after the last event (the DDS files
+    count down to a non-existent one there) nor before the first event can be
+    paired. A single boolean array is accepted and applies to every target.
     ``events`` holds ``[onset, end]`` step indices of stick-slip failures
     (onset = stress peak before the drop, end = minimum after it).
     """
@@ -23,7 +26,7 @@ class Record:
     features: np.ndarray
     feature_names: List[str]
     targets: Dict[str, np.ndarray]
-    label_mask: np.ndarray
+    label_mask: Dict[str, np.ndarray]
     events: Optional[np.ndarray] = None
     source: str = ""
     sha256: str = ""
@@ -42,8 +45,15 @@ class Record:
         for key, value in self.targets.items():
             if len(value) != n:
                 raise ValueError(f"{self.name}: target {key!r} has {len(value)} steps, expected {n}")
-        if len(self.label_mask) != n:
-            raise ValueError(f"{self.name}: label_mask has {len(self.label_mask)} steps, expected {n}")
+        if not isinstance(self.label_mask, dict):
+            self.label_mask = {key: np.asarray(self.label_mask, bool) for key in self.targets}
+        missing = [key for key in self.targets if key not in self.label_mask]
+        if missing:
+            raise ValueError(f"{self.name}: no label_mask for target(s) {missing}")
+        for key, mask in self.label_mask.items():
+            if len(mask) != n:
+                raise ValueError(f"{self.name}: label_mask[{key!r}] has {len(mask)} steps, "
+                                 f"expected {n}")
 
     @property
     def dt(self) -> float:

@@ -82,13 +82,17 @@ def split_by_events(events, n_steps, ratios=PRETRAIN_RATIOS):
 def fit_scalers(record, train_steps, target_names):
     """Feature and target scalers fit on the training steps only.
 
-    Targets are fit on labelled steps only: masked rows hold no real label.
+    Each target is fit on its own labelled steps only: masked rows hold no real label.
     """
     start, stop = train_steps
     features = MinMaxScaler().fit(record.features[start:stop], names=record.feature_names)
-    mask = record.label_mask[start:stop]
-    y = np.stack([record.targets[n][start:stop][mask] for n in target_names], axis=1)
-    if len(y) == 0:
-        raise ValueError(f"{record.name}: the training split has no labelled steps")
-    targets = MinMaxScaler().fit(y, names=list(target_names))
-    return features, targets
+    lo, hi = [], []
+    for name in target_names:
+        y = record.targets[name][start:stop][record.label_mask[name][start:stop]]
+        if len(y) == 0:
+            raise ValueError(f"{record.name}: the training split has no labelled steps "
+                             f"for {name!r}")
+        column = MinMaxScaler().fit(y)
+        lo.append(column.data_min[0])
+        hi.append(column.data_max[0])
+    return features, MinMaxScaler(lo, hi, names=list(target_names))

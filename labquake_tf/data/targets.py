@@ -65,23 +65,25 @@ def detect_events(stress, min_drop=None, rel_drop=DEFAULT_REL_DROP):
 
 
 def time_to_failure(time, events, stress=None):
-    """Derived TTsF / TTeF (s) and the mask of steps that have a next event.
+    """Derived TTsF / TTeF (s) and each one's mask of steps that have a next event.
 
     TTsF at step t counts down to the next onset at or after t, TTeF to the next
-    end at or after t. After the last onset there is no next failure to count
-    down to, so those steps are masked.
+    end at or after t. After the last onset there is no next failure start to
+    count down to (TTsF masked); after the last end no next failure end (TTeF
+    masked): between the two, TTeF is a real label and TTsF is not.
     A record that starts mid-slip has an end before its first onset that the
     detector cannot pair with a peak; steps up to that first trough are masked
-    too, or TTeF would count to the wrong end.
+    for both, or TTeF would count to the wrong end.
+    Returns ``(ttsf, ttef, {"ttsf": mask, "ttef": mask})``.
     """
     time = np.asarray(time, np.float64)
     steps = np.arange(len(time))
     ttsf, ok_s = _countdown(time, steps, events[:, 0])
     ttef, ok_e = _countdown(time, steps, events[:, 1])
-    mask = ok_s & ok_e
     if stress is not None and len(events) and events[0, 0] > 0:
-        mask[:int(np.argmin(stress[:events[0, 0]])) + 1] = False
-    return ttsf, ttef, mask
+        lead = int(np.argmin(stress[:events[0, 0]])) + 1
+        ok_s[:lead] = ok_e[:lead] = False
+    return ttsf, ttef, {"ttsf": ok_s, "ttef": ok_e}
 
 
 def _countdown(time, steps, marks):
@@ -94,31 +96,36 @@ def _countdown(time, steps, marks):
 
 
 def published_ttf_mask(ttsf, ttef, events):
-    """Rows of the DDS TimeToStart/EndFailure columns that are real labels.
+    """Rows of the DDS TimeToStart/EndFailure columns that are real labels, per column.
 
     Both columns are built by counting down to the next zero; after the last
-    real onset they count down to the final row as if an event happened there,
-    and row 0 of the files is a spurious ``0, 0`` (the next row restarts at the
-    real countdown). Rows after the last detected onset and leading rows that
-    do not continue the countdown are not labels.
+    real onset (TTsF) or end (TTeF) they count down to the final row as if an
+    event happened there, and row 0 of the files is a spurious ``0, 0`` (the
+    next row restarts at the real countdown). Rows after the last detected onset
+    (TTsF) or end (TTeF), and leading rows that do not continue the countdown,
+    are not labels. Returns ``{"ttsf": mask, "ttef": mask}``.
     """
     n = len(ttsf)
-    mask = np.ones(n, bool)
-    if len(events):
-        mask[events[-1, 0] + 1:] = False
-    else:
-        mask[:] = False
+    masks = {}
+    for key, col in (("ttsf", 0), ("ttef", 1)):
+        mask = np.zeros(n, bool)
+        if len(events):
+            mask[:events[-1, col] + 1] = True
+        masks[key] = mask
     # A countdown decreases by one step per row; a leading row that is followed
     # by a larger value is the artefact of row 0.
-    for col in (ttsf, ttef):
-        if n > 1 and col[1] > col[0]:
+    if n > 1 and (ttsf[1] > ttsf[0] or ttef[1] > ttef[0]):
+        for mask in masks.values():
             mask[0] = False
-    return mask
+    return masks
 
 
 def build_targets(time, shear_stress, lowpass_hz=DEFAULT_LOWPASS_HZ, detrend=True,
                   min_drop=None, rel_drop=DEFAULT_REL_DROP, published=None):
-    """Targets, label mask, events and a description of the processing.
+    """Targets, per-target label masks, events and a description of the processing.
+
+    Shear stress is a label at every step (it is measured everywhere); the time
+    to failure masks come from ``time_to_failure`` / ``published_ttf_mask``.
 
     ``published``: optional ``(ttsf, ttef)`` columns to use instead of the
     derived countdowns (their artefact rows are masked).
@@ -132,14 +139,15 @@ def build_targets(time, shear_stress, lowpass_hz=DEFAULT_LOWPASS_HZ, detrend=Tru
         min_drop = float(rel_drop * np.ptp(signal.detrend(stress)))
     events = detect_events(stress, min_drop=min_drop)
     if published is None:
-        ttsf, ttef, mask = time_to_failure(time, events, stress)
+        ttsf, ttef, masks = time_to_failure(time, events, stress)
     else:
         ttsf, ttef = (np.asarray(c, np.float64) for c in published)
-        mask = published_ttf_mask(ttsf, ttef, events)
+        masks = published_ttf_mask(ttsf, ttef, events)
+    masks["shear_stress"] = np.isfinite(stress)
     info = {"sample_rate": sample_rate, "lowpass_hz": lowpass_hz, "lowpass_applied": filtered,
             "lowpass_note": None if filtered or lowpass_hz is None else
             f"skipped: cutoff {lowpass_hz} Hz >= Nyquist {0.5 * sample_rate:g} Hz",
             "detrend": bool(detrend), "ttf": "derived" if published is None else "published",
             "min_drop": min_drop, "rel_drop": rel_drop}
     targets = {"shear_stress": stress, "ttsf": ttsf, "ttef": ttef}
-    return targets, mask, events, info
+    return targets, masks, events, info

@@ -66,11 +66,14 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
 
 
 def _write_predictions(path, p):
+    """One row per window end where any target is labelled; a target's ``_true`` is
+    empty where it is not a label (its score skips that row)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["time", *(f"{n}_{kind}" for n in p["names"] for kind in ("true", "pred"))])
         for t, yt, yp in zip(p["time"], p["true"], p["pred"]):
-            writer.writerow([f"{t:.6f}", *(f"{v:.6g}" for pair in zip(yt, yp) for v in pair)])
+            writer.writerow([f"{t:.6f}", *("" if v != v else f"{v:.6g}"
+                                           for pair in zip(yt, yp) for v in pair)])
 
 
 def add_arguments(parser):

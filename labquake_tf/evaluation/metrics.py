@@ -30,47 +30,79 @@ def regression_metrics(y_true, y_pred):
             "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")}
 
 
-def predict(model, data_dir, split):
-    """Time, truth and prediction (physical units) at every labelled window end."""
+def predict(model, data_dir, split, feature_scaler=None, target_scaler=None):
+    """Predictions (physical units) at every window end where any target is labelled.
+
+    Returns a dict: ``time`` (n,), ``names`` (the targets), ``units``, ``pred``
+    and ``pred_scaled`` (n, n_targets), ``true`` and ``true_scaled`` (n, n_targets,
+    NaN where that target is not a label) and ``mask`` (n, n_targets) bool: target
+    ``i`` is scored on ``mask[:, i]`` only (``target_arrays`` cuts them out).
+
+    ``feature_scaler`` / ``target_scaler`` (``MinMaxScaler``) default to the data's own;
+    scoring a model on another dataset passes the model's, so inputs are scaled and
+    outputs inverted as the model was trained.
+    """
     from labquake_tf.data.pipeline import load_manifest, split_arrays
     from labquake_tf.data.scaling import MinMaxScaler
 
     manifest = load_manifest(data_dir)
     seq_len = int(model.input_shape[1])
+    names = manifest["target_names"]
     arrays = split_arrays(data_dir, split)
-    x = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(arrays["features"])
-    ends = np.flatnonzero(arrays["label_mask"])
-    ends = ends[ends >= seq_len - 1]
+    feature_scaler = feature_scaler or MinMaxScaler.from_dict(manifest["scaler"]["features"])
+    target_scaler = (target_scaler or MinMaxScaler.from_dict(manifest["scaler"]["targets"]))
+    if target_scaler.names:
+        target_scaler = target_scaler.select(names)
+    # The steps before the split are inputs for the windows ending on its first steps.
+    context = arrays["context"][len(arrays["context"]) - min(len(arrays["context"]), seq_len - 1):]
+    x = feature_scaler.transform(np.concatenate([context, arrays["features"]]))
+    labelled = np.stack([arrays["label_mask"][n] for n in names], axis=1)
+    ends = np.flatnonzero(labelled.any(axis=1))
+    ends = ends[ends + len(context) >= seq_len - 1]
     if len(ends) == 0:
         raise ValueError(f"{data_dir}: split {split!r} has no labelled window of {seq_len} steps")
     windows = np.lib.stride_tricks.sliding_window_view(x, seq_len, axis=0)  # (n, f, seq)
-    windows = np.ascontiguousarray(windows[ends - seq_len + 1].transpose(0, 2, 1))
+    windows = np.ascontiguousarray(windows[ends + len(context) - seq_len + 1].transpose(0, 2, 1))
     scaled = np.asarray(model.predict(windows, batch_size=512, verbose=0), np.float64)
-    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
-    names = manifest["target_names"]
     if scaled.shape[1] != len(names):
         raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")
-    truth = np.stack([arrays["targets"][n][ends] for n in names], axis=1)
+    mask = labelled[ends]
+    truth = np.where(mask, np.stack([arrays["targets"][n][ends] for n in names], axis=1), np.nan)
     return {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
-            "true": truth, "pred": scaler.inverse_transform(scaled),
-            "true_scaled": scaler.transform(truth), "pred_scaled": scaled}
+            "true": truth, "pred": target_scaler.inverse_transform(scaled), "mask": mask,
+            "true_scaled": target_scaler.transform(truth), "pred_scaled": scaled}
 
 
-def evaluate_model(model, data_dir, split, plots_dir=None, title=""):
+def target_arrays(p, name):
+    """``(time, true, pred, true_scaled, pred_scaled)`` of one target at its labelled steps."""
+    i = p["names"].index(name)
+    m = p["mask"][:, i]
+    return (p["time"][m], p["true"][m, i], p["pred"][m, i], p["true_scaled"][m, i],
+            p["pred_scaled"][m, i])
+
+
+def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_scaler=None,
+                   target_scaler=None):
     """Metrics of ``model`` on a prepared split, with ``predict``'s arrays; one
-    ``{split}_{target}.png`` per target in ``plots_dir`` when it is given."""
-    p = predict(model, data_dir, split)
+    ``{split}_{target}.png`` per target in ``plots_dir`` when it is given.
+
+    Each target is scored on every labelled window of the split, by its own mask
+    (``n_labelled`` per target in the result).
+    """
+    p = predict(model, data_dir, split, feature_scaler, target_scaler)
     result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
-    for i, name in enumerate(p["names"]):
-        scores = regression_metrics(p["true"][:, i], p["pred"][:, i])
-        scaled = regression_metrics(p["true_scaled"][:, i], p["pred_scaled"][:, i])
+    for name in p["names"]:
+        time, true, pred, true_scaled, pred_scaled = target_arrays(p, name)
+        scores = regression_metrics(true, pred)
+        scaled = regression_metrics(true_scaled, pred_scaled)
         result["targets"][name] = {**scores, **{f"{k}_scaled": v for k, v in scaled.items()},
+                                   "n_labelled": int(len(time)),
                                    "units": p["units"].get(name, "")}
         if name in EVENT_TARGETS:
-            result["events"][name] = events.event_scores(p["time"], p["true"][:, i], p["pred"][:, i])
+            result["events"][name] = events.event_scores(time, true, pred)
         if plots_dir is not None:
             figures.plot_prediction_panel(
-                pathlib.Path(plots_dir) / f"{split}_{name}.png", p["time"], p["true"][:, i],
-                p["pred"][:, i], name, p["units"].get(name, ""),
+                pathlib.Path(plots_dir) / f"{split}_{name}.png", time, true, pred, name,
+                p["units"].get(name, ""),
                 f"{title} {name}: RMSE {scores['rmse']:.3g}, R² {scores['r2']:.3f}".strip())
     return result, p

@@ -35,12 +35,14 @@ def predict_record(client, record, batch_size=256, signature_name="serving_defau
 
 
 def write_csv(path, time, outputs, record, offset):
-    """time, then per output its prediction and, when the record has it, the truth."""
+    """time, then per output its prediction and, when the record has it, the truth and
+    whether that truth is a label (``NAME_labelled``, 0/1: each target has its own mask)."""
     names = sorted(outputs)
     truth = [n for n in names if n in record.targets]
-    header = ["time"] + names + [f"{n}_true" for n in truth] + ["label_mask"]
+    header = ["time"] + names + [f"{n}_true" for n in truth] + [f"{n}_labelled" for n in truth]
     columns = [time] + [outputs[n] for n in names] + \
-        [record.targets[n][offset:] for n in truth] + [record.label_mask[offset:].astype(int)]
+        [record.targets[n][offset:] for n in truth] + \
+        [record.label_mask[n][offset:].astype(int) for n in truth]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)

@@ -115,7 +115,7 @@ def run(args):
     scores = summary.get("metrics", {})
     for name, m in scores.get("targets", {}).items():
         print(f"test {name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g} {m['units']}, "
-              f"R2 {m['r2']:.3f} ({scores['n_windows']} windows)")
+              f"R2 {m['r2']:.3f} ({m['n_labelled']} labelled test steps)")
     if summary:
         print(f"run dir: {summary['run']}\nSavedModel: {summary['export']}")
     return 0
