@@ -1,61 +1,163 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from labquake_tf.cli import main, run_command
+from labquake_tf.data import prepare
+from labquake_tf.evaluation.cli import evaluate
+from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.models import build_tcn
+from labquake_tf.serving.export import export_model
 from labquake_tf.training.trainer import save_model
 
 TARGETS = ["shear_stress", "ttsf", "ttef"]
 
 
+def make_run(run, dataset, targets=TARGETS, seq_len=16, split="0.7,0.1,0.2", **options):
+    """A run dir as the training jobs leave it: model, manifest and RUN/data."""
+    manifest = prepare.prepare(dataset, run / "data", seq_len=seq_len, targets=targets,
+                               split=split, **options)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    model = build_tcn(seq_len, n_targets=len(targets), filters=4, kernel_size=3, blocks=3,
+                      dropout=0.0)
+    save_model(model, run / "model.keras")
+    return model, manifest
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(dds_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    save_model(build_tcn(16, n_targets=3, filters=4, kernel_size=3, blocks=3, dropout=0.0),
-               run / "model.keras")
-    (run / "manifest.json").write_text(json.dumps(
-        {"dataset": "p4581", "target_names": TARGETS, "request": {"split": [0.7, 0.1, 0.2]}}))
+    make_run(run, "p4581")
     (run / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.6\n1,0.2,0.3\n")
     return run
 
 
-def test_evaluate_writes_metrics_predictions_and_plots(run_dir, dds_dir, tmp_path, capsys):
+def test_evaluate_writes_metrics_predictions_and_plots(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", str(run_dir), "--split", "test", "--out", str(out)]) == 0
     assert "shear_stress: RMSE" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "p4581" and metrics["split_ratios"] == pytest.approx([0.7, 0.1, 0.2])
+    assert metrics["data"] == str(run_dir / "data")  # the run's own shards, not re-prepared
     assert set(metrics["targets"]) == set(TARGETS) and set(metrics["events"]) == {"ttsf", "ttef"}
-    assert metrics["targets"]["shear_stress"]["units"] == "MPa"
+    assert metrics["targets"]["shear_stress"]["units"].startswith("MPa")
 
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["n_windows"] > 100
     for name in TARGETS:
-        true = np.array([float(r[f"{name}_true"]) for r in rows])
-        pred = np.array([float(r[f"{name}_pred"]) for r in rows])
+        labelled = [r for r in rows if r[f"{name}_true"] != ""]
+        true = np.array([float(r[f"{name}_true"]) for r in labelled])
+        pred = np.array([float(r[f"{name}_pred"]) for r in labelled])
         m = metrics["targets"][name]
+        # every labelled test step of that target is scored, by its own mask
+        assert m["n_labelled"] == len(labelled) == metrics["n_labelled_split"][name]
         assert m["rmse"] == pytest.approx(np.sqrt(np.mean((pred - true) ** 2)), rel=1e-4)
         assert m["mae"] <= m["rmse"]
         assert m["r2"] == pytest.approx(1 - np.sum((pred - true) ** 2)
                                         / np.sum((true - true.mean()) ** 2), rel=1e-4, abs=1e-4)
+    assert metrics["targets"]["shear_stress"]["n_labelled"] > metrics["targets"]["ttsf"]["n_labelled"]
     ttsf = metrics["events"]["ttsf"]
-    assert 2 <= ttsf["n_events"] <= 10 and sum(e["n_steps"] for e in ttsf["events"]) == len(rows)
+    assert 2 <= ttsf["n_events"] <= 10
+    assert sum(e["n_steps"] for e in ttsf["events"]) == metrics["targets"]["ttsf"]["n_labelled"]
     for png in ("test_shear_stress.png", "test_ttsf.png", "test_ttef.png", "loss.png"):
         assert (out / "plots" / png).stat().st_size > 5000, png
 
 
-def test_evaluate_refuses_a_model_that_does_not_fit_the_targets(run_dir, dds_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["file", "simulated-seed-7"])
+def test_a_run_is_scored_on_its_own_split_and_so_is_its_export(kind, dds_dir, tmp_path):
+    """Named by a path, or a simulated record (named synthetic-dds whatever its seed):
+    evaluate must never re-prepare the registry's record of that name."""
+    if kind == "file":
+        record = tmp_path / "mine.csv"
+        shutil.copy(dds_dir / "p4581.csv", record)
+        split = "0.7,0.1,0.2"  # not the 5:1:4 an unknown dataset would get
+    else:
+        record = tmp_path / "sim7.h5"
+        assert main(["simulate", "--preset", "dds", "--duration", "90", "--seed", "7",
+                     "--out", str(record)]) == 0
+        split = "0.6,0.2,0.2"
+    run = tmp_path / "run"
+    model, manifest = make_run(run, str(record), targets=["shear_stress"], split=split)
+    own, _ = evaluate_model(model, run / "data", "test")
+    from_run, _ = evaluate(run, out=tmp_path / "e1")
+    export = export_model(model, manifest, "m", base_dir=tmp_path / "saved")
+    from_export, _ = evaluate(export, out=tmp_path / "e2")
+    for result in (from_run, from_export):
+        assert result["targets"]["shear_stress"]["rmse"] == pytest.approx(
+            own["targets"]["shear_stress"]["rmse"], rel=1e-6)
+        assert result["n_labelled_split"] == manifest["splits"]["test"]["n_labelled"]
+        assert result["split_ratios"] == pytest.approx([float(r) for r in split.split(",")])
+    assert from_export["data"] == "prepared again from the run's request"
+
+    # The record changed since: its export is refused, not scored on other data.
+    if kind == "file":
+        record.write_text("".join(record.read_text().splitlines(keepends=True)[:-1]))
+        with pytest.raises(ValueError, match="sha256"):
+            evaluate(export, out=tmp_path / "e3")
+
+
+def test_a_run_dir_without_its_data_is_an_error_and_writes_nothing(run_dir, tmp_path):
+    run = tmp_path / "nodata"
+    run.mkdir()
+    for name in ("model.keras", "manifest.json"):
+        shutil.copy(run_dir / name, run / name)
+    with pytest.raises(FileNotFoundError, match="prepared data is missing"):
+        main(["evaluate", str(run), "--out", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists() and not list(tmp_path.glob(".eval-*"))
+
+
+def test_zero_shot_uses_the_models_scalers(run_dir, tmp_path):
+    from labquake_tf.data.scaling import MinMaxScaler
+    from labquake_tf.training.artifacts import load_pretrained
+
+    result, out = evaluate(run_dir, "p5198", out=tmp_path / "zs")
+    assert result["split_ratios"] == pytest.approx([0.5, 0.1, 0.4])
+    model, manifest = load_pretrained(run_dir)
+    with open(out / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    # Re-derive the first prediction from p5198's test split with the MODEL's scalers.
+    from labquake_tf.data import pipeline
+    with_own = tmp_path / "p5198"
+    prepare.prepare("p5198", with_own, seq_len=16, targets=TARGETS, split="0.5,0.1,0.4")
+    arrays = pipeline.split_arrays(with_own, "test")
+    x = np.concatenate([arrays["context"], arrays["features"]])[:16]
+    fs = MinMaxScaler.from_dict(manifest["scaler"]["features"])
+    ts = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
+    expected = ts.inverse_transform(model.predict(fs.transform(x)[None], verbose=0))[0]
+    assert float(row["shear_stress_pred"]) == pytest.approx(expected[0], rel=1e-4, abs=1e-5)
+
+
+def test_evaluate_refuses_a_model_that_does_not_fit_the_targets(run_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     save_model(build_tcn(16, n_targets=2, filters=4, kernel_size=3, blocks=3), bad / "model.keras")
-    (bad / "manifest.json").write_text(json.dumps({"dataset": "p4581", "target_names": TARGETS}))
+    shutil.copy(run_dir / "manifest.json", bad / "manifest.json")
+    shutil.copytree(run_dir / "data", bad / "data")
     with pytest.raises(ValueError, match="model predicts 2 target"):
         run_command(["evaluate", str(bad), "--out", str(tmp_path / "eval")])
     assert not (tmp_path / "eval").exists()
     assert not list(tmp_path.glob(".eval-*"))
     with pytest.raises(FileNotFoundError, match="no run dir"):
         run_command(["evaluate", str(tmp_path / "missing")])
+
+
+def test_a_feature_name_mismatch_is_named(run_dir, tmp_path):
+    run = tmp_path / "ch2"
+    shutil.copytree(run_dir, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["feature_names"] = ["logvar_ch2"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    # its own data says logvar_ch1: not the data it trained on
+    with pytest.raises(ValueError, match="feature_names"):
+        evaluate(run, out=tmp_path / "e")
+    # zero-shot: p5198 is read with channel 2 and compared by name
+    shutil.rmtree(run / "data")
+    manifest["request"]["channels"] = None
+    manifest["request"]["feature_names"] = ["logvar_ch2"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"feature names differ.*logvar_ch2.*logvar_ch1"):
+        evaluate(run, "p5198", out=tmp_path / "e")

@@ -59,13 +59,20 @@ def test_mismatched_records_are_named(served, tmp_path):
     server, _ = served
     client = Client(server.url, "tiny")
 
-    def record(n_steps, n_features):
+    def record(n_steps, n_features, first=1):
         return Record("odd", np.arange(n_steps) * 0.01, np.zeros((n_steps, n_features), "f4"),
-                      [f"logvar_ch{i + 1}" for i in range(n_features)], {},
+                      [f"logvar_ch{i + first}" for i in range(n_features)], {},
                       np.ones(n_steps, bool))
 
-    with pytest.raises(ValueError, match="odd: 2 feature column"):
+    assert client.model_metadata()["feature_names"] == ["logvar_ch1"]
+    # matched by name, not count: channel 2 is not what the model was trained on
+    with pytest.raises(ValueError, match=r"feature names differ: model 'tiny' takes "
+                                         r"\['logvar_ch1'\], record 'odd' has \['logvar_ch2'\]"):
+        predict_record(client, record(100, 1, first=2))
+    with pytest.raises(ValueError, match="feature names differ"):
         predict_record(client, record(100, 2))
+    with pytest.raises(ValueError, match="odd: 2 feature column"):  # an unnamed model: by count
+        predict_record(client, record(100, 2), feature_names=[])
     with pytest.raises(ValueError, match="odd: 10 steps, shorter than one 16-step window"):
         predict_record(client, record(10, 1))
     with pytest.raises(FileNotFoundError, match="nope.npz"):

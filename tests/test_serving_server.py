@@ -177,3 +177,19 @@ def test_new_versions_are_picked_up(base, tmp_path):
 def test_server_refuses_an_empty_base_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no SavedModel version"):
         Server(tmp_path, port=0)
+
+
+def test_feature_names_are_checked_by_name(server):
+    window = raw_windows()[:1].tolist()
+    status, reply = call(server, "POST", "/v1/models/tiny:predict",
+                         {"instances": window, "feature_names": ["logvar_ch2"]})
+    assert status == 400
+    assert reply["error"] == ("feature names differ: the model takes ['logvar_ch1'], "
+                              "the request has ['logvar_ch2']")
+    status, _ = call(server, "POST", "/v1/models/tiny:predict",
+                     {"instances": window, "feature_names": ["logvar_ch1"]})
+    assert status == 200
+    # the export's own metadata (feature names included) is reachable over REST
+    status, reply = call(server, "POST", "/v1/models/tiny:predict",
+                         {"signature_name": "metadata", "inputs": {}})
+    assert status == 200 and json.loads(reply["outputs"])["feature_names"] == ["logvar_ch1"]

@@ -112,8 +112,8 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     src = tmp_path / "src"
     src.mkdir()
     save_model(pretrained, src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
-                                                   "target_names": ["shear_stress"]}))
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198", "target_names": [
+        "shear_stress"], "feature_names": ["logvar_ch1"]}))
     out = tmp_path / "ft"
     rc = main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
                "--blocks", "2", "--seq-len", "12", "--epochs", "2", "--out", str(out)])
@@ -145,3 +145,20 @@ def test_streamable_source_gives_a_streamable_finetune_model_and_cache():
     trunk, head = cache.split_at_head(model)
     assert trunk.output.shape == (None, SEQ, 8)  # only the head's steps are cached
     np.testing.assert_allclose(head(trunk(x[:4])), model(x[:4]), rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
+    from labquake_tf.cli import main
+    from labquake_tf.training.trainer import save_model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(pretrained, src / "model.keras")
+    # one feature column, as p4581's, but another feature: a count check would let it through
+    (src / "manifest.json").write_text(json.dumps({"dataset": "x", "target_names": [
+        "shear_stress"], "feature_names": ["std_ch1"]}))
+    out = tmp_path / "ft"
+    with pytest.raises(ValueError, match=r"feature names differ.*\['std_ch1'\].*\['logvar_ch1'\]"):
+        main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
+              "--epochs", "1", "--out", str(out)])
+    assert not out.exists() and not out.with_name("ft.partial").exists()

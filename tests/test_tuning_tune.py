@@ -128,7 +128,7 @@ def test_head_only_search_keeps_the_pretrained_blocks_frozen(data_dir, tmp_path)
     run = tmp_path / "pretrained"
     run.mkdir()
     pretrained.save(run / "model.keras")
-    write_json(run / "manifest.json", {"dataset": "tiny"})
+    write_json(run / "manifest.json", {"dataset": "tiny", "feature_names": ["logvar_ch1"]})
     hm = FrozenDecoderHyperModel(run, data_dir, blocks=1, space=SPACE,
                                  config=TrainConfig(steps_per_epoch=2))
     assert hm.space["blocks"] == 1 and hm.space["filters"] == 4 and hm.space["dropout"] == 0.1

@@ -61,9 +61,13 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
     if seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
-    request = {"dataset": str(dataset), "sha256": record.sha256, "seq_len": seq_len,
-               "targets": targets, "split": list(ratios), "channels": record.feature_names,
-               "chunk_len": chunk_len, "processing": record.attrs}
+    request = {"dataset": dataset_key(dataset), "sha256": record.sha256, "seq_len": seq_len,
+               "targets": targets, "split": list(ratios),
+               "channels": None if channels is None else [int(c) for c in channels],
+               "feature_names": record.feature_names, "options": dict(record_options),
+               "chunk_len": chunk_len}
+    if "simulator" in record.attrs:  # how to regenerate a simulated file
+        request["simulator"] = record.attrs["simulator"]
     existing = _existing(out, request, force)
     if existing is not None:
         return existing
@@ -115,6 +119,53 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+    return manifest
+
+
+def dataset_key(dataset):
+    """A registry name as it is; a file as its absolute path, so a run's request
+    finds its record from any working directory."""
+    dataset = os.fspath(dataset)
+    if dataset in registry.DATASETS or not os.path.exists(dataset):
+        return dataset
+    return os.path.abspath(dataset)
+
+
+PORTABLE_OPTIONS = ("lowpass_hz", "detrend", "rel_drop", "window", "hop", "output")
+"""Record options that mean the same on any dataset (``min_drop`` is in one record's MPa,
+``ttf`` only exists for DDS CSVs)."""
+
+
+def prepare_like(request, out, dataset=None, split=None):
+    """Prepare data the way ``request`` (a manifest's ``request``) did.
+
+    With ``dataset`` None: the run's own record again, which must still have the
+    recorded sha256. With another ``dataset``: that record with the run's window,
+    targets, channels and portable processing options (``PORTABLE_OPTIONS``), split
+    ``split`` (default ``splits.FINETUNE_RATIOS``).
+    """
+    missing = [k for k in ("dataset", "seq_len", "targets", "split") if k not in request]
+    if missing:
+        raise ValueError(f"the run's manifest 'request' lacks {missing}: it was prepared by "
+                         "an older labquake_tf; prepare its data again")
+    options = dict(request.get("options") or {})
+    own = dataset is None or dataset_key(dataset) == request["dataset"]
+    if not own:
+        options = {k: v for k, v in options.items() if k in PORTABLE_OPTIONS}
+    source = request["dataset"] if own else dataset
+    if own and not (source in registry.DATASETS or os.path.exists(source)):
+        sim = request.get("simulator")
+        hint = (f"; regenerate it with `labquake simulate --preset {sim.get('preset')} "
+                f"--seed {sim.get('seed')}`" if sim else "")
+        raise FileNotFoundError(f"{source}: the run's record is gone (sha256 "
+                                f"{request.get('sha256')}){hint}")
+    split = split or (request["split"] if own else splits.FINETUNE_RATIOS)
+    manifest = prepare(source, out, seq_len=request["seq_len"], targets=request["targets"],
+                       split=split, channels=request.get("channels"),
+                       chunk_len=request.get("chunk_len", CHUNK_LEN), **options)
+    if own and request.get("sha256") and manifest["request"]["sha256"] != request["sha256"]:
+        raise ValueError(f"{source}: sha256 {manifest['request']['sha256']} differs from the "
+                         f"run's record ({request['sha256']}): not the data it was trained on")
     return manifest
 
 

@@ -346,6 +346,9 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
         stress = _numeric(path, "/mech/shear_stress", stress, stress_time)
         _check_finite(path, "/mech/shear_stress", stress, stress_time)
         name = name or str(f.attrs.get("name", _stem(path)))
+        # A simulated file says how to make it again (evaluate names it when it is gone).
+        simulator = {k: _plain(f.attrs[k]) for k in ("preset", "seed", "mode", "generator")
+                     if k in f.attrs}
         if "features/logvar" in f:
             ds = f["features/logvar"]
             logvar = _h5_read(ds, path)
@@ -386,8 +389,17 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
                         f"/mech/shear_stress ({_seconds(stress_time[0])}.."
                         f"{_seconds(stress_time[-1])} s)")
     time, logvar = time[inside], logvar[inside]
-    return _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
-                   kind=output, **target_options)
+    record = _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
+                     kind=output, **target_options)
+    if "seed" in simulator:
+        record.attrs["simulator"] = simulator
+    return record
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if hasattr(value, "item") else value
 
 
 def _h5_reason(err):

@@ -62,3 +62,23 @@ class Record:
 
     def __len__(self):
         return len(self.time)
+
+
+def check_feature_names(expected, got, expected_from="the model", got_from="the data"):
+    """Features are matched by name, never by count: a model trained on ``logvar_ch2``
+    must not be fed channel 1. Raises ``ValueError`` naming both lists."""
+    expected, got = list(expected), list(got)
+    if expected != got:
+        raise ValueError(f"feature names differ: {expected_from} takes {expected}, "
+                         f"{got_from} has {got}")
+
+
+def channels_of(feature_names):
+    """The 1-based AE channels behind feature names like ``logvar_ch2`` (None if unnamed)."""
+    channels = []
+    for name in feature_names:
+        head, sep, number = str(name).rpartition("_ch")
+        if not sep or not number.isdigit():
+            return None
+        channels.append(int(number))
+    return channels

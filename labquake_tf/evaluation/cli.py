@@ -1,68 +1,120 @@
-"""``labquake evaluate MODEL --dataset NAME --split test``: scores in MPa and s, with plots.
+"""``labquake evaluate MODEL [--dataset NAME] --split test``: scores in MPa and s, with plots.
 
-The dataset is prepared with the model's window length and targets. On the
-dataset the model trained on, the model's own split ratios are reused, so
-``test`` is the held-out part it never saw. On another dataset (zero-shot),
-features and targets use that dataset's min-max scaler, fit on its own
-training part, as fine-tuning would: a scaled prediction is read in the target
-experiment's units.
+A run is scored on its own data: a run dir's prepared shards (``RUN/data``, or
+the ``data_dir`` its config records), never a dataset prepared again by name
+(a file-path or ``--seed 7`` record shares its name with others, and another
+split ratio would put training events in "test"). An export carries no data:
+its manifest's ``request`` (record path or name + sha256, channels, processing
+options, window, targets, split ratios) prepares the same shards again, and a
+record whose sha256 changed is refused. A run dir whose data is gone is an error.
+
+On another dataset (``--dataset``, zero-shot) the record is prepared with the
+run's window, targets, channels and processing options (split 5:1:4 unless
+``--ratios``); inputs are scaled with the run's FEATURE scaler and outputs
+inverted with the model's own TARGET scaler, exactly as the model was trained
+and as its export serves. Features are matched by name: a mismatch is an error.
 
 Writes ``OUT/metrics.json`` (per target: RMSE, MAE, R² in physical units and
-scaled; event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` and
+scaled, on every labelled step of the split by that target's own mask;
+event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` and
 ``OUT/plots/`` (prediction vs truth over time with a scatter, per target; the
 loss curves when MODEL is a run dir with ``history.csv``).
 """
 
+import contextlib
 import csv
 import pathlib
 import shutil
 import tempfile
 
+import numpy as np
+
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
 
 
+@contextlib.contextmanager
+def scoring_data(model_path, manifest, dataset=None, ratios=None):
+    """Yield ``(data_dir, description)``: the prepared data to score the run on.
+
+    The run's own data when ``dataset`` is None or the run's own record (and
+    ``ratios`` None or the run's); otherwise ``dataset`` prepared like the run's
+    request into a temporary folder, removed afterwards.
+    """
+    from labquake_tf.data import prepare
+    from labquake_tf.data.record import check_feature_names
+    from labquake_tf.training.artifacts import run_data_dir
+
+    request = manifest.get("request") or {}
+    own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
+    if ratios is not None:
+        own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
+    data = run_data_dir(model_path, manifest) if own else None
+    if data is not None:
+        yield data, request.get("dataset") or manifest.get("dataset")
+        return
+    with tempfile.TemporaryDirectory(prefix=".labquake-eval-") as tmp:
+        data = pathlib.Path(tmp) / "data"
+        prepared = prepare.prepare_like(request, data, None if own else dataset, ratios)
+        check_feature_names(manifest["feature_names"], prepared["feature_names"],
+                            f"{model_path}", f"{dataset or request['dataset']}")
+        yield data, dataset or request["dataset"]
+
+
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
-    """The whole command: load, prepare, score, write ``out``; returns the metrics."""
-    from labquake_tf.data import prepare, splits
-    from labquake_tf.data.features import manifest_kind
+    """The whole command: load, find or prepare the data, score, write ``out``; returns
+    ``(metrics, out)``."""
+    from labquake_tf.data.pipeline import load_manifest
+    from labquake_tf.data.record import check_feature_names
+    from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
     from labquake_tf.training.trainer import read_history
 
     model, manifest = load_pretrained(model_path)
-    dataset = dataset or manifest.get("dataset")
-    if not dataset:
-        raise ValueError(f"{model_path}: manifest has no 'dataset'; pass --dataset")
-    if ratios is None:
-        same = dataset == manifest.get("dataset")
-        ratios = manifest.get("request", {}).get("split") if same else None
-        ratios = ratios or splits.FINETUNE_RATIOS
-    targets = manifest.get("target_names")
+    for key in ("feature_names", "target_names", "scaler"):
+        if key not in manifest:
+            raise ValueError(f"{model_path}: its manifest.json has no {key!r}")
     # beside a run's model; never inside an export, which TF Serving reads
     base = pathlib.Path(model_files(model_path)[0]).parent
     if base.name == "assets":
         base = pathlib.Path("runs") / base.parent.parent.name
-    out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(dataset)).stem}-{split}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory() as data_dir:
-            prepare.prepare(dataset, pathlib.Path(data_dir) / "data", seq_len=int(model.input_shape[1]),
-                            targets=targets, split=ratios, features=manifest_kind(manifest))
+    name = dataset or manifest.get("dataset") or "data"
+    out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(name)).stem}-{split}")
+    with scoring_data(model_path, manifest, dataset, ratios) as (data_dir, described):
+        data_manifest = load_manifest(data_dir)
+        check_feature_names(manifest["feature_names"], data_manifest["feature_names"],
+                            f"{model_path}", f"{data_dir}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
             (work / "plots").mkdir()
-            result, p = evaluate_model(model, pathlib.Path(data_dir) / "data", split, work / "plots",
-                                       title=f"{dataset}/{split}")
-        history = pathlib.Path(model_files(model_path)[0]).parent / "history.csv"
-        if history.exists():
-            figures.plot_history(read_history(history), work / "plots" / "loss.png")
-        result.update(model=str(model_path), dataset=str(dataset), split_ratios=list(ratios))
-        write_json(work / "metrics.json", result)
-        _write_predictions(work / "predictions.csv", p)
-        shutil.rmtree(out, ignore_errors=True)
-        work.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            result, p = evaluate_model(
+                model, data_dir, split, work / "plots", title=f"{described}/{split}",
+                feature_scaler=MinMaxScaler.from_dict(manifest["scaler"]["features"]),
+                target_scaler=_named(manifest["scaler"]["targets"], manifest["target_names"]))
+            history = base / "history.csv"
+            if history.exists():
+                figures.plot_history(read_history(history), work / "plots" / "loss.png")
+            result.update(model=str(model_path), dataset=str(described),
+                          split_ratios=list(data_manifest.get("request", {}).get("split", [])),
+                          data=str(data_dir) if ".labquake-eval-" not in str(data_dir)
+                          else "prepared again from the run's request",
+                          n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
+            write_json(work / "metrics.json", result)
+            _write_predictions(work / "predictions.csv", p)
+            shutil.rmtree(out, ignore_errors=True)
+            work.rename(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return result, out
+
+
+def _named(scaler_dict, names):
+    from labquake_tf.data.scaling import MinMaxScaler
+
+    scaler = MinMaxScaler.from_dict(scaler_dict)
+    scaler.names = scaler.names or list(names)
+    return scaler
 
 
 def _write_predictions(path, p):
@@ -80,11 +132,12 @@ def add_arguments(parser):
     parser.add_argument("model", help="run dir, .keras file (manifest.json beside it) or "
                         "exported SavedModel version dir")
     parser.add_argument("--dataset", default=None,
-                        help="dataset name or record path (default: the one the model trained on)")
+                        help="dataset name or record path to score zero-shot (default: the "
+                             "run's own prepared data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--ratios", default=None,
-                        help="train,val,test event ratios (default: the model's own on its "
-                             "dataset, 0.5,0.1,0.4 elsewhere)")
+                        help="train,val,test event ratios (default: the run's own split on "
+                             "its data, 0.5,0.1,0.4 elsewhere)")
     parser.add_argument("--out", default=None, help="output dir (default: beside the model; "
                         "runs/NAME/ for an exported SavedModel)")
 

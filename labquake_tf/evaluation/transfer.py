@@ -7,9 +7,12 @@ fine-tuning its head on the target (``training.finetune``). Writes
 (``OUT/transfer_zero-shot.png``, ``OUT/transfer_fine-tuned.png``).
 
 On the diagonal (source = target) the zero-shot cell is the source model's own
-held-out test score, and there is no fine-tuned cell: fine-tuning splits the
+held-out test score, read from the run's own prepared shards (``RUN/data``, see
+``evaluation.cli``), and there is no fine-tuned cell: fine-tuning splits the
 events 5:1:4, so its training part would overlap the source's training events.
-Off the diagonal, both modes score the target's last 40 % of events.
+Off the diagonal, both modes score the target's last 40 % of events; zero-shot
+prepares the target with the source run's channels and processing, scales its
+inputs with the source's feature scaler and inverts with the source's target scaler.
 """
 
 import csv
@@ -39,7 +42,9 @@ def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, 
     rows = []
     for source, run in runs.items():
         for dataset in targets:
-            result, _ = evaluate(run, dataset, "test", out_dir / "zero-shot" / f"{source}-{dataset}")
+            # The diagonal is the run's own test split, read from its own prepared data.
+            result, _ = evaluate(run, None if dataset == source else dataset, "test",
+                                 out_dir / "zero-shot" / f"{source}-{dataset}")
             rows.append(_row(source, dataset, "zero-shot", result, target))
             if dataset == source:
                 continue

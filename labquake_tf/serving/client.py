@@ -61,6 +61,16 @@ class Client:
                     for k, t in tensors.items()}
         return shapes(defs[name]["inputs"]), shapes(defs[name]["outputs"])
 
+    def model_metadata(self):
+        """The export's own metadata (``feature_names``, ``target_names``, ``seq_len``, ...)
+        from its ``metadata`` signature."""
+        reply = self._request("POST", self._path + ":predict",
+                              {"signature_name": "metadata", "inputs": {}})
+        out = reply.get("outputs")
+        if isinstance(out, dict):
+            out = out.get("metadata_json")
+        return json.loads(out)
+
     def predict(self, inputs, signature_name=None, format="row", batch_size=None):
         """Outputs as ``{name: np.ndarray}`` for ``inputs`` (an array, or a dict of arrays
         for several inputs), split into requests of at most ``batch_size`` examples."""

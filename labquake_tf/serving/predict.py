@@ -2,9 +2,11 @@
 
     labquake predict --server http://localhost:8501 --model p4581 --input p5198
 
-The server may be TF Serving or ``labquake serve``; the window length and feature
-count come from the model's ``serving_default`` signature, so the client needs no
-copy of the model.
+The server may be TF Serving or ``labquake serve``; the window length comes from
+the model's ``serving_default`` signature and its feature NAMES from its
+``metadata`` signature, so the client needs no copy of the model. The record is
+read with the channels those names say (a model trained on ``logvar_ch2`` gets
+channel 2), and names that still differ are an error naming both lists.
 """
 
 import csv
@@ -17,8 +19,30 @@ from labquake_tf import TARGET_UNITS
 from labquake_tf.serving.client import Client
 
 
-def predict_record(client, record, batch_size=256, signature_name="serving_default"):
-    """``(time, {output: values})`` for every full window of ``record``."""
+def model_feature_names(client):
+    """The served model's feature names, or None when its metadata cannot be read
+    (not a labquake export)."""
+    from labquake_tf.serving.client import ServingError
+
+    try:
+        return client.model_metadata().get("feature_names")
+    except (ServingError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def predict_record(client, record, batch_size=256, signature_name="serving_default",
+                   feature_names=None):
+    """``(time, {output: values})`` for every full window of ``record``.
+
+    ``feature_names`` (default: asked from the model's metadata) must equal the
+    record's: features are matched by name, not by count.
+    """
+    from labquake_tf.data.record import check_feature_names
+
+    names = feature_names if feature_names is not None else model_feature_names(client)
+    if names:  # empty or None: an export without names, matched by count below
+        check_feature_names(names, record.feature_names, f"model {client.model!r}",
+                            f"record {record.name!r}")
     inputs, _ = client.signature(signature_name)
     if len(inputs) != 1:
         raise ValueError(f"{client.model}: expected one input, the signature has {sorted(inputs)}")
@@ -91,11 +115,13 @@ def add_arguments(parser):
 
 
 def run(args):
+    from labquake_tf.data.record import channels_of
     from labquake_tf.data.registry import load_record
 
-    record = load_record(args.input, features=args.features)
     client = Client(args.server, args.model, args.version, timeout=args.timeout)
-    time, outputs = predict_record(client, record, args.batch_size)
+    names = model_feature_names(client)
+    record = load_record(args.input, channels=channels_of(names) if names else None)
+    time, outputs = predict_record(client, record, args.batch_size, feature_names=names)
     offset = len(record) - len(time)
     out = pathlib.Path(args.out or f"predictions/{args.model}-{record.name}")
     out.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,8 @@ class Signature:
                 raise ServingError(400, f"input {name!r} has shape {list(x.shape)}, the "
                                         f"signature expects {_dims(spec.shape)} (-1: any)")
             feeds[name] = tf.constant(x, spec.dtype)
-        return {k: v.numpy() for k, v in self.fn(**feeds).items()}
+        # np.asarray: a scalar string output comes back from .numpy() as bare bytes.
+        return {k: np.asarray(v.numpy()) for k, v in self.fn(**feeds).items()}
 
     def to_json(self):
         """The ``SignatureDef`` as TF Serving's metadata endpoint writes it."""
@@ -86,6 +87,9 @@ class Servable:
         self.path = pathlib.Path(path)
         self._obj = tf.saved_model.load(str(path))  # keeps the variables alive
         self.signatures = {k: Signature(fn) for k, fn in self._obj.signatures.items()}
+        meta = self.path / "assets" / "metadata.json"
+        self.feature_names = json.loads(meta.read_text()).get("feature_names") \
+            if meta.exists() else None
 
 
 class ModelRegistry:
@@ -164,6 +168,13 @@ class ModelRegistry:
         if name not in servable.signatures:
             raise ServingError(400, f'Serving signature name: "{name}" not found in signature def')
         signature = servable.signatures[name]
+        # Optional: a client that names its features gets them checked against the export's
+        # (matched by name, never by count: logvar_ch2 is not logvar_ch1).
+        sent = request.get("feature_names")
+        if sent is not None and servable.feature_names is not None \
+                and list(sent) != list(servable.feature_names):
+            raise ServingError(400, f"feature names differ: the model takes "
+                                    f"{servable.feature_names}, the request has {list(sent)}")
         if ("instances" in request) == ("inputs" in request):
             raise ServingError(400, "Not both 'inputs' and 'instances' can be set"
                                if "inputs" in request else "Missing 'inputs' or 'instances' key")
@@ -217,6 +228,13 @@ def _tensor(value, name):
     return x
 
 
+def _text(value):
+    # String outputs (the metadata signature's JSON) come back from TF as bytes.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _dims(shape):
     return [-1 if d is None else int(d) for d in shape]
 
@@ -245,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug or a TF error: report it, keep serving
             log.exception("request failed")
             status, reply = 500, {"error": f"{type(e).__name__}: {e}"}
-        data = json.dumps(reply).encode()
+        data = json.dumps(reply, default=_text).encode()
         head = (f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
         self.wfile.write(head.encode() + data)  # one write: see setup()

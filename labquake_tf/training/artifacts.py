@@ -53,6 +53,41 @@ def model_files(path):
     raise FileNotFoundError(f"{path}: no run dir, .keras file or SavedModel version dir there")
 
 
+def run_data_dir(path, manifest=None):
+    """The prepared shards a run trained on, ``RUN/data``; None for an export (which
+    carries no data: re-prepare from its manifest's ``request``).
+
+    A training job that reuses prepared data elsewhere (``--data``) records that
+    folder as ``data_dir`` in ``RUN/config.json``; it is used when ``RUN/data`` is
+    absent. Either must hold the manifest the run trained on (same scalers and
+    splits), or scoring would not be on the run's own split.
+    """
+    model_path, _ = model_files(path)
+    base = model_path.parent
+    if base.name == "assets" and (base.parent / "saved_model.pb").exists():
+        return None
+    candidates = [base / "data"]
+    config = base / "config.json"
+    if config.exists():
+        recorded = read_json(config).get("data_dir")
+        if recorded:
+            candidates.append(pathlib.Path(recorded))
+    for data in candidates:
+        if (data / "manifest.json").exists():
+            if manifest is not None:
+                theirs = read_json(data / "manifest.json")
+                for key in ("scaler", "splits", "feature_names"):
+                    if key in manifest and theirs.get(key) != manifest[key]:
+                        raise ValueError(f"{data}: its manifest's {key!r} differs from the "
+                                         f"run's {base / 'manifest.json'}: not the data the "
+                                         "run trained on")
+            return data
+    raise FileNotFoundError(
+        f"{base}: the run's prepared data is missing (looked for "
+        f"{', '.join(str(c / 'manifest.json') for c in candidates)}); restore it, or rebuild it "
+        "with `labquake prepare` and the arguments in the run's manifest.json 'request'")
+
+
 def load_pretrained(path):
     """``(model, manifest)`` from a run dir, a ``.keras`` file with ``manifest.json``
     beside it, or an exported SavedModel version dir (``assets/``)."""

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from labquake_tf.data.features import manifest_kind
 from labquake_tf.errors import UsageError
+from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.models import build_tcn, decoder_blocks, head_length, input_length, is_streamable
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
@@ -135,13 +136,21 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
 
     out_dir = pathlib.Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
+    fresh = not work.exists()
     data_dir = work / "data"
+    # Features are matched by name: the target record is read with the source's channels.
+    names = source_manifest.get("feature_names")
+    if names is None:
+        raise ValueError(f"{pretrained}: its manifest.json has no 'feature_names'")
     manifest = prepare.prepare(dataset, data_dir, seq_len=window, targets=[target], split=split,
+                               channels=channels_of(names),
                                features=manifest_kind(source_manifest))
-    if len(manifest["feature_names"]) != architecture(source)["n_features"]:
-        raise ValueError(f"{dataset}: {len(manifest['feature_names'])} feature channel(s) "
-                         f"{manifest['feature_names']}, but {pretrained} was trained on "
-                         f"{architecture(source)['n_features']}")
+    try:
+        check_feature_names(names, manifest["feature_names"], f"{pretrained}", f"{dataset}")
+    except ValueError:
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size) for s in ("train", "val"))
 
     strategy = get_strategy(config.strategy)

@@ -11,6 +11,7 @@ import keras_tuner as kt
 import numpy as np
 
 from labquake_tf.data import pipeline
+from labquake_tf.data.record import check_feature_names
 from labquake_tf.models import build_tcn, input_length, receptive_field
 from labquake_tf.training import TrainConfig, compile_model, finetune, load_pretrained
 from labquake_tf.training.trainer import count_steps
@@ -129,7 +130,7 @@ class FrozenDecoderHyperModel(TCNHyperModel):
     """
 
     def __init__(self, pretrained, data_dir, blocks, space=None, **kwargs):
-        self.pretrained, _ = load_pretrained(pretrained)
+        self.pretrained, source_manifest = load_pretrained(pretrained)
         self.blocks = blocks
         arch = finetune.architecture(self.pretrained)
         # The decoder is the pretrained one; frozen, its blocks skip their dropout.
@@ -137,9 +138,8 @@ class FrozenDecoderHyperModel(TCNHyperModel):
                  "kernel_size": arch["kernel_size"], "dropout": arch["dropout"]}
         super().__init__(data_dir, space={**(space or {}), **fixed},
                          **{**kwargs, "streamable": arch["streamable"]})
-        if arch["n_features"] != len(self.manifest["feature_names"]):
-            raise ValueError(f"{data_dir}: {len(self.manifest['feature_names'])} features, "
-                             f"but {pretrained} takes {arch['n_features']}")
+        check_feature_names(source_manifest.get("feature_names", []),
+                            self.manifest["feature_names"], f"{pretrained}", f"{data_dir}")
         self._windows = {}
 
     def make_model(self, params):
