@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from labquake_tf.data import readers, targets
+from labquake_tf.data import readers, splits, targets
 
 
 def test_lowpass_removes_high_frequency_and_keeps_phase():
@@ -25,8 +25,41 @@ def test_build_targets_detrends_and_records_skipped_filter():
     time = np.arange(0, 100, 0.1)
     stress = 0.01 * time + 0.05 * np.sin(time)
     out, _, _, info = targets.build_targets(time, stress, lowpass_hz=15.0)
-    np.testing.assert_allclose(out["shear_stress"], signal.detrend(stress), atol=1e-12)
+    # the line is fitted on the training part (about 70 % of the sine's "events")
+    stop = info["fit"]["fit_steps"][1]
+    assert info["fit"]["fit_steps"][0] == 0 and 600 < stop < 800
+    slope, intercept = np.polyfit(time[:stop], stress[:stop], 1)
+    assert info["fit"]["slope"] == pytest.approx(slope) and info["fit"]["units"]["slope"] == "MPa/s"
+    np.testing.assert_allclose(out["shear_stress"], stress - (slope * time + intercept), atol=1e-12)
+    assert info["shear_stress_units"] == "MPa, detrended"
     assert info["lowpass_applied"] is False and "Nyquist" in info["lowpass_note"]
+
+
+def test_detrend_and_threshold_are_fitted_on_the_training_part_only():
+    """A change confined to the test part (a bigger drop, a steep trend) leaves every
+    training target as it was: line, threshold and low-pass see no test data."""
+    dt, n_cycles, period = 0.01, 20, 150  # 100 Hz: the 15 Hz low-pass applies
+    stress, _ = _sawtooth(n_cycles, period, noise=0.01)
+    time = np.arange(len(stress)) * dt
+    stress = stress + 0.05 * time  # loading trend
+    changed = stress.copy()
+    test_start = 16 * period + 100  # within the last 4 cycles (the 20 % test part)
+    changed[test_start:] = 1.6 * stress[test_start:] + 0.3 * (time[test_start:] - time[test_start])
+    out = [targets.build_targets(time, s, fit_split=(0.7, 0.1, 0.2)) for s in (stress, changed)]
+    (t0, m0, e0, i0), (t1, m1, e1, i1) = out
+    assert i0["lowpass_applied"] and i0["fit"]["converged"]
+    assert i0["fit"] == i1["fit"] and len(e0) == len(e1) == n_cycles
+    parts = splits.split_by_events(e0, len(time), (0.7, 0.1, 0.2))
+    assert parts == splits.split_by_events(e1, len(time), (0.7, 0.1, 0.2))
+    train = slice(*parts["train"]["steps"])
+    assert parts["test"]["steps"][0] < test_start and i0["fit"]["fit_steps"] == parts["train"]["steps"]
+    for key in ("shear_stress", "ttsf", "ttef"):
+        np.testing.assert_array_equal(t0[key][train], t1[key][train])
+        np.testing.assert_array_equal(m0[key][train], m1[key][train])
+    assert not np.allclose(t0["shear_stress"][test_start:], t1["shear_stress"][test_start:])
+    # Fitted on the whole record, as before, the training targets would have moved.
+    whole = [signal.detrend(s)[train] for s in (stress, changed)]
+    assert np.abs(whole[0] - whole[1]).max() > 0.05
 
 
 def _sawtooth(n_cycles=5, period=100, drop=1.0, noise=0.002, seed=0):

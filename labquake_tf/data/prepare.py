@@ -29,6 +29,7 @@ import numpy as np
 import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
+from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.readers import sha256
 from labquake_tf.errors import DataError, UsageError
 
@@ -56,7 +57,9 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
         raise UsageError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
     ratios = splits.parse_ratios(split)
     features_lib.check_kind(features)
-    record = registry.load_record(dataset, channels=channels, features=features, **record_options)
+    # The detrend line and event threshold are fitted on this split's training part.
+    record = registry.load_record(dataset, channels=channels, features=features,
+                                  fit_split=ratios, **record_options)
     dt = record.dt
     seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
     if seq_len < 1:
@@ -64,7 +67,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     request = {"dataset": dataset_key(dataset), "sha256": record.sha256, "seq_len": seq_len,
                "targets": targets, "split": list(ratios),
                "channels": None if channels is None else [int(c) for c in channels],
-               "feature_names": record.feature_names, "options": dict(record_options),
+               "feature_names": record.feature_names, "options": _options(record_options),
                "chunk_len": chunk_len}
     if "simulator" in record.attrs:  # how to regenerate a simulated file
         request["simulator"] = record.attrs["simulator"]
@@ -105,7 +108,10 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
             "feature_names": record.feature_names, "target_names": targets,
             "feature_kind": features,
             "units": {"features": features_lib.FEATURE_KINDS[features],
-                      **{t: labquake_tf.TARGET_UNITS[t] for t in targets}},
+                      **{t: labquake_tf.TARGET_UNITS[t] for t in targets},
+                      **({"shear_stress": record.attrs["shear_stress_units"]}
+                         if "shear_stress" in targets and "shear_stress_units" in record.attrs
+                         else {})},
             "dt": dt, "seq_len": seq_len, "chunk_len": chunk_len,
             "scaler": {"features": feature_scaler.to_dict(), "targets": target_scaler.to_dict()},
             "n_events": int(len(record.events)), "events": record.events.tolist(),
@@ -120,6 +126,17 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return manifest
+
+
+_DEFAULT_OPTIONS = {"lowpass_hz": targets_lib.DEFAULT_LOWPASS_HZ, "detrend": True,
+                    "rel_drop": targets_lib.DEFAULT_REL_DROP, "min_drop": None, "ttf": "published"}
+
+
+def _options(options):
+    """Reader options minus the defaults, so the same data asked for two ways (CLI flags
+    at their defaults, or nothing) makes the same request."""
+    return {k: v for k, v in sorted(options.items())
+            if not (k in _DEFAULT_OPTIONS and v == _DEFAULT_OPTIONS[k])}
 
 
 def dataset_key(dataset):

@@ -7,13 +7,47 @@ once stress rises ``min_drop`` above it. A stick-slip event is a confirmed peak
 ``min_drop`` a fraction of the stress range, small precursory slips and noise
 never reach the threshold, and the defaults give the 31 large events of p4581 and
 the 46 of p5198.
+
+Nothing is fitted on test data. The detrend line (least squares of the filtered
+stress against time) and the event threshold (``rel_drop`` times the range of
+the detrended stress) are fitted on the TRAINING part of the split and applied to
+the whole record. The split is by events and the events are detected with the
+threshold on the detrended stress, so each depends on the other; ``fit_on_train``
+resolves it by iterating from a start that holds no test data:
+
+1. provisional training part: the first ``train ratio`` share of the steps (time
+   order; the test part is the record's LAST events, so for any record whose
+   events are not crowded at its start this holds no test step);
+2. fit line and threshold on that part, detect events on the whole record, split
+   them by the ratios: the training part ends after its last event's end;
+3. refit on that training part and repeat until the boundary stops moving (two
+   passes on p4581 and p5198; at most ``MAX_FIT_PASSES``, after which the last
+   fit stands and ``fit.converged`` is False in the manifest).
+
+So a change confined to the test part leaves the fit, and the training targets,
+unchanged as long as it does not change the number of events (which the split
+ratios count). ``prepare`` passes its split ratios here (``fit_split``); the
+manifest's ``processing.fit`` records the fitted slope (MPa/s), intercept (MPa at
+t = 0), threshold (MPa, detrended) and the steps they were fitted on.
+
+The zero-phase low-pass (``sosfiltfilt``) runs over the whole record: its backward
+pass carries a step's value to earlier steps, decaying by the filter's largest pole
+radius per step (0.73 for the 4th-order 15 Hz filter at 100 Hz: below 1e-16 after
+100 steps, 1 s). The validation part (at least one seismic cycle and one window)
+lies between train and test, so nothing of the test part reaches the training
+targets in float64 (``tests/test_data_targets.py`` checks it); filtering each part
+on its own instead would add edge transients at every boundary. On the 10 Hz DDS
+rows the filter is skipped (cutoff above Nyquist).
 """
 
 import numpy as np
 from scipy import signal
 
+from labquake_tf.data.splits import PRETRAIN_RATIOS, parse_ratios, split_by_events
+
 DEFAULT_LOWPASS_HZ = 15.0
 DEFAULT_REL_DROP = 0.25
+MAX_FIT_PASSES = 5
 
 
 def lowpass(x, sample_rate, cutoff=DEFAULT_LOWPASS_HZ, order=4):
@@ -120,24 +154,70 @@ def published_ttf_mask(ttsf, ttef, events):
     return masks
 
 
+def fit_line(time, x):
+    """Least-squares ``(slope, intercept)`` of ``x`` against ``time``."""
+    slope, intercept = np.polyfit(np.asarray(time, np.float64), np.asarray(x, np.float64), 1)
+    return float(slope), float(intercept)
+
+
+def fit_on_train(time, stress, split=PRETRAIN_RATIOS, min_drop=None, rel_drop=DEFAULT_REL_DROP):
+    """Detrend line and event threshold fitted on the training part of ``split``.
+
+    ``stress`` is the filtered (not detrended) stress. Returns a dict: ``slope``
+    (MPa/s), ``intercept`` (MPa at t = 0), ``min_drop`` (MPa, detrended; the given
+    one if not None), ``fit_steps`` ``[0, stop)``, ``passes`` and ``converged``
+    (see the module docstring for the iteration).
+    """
+    time, stress = np.asarray(time, np.float64), np.asarray(stress, np.float64)
+    ratios = parse_ratios(split)
+    n = len(time)
+    stop = min(n, max(2, int(round(ratios[0] * n))))
+    seen, fit = set(), None
+    for passes in range(1, MAX_FIT_PASSES + 1):
+        slope, intercept = fit_line(time[:stop], stress[:stop])
+        residual = stress - (slope * time + intercept)
+        threshold = float(rel_drop * np.ptp(residual[:stop])) if min_drop is None \
+            else float(min_drop)
+        fit = {"slope": slope, "intercept": intercept, "min_drop": threshold,
+               "fit_steps": [0, stop], "passes": passes, "converged": False,
+               "split": list(ratios)}
+        seen.add(stop)
+        try:
+            parts = split_by_events(detect_events(residual, min_drop=threshold), n, ratios)
+        except ValueError:  # too few events to split: prepare reports it
+            break
+        new_stop = parts["train"]["steps"][1]
+        if new_stop == stop:
+            fit["converged"] = True
+            break
+        if new_stop in seen:  # a cycle: keep the last fit
+            break
+        stop = new_stop
+    return fit
+
+
 def build_targets(time, shear_stress, lowpass_hz=DEFAULT_LOWPASS_HZ, detrend=True,
-                  min_drop=None, rel_drop=DEFAULT_REL_DROP, published=None):
+                  min_drop=None, rel_drop=DEFAULT_REL_DROP, published=None,
+                  fit_split=PRETRAIN_RATIOS):
     """Targets, per-target label masks, events and a description of the processing.
 
     Shear stress is a label at every step (it is measured everywhere); the time
     to failure masks come from ``time_to_failure`` / ``published_ttf_mask``.
+    The detrend line and the event threshold are fitted on the training part of
+    ``fit_split`` (train, val, test ratios; see the module docstring).
 
     ``published``: optional ``(ttsf, ttef)`` columns to use instead of the
     derived countdowns (their artefact rows are masked).
     """
     time = np.asarray(time, np.float64)
     sample_rate = 1.0 / float(np.median(np.diff(time)))
-    stress, filtered = lowpass(shear_stress, sample_rate, lowpass_hz)
-    if detrend:
-        stress = signal.detrend(stress, type="linear")
-    if min_drop is None:  # resolved here so the manifest records the threshold used
-        min_drop = float(rel_drop * np.ptp(signal.detrend(stress)))
-    events = detect_events(stress, min_drop=min_drop)
+    filtered_stress, filtered = lowpass(shear_stress, sample_rate, lowpass_hz)
+    fit = fit_on_train(time, filtered_stress, fit_split, min_drop, rel_drop)
+    trend = fit["slope"] * time + fit["intercept"]
+    # Events are always found on the detrended stress (the trend is no stress drop);
+    # the target keeps the trend with detrend=False.
+    events = detect_events(filtered_stress - trend, min_drop=fit["min_drop"])
+    stress = filtered_stress - trend if detrend else filtered_stress
     if published is None:
         ttsf, ttef, masks = time_to_failure(time, events, stress)
     else:
@@ -148,6 +228,9 @@ def build_targets(time, shear_stress, lowpass_hz=DEFAULT_LOWPASS_HZ, detrend=Tru
             "lowpass_note": None if filtered or lowpass_hz is None else
             f"skipped: cutoff {lowpass_hz} Hz >= Nyquist {0.5 * sample_rate:g} Hz",
             "detrend": bool(detrend), "ttf": "derived" if published is None else "published",
-            "min_drop": min_drop, "rel_drop": rel_drop}
+            "min_drop": fit["min_drop"], "rel_drop": rel_drop,
+            "fit": {**fit, "on": "training part of the split",
+                    "units": {"slope": "MPa/s", "intercept": "MPa", "min_drop": "MPa, detrended"}},
+            "shear_stress_units": "MPa, detrended" if detrend else "MPa"}
     targets = {"shear_stress": stress, "ttsf": ttsf, "ttef": ttef}
     return targets, masks, events, info
