@@ -24,7 +24,7 @@ def test_lowpass_at_or_above_nyquist_is_skipped_not_failed():
 def test_build_targets_detrends_and_records_skipped_filter():
     time = np.arange(0, 100, 0.1)
     stress = 0.01 * time + 0.05 * np.sin(time)
-    out, _, _, info = targets.build_targets(time, stress, lowpass_hz=15.0)
+    out, _, _, info = targets.build_targets(time, stress, lowpass_hz=15.0, detrend=True)
     # the line is fitted on the training part (about 70 % of the sine's "events")
     stop = info["fit"]["fit_steps"][1]
     assert info["fit"]["fit_steps"][0] == 0 and 600 < stop < 800
@@ -33,6 +33,10 @@ def test_build_targets_detrends_and_records_skipped_filter():
     np.testing.assert_allclose(out["shear_stress"], stress - (slope * time + intercept), atol=1e-12)
     assert info["shear_stress_units"] == "MPa, detrended"
     assert info["lowpass_applied"] is False and "Nyquist" in info["lowpass_note"]
+    # By default the target is the stress as measured; the line still places the threshold.
+    plain, _, _, info = targets.build_targets(time, stress)
+    np.testing.assert_array_equal(plain["shear_stress"], stress)
+    assert info["shear_stress_units"] == "MPa" and info["fit"]["slope"] == pytest.approx(slope)
 
 
 def test_detrend_and_threshold_are_fitted_on_the_training_part_only():
@@ -45,7 +49,8 @@ def test_detrend_and_threshold_are_fitted_on_the_training_part_only():
     changed = stress.copy()
     test_start = 16 * period + 100  # within the last 4 cycles (the 20 % test part)
     changed[test_start:] = 1.6 * stress[test_start:] + 0.3 * (time[test_start:] - time[test_start])
-    out = [targets.build_targets(time, s, fit_split=(0.7, 0.1, 0.2)) for s in (stress, changed)]
+    out = [targets.build_targets(time, s, fit_split=(0.7, 0.1, 0.2), detrend=True)
+           for s in (stress, changed)]
     (t0, m0, e0, i0), (t1, m1, e1, i1) = out
     assert i0["lowpass_applied"] and i0["fit"]["converged"]
     assert i0["fit"] == i1["fit"] and len(e0) == len(e1) == n_cycles

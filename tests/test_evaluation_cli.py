@@ -161,3 +161,13 @@ def test_a_feature_name_mismatch_is_named(run_dir, tmp_path):
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"feature names differ.*logvar_ch2.*logvar_ch1"):
         evaluate(run, "p5198", out=tmp_path / "e")
+
+
+def test_zero_shot_on_a_record_too_short_for_the_window_writes_nothing(run_dir, tmp_path):
+    t = np.arange(100) * 0.1  # ten 1 s stick-slip cycles: the 10 % val part is one, 10 steps
+    short = tmp_path / "short.npz"
+    np.savez(short, time=t, logvar=np.zeros((100, 1), "f4"), shear_stress=(t % 1.0))
+    with pytest.raises(ValueError, match=r"short.npz: split 'val' has \d+ steps, shorter than "
+                                         r"one window of seq_len=16"):
+        evaluate(run_dir, str(short), out=tmp_path / "eval")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.npz"]

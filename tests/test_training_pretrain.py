@@ -43,7 +43,7 @@ def test_metrics_are_the_test_split_scores_in_physical_units(pretrained):
     y_true, y_pred = p["true"], p["pred"]
     assert y_true.shape == y_pred.shape == (len(p["time"]), 1)
     assert scores["split"] == "test" and scores["n_windows"] == len(p["time"])
-    assert metrics["units"] == "MPa, detrended"
+    assert metrics["units"] == "MPa"
     expected = regression_metrics(y_true[:, 0], y_pred[:, 0])
     assert metrics["rmse"] == pytest.approx(expected["rmse"], rel=1e-5)
     assert metrics["r2"] == pytest.approx(expected["r2"], rel=1e-5, abs=1e-8)

@@ -19,6 +19,7 @@ The whole output is written into a temporary folder beside ``--out`` and renamed
 at the end, so a failed run leaves nothing half-written.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     try:
         parts = splits.split_by_events(record.events, len(record), ratios)
     except DataError as e:
-        raise DataError(f"{dataset}: {e}") from None
+        raise DataError(f"{record.source or dataset}: {e}") from None
     for name, part in parts.items():
         n = part["steps"][1] - part["steps"][0]
         if n < seq_len:
@@ -128,7 +129,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     return manifest
 
 
-_DEFAULT_OPTIONS = {"lowpass_hz": targets_lib.DEFAULT_LOWPASS_HZ, "detrend": True,
+_DEFAULT_OPTIONS = {"lowpass_hz": targets_lib.DEFAULT_LOWPASS_HZ, "detrend": False,
                     "rel_drop": targets_lib.DEFAULT_REL_DROP, "min_drop": None, "ttf": "published"}
 
 
@@ -267,7 +268,9 @@ def add_arguments(parser):
                         help="DDS CSVs: published TimeToFailure columns (default) or derived")
     parser.add_argument("--lowpass-hz", type=float, default=15.0,
                         help="shear-stress low-pass cutoff; skipped when >= Nyquist")
-    parser.add_argument("--no-detrend", action="store_true", help="keep the stress trend")
+    parser.add_argument("--detrend", action=argparse.BooleanOptionalAction, default=False,
+                        help="subtract a line fitted on the training part from the shear-stress "
+                             "target (default: no; see data/targets.py for why)")
     parser.add_argument("--features", choices=sorted(features_lib.FEATURE_KINDS), default="logvar",
                         help="AE feature: log10 variance (default) or standard deviation "
                              "(std, the reference PyTorch models' input)")
@@ -275,7 +278,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    options = {"lowpass_hz": args.lowpass_hz, "detrend": not args.no_detrend}
+    options = {"lowpass_hz": args.lowpass_hz, "detrend": args.detrend}
     if args.ttf:
         options["ttf"] = args.ttf
     try:
