@@ -162,3 +162,73 @@ def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
         main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
               "--epochs", "1", "--out", str(out)])
     assert not out.exists() and not out.with_name("ft.partial").exists()
+
+
+def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained, dds_dir,
+                                                                             tmp_path):
+    from labquake_tf.cli import main
+    from labquake_tf.training.trainer import save_model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(pretrained, src / "model.keras")
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198", "target_names": [
+        "shear_stress"], "feature_names": ["logvar_ch1"]}))
+    out = tmp_path / "ft"
+    with pytest.raises(ValueError, match="split 'val' has 293 steps, shorter than one window "
+                                         "of seq_len=400"):
+        main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "400",
+              "--input-norm", "refit", "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def _with_norm_stats(model, seed=3):
+    """``model`` with non-trivial input_norm gamma, beta and moving statistics."""
+    norm = model.get_layer("input_norm")
+    rng = np.random.default_rng(seed)
+    norm.set_weights([rng.uniform(0.5, 2.0, w.shape).astype("float32") if i != 1 else
+                      rng.normal(size=w.shape).astype("float32")
+                      for i, w in enumerate(norm.get_weights())])
+    return model
+
+
+def _decoder_input(model, x):
+    import keras
+
+    trunk = keras.Model(model.inputs, model.get_layer("decoder_block_0").input)
+    return trunk(x, training=False).numpy()
+
+
+def test_input_norm_is_carried_over_by_window_length(pretrained):
+    source = _with_norm_stats(build_tcn(16, filters=8, kernel_size=3, blocks=3, dropout=0.2))
+    old = source.get_layer("input_norm").get_weights()
+    x = np.random.default_rng(4).uniform(size=(5, 16, 1)).astype("float32")
+
+    same = ft.build_finetune_model(source, 16, blocks=2, input_norm="copy")
+    assert same.input_norm_source == "copy"
+    for a, b in zip(same.get_layer("input_norm").get_weights(), old):
+        np.testing.assert_array_equal(a, b)
+    # The frozen decoder's input for a window is what it was in the pretrained model.
+    np.testing.assert_allclose(_decoder_input(same, x), _decoder_input(source, x), rtol=1e-6)
+
+    short = ft.build_finetune_model(source, 12, blocks=2, input_norm="last-steps")
+    for a, b in zip(short.get_layer("input_norm").get_weights(), old):
+        np.testing.assert_array_equal(a, b[4:])  # the last 12 of 16 steps
+    np.testing.assert_allclose(_decoder_input(short, x[:, 4:]), _decoder_input(source, x)[:, 4:],
+                               rtol=1e-5, atol=1e-6)
+
+    adapt = ft.build_finetune_model(source, 12, blocks=2, input_norm="adapt")
+    new = adapt.get_layer("input_norm").get_weights()
+    np.testing.assert_array_equal(new[0], old[0][4:])  # gamma and beta kept ...
+    np.testing.assert_array_equal(new[1], old[1][4:])
+    ft.adapt_input_norm(adapt, x[:, 4:])  # ... statistics from the fine-tuning windows
+    np.testing.assert_allclose(adapt.get_layer("input_norm").moving_mean.numpy(),
+                               x[:, 4:].mean(axis=(0, 2)), rtol=1e-5)
+
+    longer = ft.build_finetune_model(source, 20, blocks=2)
+    assert longer.input_norm_source == "refit"  # nothing to copy for the extra steps
+    with pytest.raises(ValueError, match="pretrained window length 16"):
+        ft.build_finetune_model(source, 12, blocks=2, input_norm="copy")
+    with pytest.raises(ValueError, match="longer than the pretrained 16 steps"):
+        ft.build_finetune_model(source, 20, blocks=2, input_norm="last-steps")
+    assert ft.build_finetune_model(source, 16, 2, decoder="random-frozen").input_norm_source == "refit"

@@ -10,11 +10,25 @@ saw.
 
 A frozen decoder is an exact, fixed function (so the activation cache in
 ``training.cache`` is valid): a frozen ``TCNBlock`` runs in inference mode, without
-its dropout, and ``input_norm``, which normalises per time step and so cannot be
-copied when seq_len changes, has its moving mean and variance set once from the
-fine-tuning training windows (what ``Normalization.adapt`` does) and is frozen
-with the decoder. Left trainable, it would shift the frozen decoder's inputs at
-every step.
+its dropout, and ``input_norm`` is frozen with the decoder (left trainable, it
+would shift the frozen decoder's inputs at every step).
+
+``input_norm`` (BatchNorm over time: one gamma, beta, moving mean and variance per
+time step of the window) is the pretrained one whenever it can be:
+
+* same window length: gamma, beta and moving statistics are copied, so the frozen
+  decoder sees its inputs on exactly the scale it was trained on (re-fitting them,
+  as earlier versions did, dropped gamma/beta and re-centred the inputs);
+* shorter window (N < L steps): ``last-steps``, the pretrained parameters of the
+  LAST N steps (the steps nearest the predicted one, which a causal window keeps);
+* longer window: nothing to copy for the extra steps, so the statistics are
+  re-fitted from the fine-tuning training windows (``refit``: gamma 1, beta 0).
+
+For a shorter window ``last-steps`` was chosen over ``refit`` by validation RMSE
+on p4581 shear stress from the main job's export (see ``INPUT_NORM_MODES`` and the
+measurement in the README); ``input_norm="refit"`` keeps the other choice at hand.
+``random-frozen`` (the ablation) always re-fits: its blocks never saw the
+pretrained scale.
 """
 
 import pathlib
@@ -48,8 +62,18 @@ def architecture(model):
                 streamable=is_streamable(model))
 
 
-def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pretrained-frozen"):
-    """A fresh TCN whose first ``blocks`` decoder blocks come from ``pretrained``."""
+INPUT_NORM_MODES = ("auto", "copy", "last-steps", "adapt", "refit")
+"""auto: copy at the same window length, last-steps when shorter, refit when longer."""
+
+
+def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pretrained-frozen",
+                         input_norm="auto"):
+    """A fresh TCN whose first ``blocks`` decoder blocks come from ``pretrained``.
+
+    ``input_norm`` is carried over as ``transfer_input_norm`` says; the model's
+    ``input_norm_source`` attribute tells which (``"refit"``: the caller must set
+    the statistics, ``adapt_input_norm``).
+    """
     if decoder not in DECODER_MODES:
         raise ValueError(f"decoder must be one of {DECODER_MODES}, got {decoder!r}")
     available = len(decoder_blocks(pretrained))
@@ -62,10 +86,37 @@ def build_finetune_model(pretrained, seq_len, blocks, n_targets=1, decoder="pret
     if decoder != "random-frozen":
         for new, old in zip(decoder_blocks(model), decoder_blocks(pretrained)):
             new.set_weights(old.get_weights())
+    model.input_norm_source = transfer_input_norm(
+        model, pretrained, "refit" if decoder == "random-frozen" else input_norm)
     for block in decoder_blocks(model):
         block.trainable = not frozen
     model.get_layer("input_norm").trainable = not frozen
     return model
+
+
+def transfer_input_norm(model, pretrained, mode="auto"):
+    """Set ``model``'s input_norm from ``pretrained``'s; returns what was done
+    (``"copy"``, ``"last-steps"`` or ``"refit"``: left for ``adapt_input_norm``)."""
+    if mode not in INPUT_NORM_MODES:
+        raise ValueError(f"input_norm must be one of {INPUT_NORM_MODES}, got {mode!r}")
+    new, old = model.get_layer("input_norm"), pretrained.get_layer("input_norm")
+    n, length = int(model.input_shape[1]), int(pretrained.input_shape[1])
+    if mode == "auto":
+        mode = "copy" if n == length else "last-steps" if n < length else "refit"
+    if mode == "refit":
+        return mode
+    if mode == "copy" and n != length:
+        raise ValueError(f"input_norm='copy' needs the pretrained window length {length}, "
+                         f"got seq_len={n}")
+    if n > length:
+        raise ValueError(f"input_norm={mode!r}: the {n}-step window is longer than the "
+                         f"pretrained {length} steps; use 'refit'")
+    # gamma, beta, moving_mean, moving_variance: one value per time step
+    weights = [w[length - n:] for w in old.get_weights()]
+    if mode == "adapt":  # the pretrained gamma/beta; statistics left for adapt_input_norm
+        weights[2:] = [w.numpy() for w in new.weights[2:]]
+    new.set_weights(weights)
+    return mode
 
 
 def adapt_input_norm(model, windows):
@@ -114,7 +165,8 @@ def fit(model, train_xy, val_xy, config, out_dir, use_cache=True):
 
 
 def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, seq_len=None,
-             decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True):
+             decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True,
+             input_norm="auto"):
     """The whole job: prepare ``dataset``, build, fit, write a run dir.
 
     Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
@@ -157,8 +209,10 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_finetune_model(source, seq_len, blocks, decoder=decoder)
-    adapt_input_norm(model, train_xy[0])
+        model = build_finetune_model(source, seq_len, blocks, decoder=decoder,
+                                     input_norm=input_norm)
+    if model.input_norm_source in ("refit", "adapt"):
+        adapt_input_norm(model, train_xy[0])
     fraction = trainable_fraction(model)
     print(f"fine-tuning {blocks} block(s) of {pretrained} on {dataset}/{target}: "
           f"{fraction:.2%} of {model.count_params():,} parameters trainable "
@@ -169,6 +223,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     summary = {"from": str(pretrained), "source_dataset": source_manifest.get("dataset"),
                "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
                "decoder": decoder, "split": list(split), "cached": use_cache,
+               "input_norm": model.input_norm_source,
                "trainable_fraction": fraction,
                "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
                "total_params": int(model.count_params()),
@@ -217,6 +272,10 @@ def add_arguments(parser):
     parser.add_argument("--patience", type=int, default=TrainConfig.patience)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--out", default=None, help="run dir (default runs/finetune-DATASET-TARGET)")
+    parser.add_argument("--input-norm", choices=INPUT_NORM_MODES, default="auto",
+                        help="the pretrained input normalisation: copied at the same window "
+                             "length, its last steps' for a shorter one, refitted for a longer "
+                             "one (auto); or force one")
     parser.add_argument("--no-cache", action="store_true",
                         help="run the frozen decoder every step instead of caching its output")
 
@@ -231,7 +290,7 @@ def run(args):
     _, summary = finetune(args.pretrained, args.dataset, out, target=args.target,
                           blocks=args.blocks, seq_len=args.seq_len, decoder=args.decoder,
                           split=parse_ratios(args.split), config=config,
-                          use_cache=not args.no_cache)
+                          use_cache=not args.no_cache, input_norm=args.input_norm)
     test = summary["metrics"]["test"]
     print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "
           + ", ".join(f"{k}={v:.4g}" for k, v in _flat(test).items()))

@@ -145,7 +145,8 @@ class FrozenDecoderHyperModel(TCNHyperModel):
     def make_model(self, params):
         model = finetune.build_finetune_model(self.pretrained, params["seq_len"], self.blocks,
                                               n_targets=len(self.targets))
-        finetune.adapt_input_norm(model, self._train_windows(self.window(params)))
+        if model.input_norm_source == "refit":  # else the pretrained one (finetune's rule)
+            finetune.adapt_input_norm(model, self._train_windows(self.window(params)))
         return model
 
     def _train_windows(self, seq_len):
