@@ -32,6 +32,7 @@ from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
 from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.readers import sha256
+from labquake_tf.data.record import channels_of
 from labquake_tf.errors import DataError, UsageError
 
 DEFAULT_WINDOW_SECONDS = 5.12
@@ -166,7 +167,12 @@ def prepare_like(request, out, dataset=None, split=None):
     if missing:
         raise ValueError(f"the run's manifest 'request' lacks {missing}: it was prepared by "
                          "an older labquake_tf; prepare its data again")
-    options = dict(request.get("options") or {})
+    options = request.get("options")
+    if options is None:  # a request from before "options": its processing says the same
+        processing = request.get("processing") or {}
+        options = {k: processing[k] for k in ("lowpass_hz", "detrend", "rel_drop")
+                   if k in processing}
+    options = dict(options)
     own = dataset is None or dataset_key(dataset) == request["dataset"]
     if not own:
         options = {k: v for k, v in options.items() if k in PORTABLE_OPTIONS}
@@ -178,8 +184,11 @@ def prepare_like(request, out, dataset=None, split=None):
         raise FileNotFoundError(f"{source}: the run's record is gone (sha256 "
                                 f"{request.get('sha256')}){hint}")
     split = split or (request["split"] if own else splits.FINETUNE_RATIOS)
+    channels = request.get("channels")
+    if channels and not all(isinstance(c, int) for c in channels):
+        channels = channels_of(channels)  # requests before 0.1.x listed feature names here
     manifest = prepare(source, out, seq_len=request["seq_len"], targets=request["targets"],
-                       split=split, channels=request.get("channels"),
+                       split=split, channels=channels,
                        chunk_len=request.get("chunk_len", CHUNK_LEN), **options)
     if own and request.get("sha256") and manifest["request"]["sha256"] != request["sha256"]:
         raise ValueError(f"{source}: sha256 {manifest['request']['sha256']} differs from the "

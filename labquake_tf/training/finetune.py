@@ -24,9 +24,12 @@ time step of the window) is the pretrained one whenever it can be:
 * longer window: nothing to copy for the extra steps, so the statistics are
   re-fitted from the fine-tuning training windows (``refit``: gamma 1, beta 0).
 
-For a shorter window ``last-steps`` was chosen over ``refit`` by validation RMSE
-on p4581 shear stress from the main job's export (see ``INPUT_NORM_MODES`` and the
-measurement in the README); ``input_norm="refit"`` keeps the other choice at hand.
+Measured on p4581 shear stress (5:1:4, from the main job's small-preset export,
+30 epochs, seeds 0 and 1, validation RMSE, loaded 2-core machine): at the same
+64 steps ``copy`` 0.0272/0.0287 MPa against ``refit`` 0.0350/0.0348; for a 16-step
+window ``last-steps`` 0.0540/0.0583 against ``refit`` 0.0566/0.0566, a tie within
+the seed spread, so the pretrained parameters are kept there too.
+``input_norm="refit"`` (``--input-norm refit``) keeps the other choice at hand.
 ``random-frozen`` (the ablation) always re-fits: its blocks never saw the
 pretrained scale.
 """
