@@ -154,13 +154,18 @@ def test_a_feature_name_mismatch_is_named(run_dir, tmp_path):
     # its own data says logvar_ch1: not the data it trained on
     with pytest.raises(ValueError, match="feature_names"):
         evaluate(run, out=tmp_path / "e")
-    # zero-shot: p5198 is read with channel 2 and compared by name
+    # zero-shot: p5198 is read with the channel the names say, not channel 1
     shutil.rmtree(run / "data")
     manifest["request"]["channels"] = None
     manifest["request"]["feature_names"] = ["logvar_ch2"]
     (run / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"feature names differ.*logvar_ch2.*logvar_ch1"):
-        evaluate(run, "p5198", out=tmp_path / "e")
+    result, _ = evaluate(run, "p5198", out=tmp_path / "e")
+    assert result["targets"]["shear_stress"]["n_labelled"] > 1000
+    manifest["feature_names"] = manifest["request"]["feature_names"] = ["logvar_ch3"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"p5198.csv: channels \[3\] not available"):
+        evaluate(run, "p5198", out=tmp_path / "e3")
+    assert not (tmp_path / "e3").exists()
 
 
 def test_zero_shot_on_a_record_too_short_for_the_window_writes_nothing(run_dir, tmp_path):

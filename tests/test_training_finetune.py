@@ -156,9 +156,9 @@ def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
     save_model(pretrained, src / "model.keras")
     # one feature column, as p4581's, but another feature: a count check would let it through
     (src / "manifest.json").write_text(json.dumps({"dataset": "x", "target_names": [
-        "shear_stress"], "feature_names": ["std_ch1"]}))
+        "shear_stress"], "feature_names": ["ae_rms"]}))
     out = tmp_path / "ft"
-    with pytest.raises(ValueError, match=r"feature names differ.*\['std_ch1'\].*\['logvar_ch1'\]"):
+    with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
         main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
               "--epochs", "1", "--out", str(out)])
     assert not out.exists() and not out.with_name("ft.partial").exists()

@@ -69,7 +69,8 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     request = {"dataset": dataset_key(dataset), "sha256": record.sha256, "seq_len": seq_len,
                "targets": targets, "split": list(ratios),
                "channels": None if channels is None else [int(c) for c in channels],
-               "feature_names": record.feature_names, "options": _options(record_options),
+               "features": features, "feature_names": record.feature_names,
+               "options": _options(record_options),
                "chunk_len": chunk_len}
     if "simulator" in record.attrs:  # how to regenerate a simulated file
         request["simulator"] = record.attrs["simulator"]
@@ -163,7 +164,9 @@ def prepare_like(request, out, dataset=None, split=None):
     targets, channels and portable processing options (``PORTABLE_OPTIONS``), split
     ``split`` (default ``splits.FINETUNE_RATIOS``).
     """
-    missing = [k for k in ("dataset", "seq_len", "targets", "split") if k not in request]
+    own = dataset is None or dataset_key(dataset) == request.get("dataset")
+    needed = ("dataset", "seq_len", "targets", "split") if own else ("seq_len", "targets")
+    missing = [k for k in needed if not request.get(k)]
     if missing:
         raise ValueError(f"the run's manifest 'request' lacks {missing}: it was prepared by "
                          "an older labquake_tf; prepare its data again")
@@ -173,7 +176,6 @@ def prepare_like(request, out, dataset=None, split=None):
         options = {k: processing[k] for k in ("lowpass_hz", "detrend", "rel_drop")
                    if k in processing}
     options = dict(options)
-    own = dataset is None or dataset_key(dataset) == request["dataset"]
     if not own:
         options = {k: v for k, v in options.items() if k in PORTABLE_OPTIONS}
     source = request["dataset"] if own else dataset
@@ -186,9 +188,13 @@ def prepare_like(request, out, dataset=None, split=None):
     split = split or (request["split"] if own else splits.FINETUNE_RATIOS)
     channels = request.get("channels")
     if channels and not all(isinstance(c, int) for c in channels):
-        channels = channels_of(channels)  # requests before 0.1.x listed feature names here
+        channels = channels_of(channels)  # older requests listed feature names here
+    # the channels the run's feature names say (a model on logvar_ch2 reads channel 2)
+    channels = channels or channels_of(request.get("feature_names") or [])
+    features = request.get("features") or \
+        features_lib.feature_kind(request.get("feature_names") or []) or "logvar"
     manifest = prepare(source, out, seq_len=request["seq_len"], targets=request["targets"],
-                       split=split, channels=channels,
+                       split=split, channels=channels, features=features,
                        chunk_len=request.get("chunk_len", CHUNK_LEN), **options)
     if own and request.get("sha256") and manifest["request"]["sha256"] != request["sha256"]:
         raise ValueError(f"{source}: sha256 {manifest['request']['sha256']} differs from the "

@@ -45,7 +45,13 @@ def scoring_data(model_path, manifest, dataset=None, ratios=None):
     from labquake_tf.data.record import check_feature_names
     from labquake_tf.training.artifacts import run_data_dir
 
-    request = manifest.get("request") or {}
+    from labquake_tf.data.features import manifest_kind
+
+    # A manifest without a request (an imported PyTorch model) still says the window,
+    # targets and features: enough to prepare another dataset for it.
+    request = manifest.get("request") or {
+        "seq_len": manifest.get("seq_len"), "targets": manifest.get("target_names"),
+        "feature_names": manifest.get("feature_names"), "features": manifest_kind(manifest)}
     own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
     if ratios is not None:
         own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
@@ -66,14 +72,14 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     ``(metrics, out)``."""
     from labquake_tf.data.pipeline import load_manifest
     from labquake_tf.data.record import check_feature_names
-    from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
     from labquake_tf.training.trainer import read_history
 
     model, manifest = load_pretrained(model_path)
-    for key in ("feature_names", "target_names", "scaler"):
+    for key in ("feature_names", "target_names"):
         if key not in manifest:
             raise ValueError(f"{model_path}: its manifest.json has no {key!r}")
+    manifest.setdefault("seq_len", int(model.input_shape[1]))
     # beside a run's model; never inside an export, which TF Serving reads
     base = pathlib.Path(model_files(model_path)[0]).parent
     if base.name == "assets":
@@ -90,8 +96,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
             (work / "plots").mkdir()
             result, p = evaluate_model(
                 model, data_dir, split, work / "plots", title=f"{described}/{split}",
-                feature_scaler=MinMaxScaler.from_dict(manifest["scaler"]["features"]),
-                target_scaler=_named(manifest["scaler"]["targets"], manifest["target_names"]))
+                **_model_scalers(manifest))
             history = base / "history.csv"
             if history.exists():
                 figures.plot_history(read_history(history), work / "plots" / "loss.png")
@@ -109,12 +114,18 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     return result, out
 
 
-def _named(scaler_dict, names):
+def _model_scalers(manifest):
+    """The run's feature and target scalers, as it was trained; a model without them
+    (imported from PyTorch, no ``scaler`` in its manifest) is scored with the data's
+    own, fit on its training part."""
     from labquake_tf.data.scaling import MinMaxScaler
 
-    scaler = MinMaxScaler.from_dict(scaler_dict)
-    scaler.names = scaler.names or list(names)
-    return scaler
+    if "scaler" not in manifest:
+        return {}
+    targets = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
+    targets.names = targets.names or list(manifest["target_names"])
+    return {"feature_scaler": MinMaxScaler.from_dict(manifest["scaler"]["features"]),
+            "target_scaler": targets}
 
 
 def _write_predictions(path, p):

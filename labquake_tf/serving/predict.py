@@ -115,12 +115,16 @@ def add_arguments(parser):
 
 
 def run(args):
+    from labquake_tf.data.features import feature_kind
     from labquake_tf.data.record import channels_of
     from labquake_tf.data.registry import load_record
 
     client = Client(args.server, args.model, args.version, timeout=args.timeout)
     names = model_feature_names(client)
-    record = load_record(args.input, channels=channels_of(names) if names else None)
+    # The export's feature names say which channels and which feature (logvar, std).
+    kind = feature_kind(names) if names else None
+    record = load_record(args.input, channels=channels_of(names) if names else None,
+                         features=kind or args.features)
     time, outputs = predict_record(client, record, args.batch_size, feature_names=names)
     offset = len(record) - len(time)
     out = pathlib.Path(args.out or f"predictions/{args.model}-{record.name}")
