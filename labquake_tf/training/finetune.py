@@ -104,6 +104,18 @@ def transfer_input_norm(model, pretrained, mode="auto"):
         raise ValueError(f"input_norm must be one of {INPUT_NORM_MODES}, got {mode!r}")
     new, old = model.get_layer("input_norm"), pretrained.get_layer("input_norm")
     n, length = int(model.input_shape[1]), int(pretrained.input_shape[1])
+    if new.axis != old.axis:
+        raise ValueError(f"input_norm normalises over axis {new.axis} in the new model, "
+                         f"{old.axis} in the pretrained one")
+    axis = new.axis if isinstance(new.axis, int) else new.axis[0]
+    if axis % 3 == 2:
+        # per feature (the streamable variant): the window length does not enter
+        mode = "copy" if mode in ("auto", "copy", "last-steps") else mode
+        if mode == "copy":
+            new.set_weights(old.get_weights())
+        elif mode == "adapt":
+            new.set_weights(old.get_weights()[:2] + [w.numpy() for w in new.weights[2:]])
+        return mode
     if mode == "auto":
         mode = "copy" if n == length else "last-steps" if n < length else "refit"
     if mode == "refit":

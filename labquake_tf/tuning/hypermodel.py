@@ -145,7 +145,7 @@ class FrozenDecoderHyperModel(TCNHyperModel):
     def make_model(self, params):
         model = finetune.build_finetune_model(self.pretrained, params["seq_len"], self.blocks,
                                               n_targets=len(self.targets))
-        if model.input_norm_source == "refit":  # else the pretrained one (finetune's rule)
+        if model.input_norm_source in ("refit", "adapt"):  # else the pretrained one (finetune's rule)
             finetune.adapt_input_norm(model, self._train_windows(self.window(params)))
         return model
 
