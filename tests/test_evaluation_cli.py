@@ -105,8 +105,10 @@ def test_a_run_dir_without_its_data_is_an_error_and_writes_nothing(run_dir, tmp_
     run.mkdir()
     for name in ("model.keras", "manifest.json"):
         shutil.copy(run_dir / name, run / name)
-    with pytest.raises(FileNotFoundError, match="prepared data is missing"):
-        main(["evaluate", str(run), "--out", str(tmp_path / "eval")])
+    with pytest.raises(ValueError, match="prepared data is missing"):
+        run_command(["evaluate", str(run), "--out", str(tmp_path / "eval")])
+    # on the command line: one line naming the run dir, exit 1
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval")]) == 1
     assert not (tmp_path / "eval").exists() and not list(tmp_path.glob(".eval-*"))
 
 

@@ -148,7 +148,7 @@ def test_streamable_source_gives_a_streamable_finetune_model_and_cache():
 
 
 def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
-    from labquake_tf.cli import main
+    from labquake_tf.cli import run_command
     from labquake_tf.training.trainer import save_model
 
     src = tmp_path / "src"
@@ -159,14 +159,14 @@ def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
         "shear_stress"], "feature_names": ["ae_rms"]}))
     out = tmp_path / "ft"
     with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
-        main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
+        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
               "--epochs", "1", "--out", str(out)])
     assert not out.exists() and not out.with_name("ft.partial").exists()
 
 
 def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained, dds_dir,
                                                                              tmp_path):
-    from labquake_tf.cli import main
+    from labquake_tf.cli import run_command
     from labquake_tf.training.trainer import save_model
 
     src = tmp_path / "src"
@@ -177,7 +177,7 @@ def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pret
     out = tmp_path / "ft"
     with pytest.raises(ValueError, match="split 'val' has 293 steps, shorter than one window "
                                          "of seq_len=400"):
-        main(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "400",
+        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "400",
               "--input-norm", "refit", "--out", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 

@@ -168,7 +168,7 @@ def prepare_like(request, out, dataset=None, split=None):
     needed = ("dataset", "seq_len", "targets", "split") if own else ("seq_len", "targets")
     missing = [k for k in needed if not request.get(k)]
     if missing:
-        raise ValueError(f"the run's manifest 'request' lacks {missing}: it was prepared by "
+        raise DataError(f"the run's manifest 'request' lacks {missing}: it was prepared by "
                          "an older labquake_tf; prepare its data again")
     options = request.get("options")
     if options is None:  # a request from before "options": its processing says the same
@@ -183,7 +183,7 @@ def prepare_like(request, out, dataset=None, split=None):
         sim = request.get("simulator")
         hint = (f"; regenerate it with `labquake simulate --preset {sim.get('preset')} "
                 f"--seed {sim.get('seed')}`" if sim else "")
-        raise FileNotFoundError(f"{source}: the run's record is gone (sha256 "
+        raise DataError(f"{source}: the run's record is gone (sha256 "
                                 f"{request.get('sha256')}){hint}")
     split = split or (request["split"] if own else splits.FINETUNE_RATIOS)
     channels = request.get("channels")
@@ -197,7 +197,7 @@ def prepare_like(request, out, dataset=None, split=None):
                        split=split, channels=channels, features=features,
                        chunk_len=request.get("chunk_len", CHUNK_LEN), **options)
     if own and request.get("sha256") and manifest["request"]["sha256"] != request["sha256"]:
-        raise ValueError(f"{source}: sha256 {manifest['request']['sha256']} differs from the "
+        raise DataError(f"{source}: sha256 {manifest['request']['sha256']} differs from the "
                          f"run's record ({request['sha256']}): not the data it was trained on")
     return manifest
 

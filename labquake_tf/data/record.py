@@ -69,7 +69,9 @@ def check_feature_names(expected, got, expected_from="the model", got_from="the 
     must not be fed channel 1. Raises ``ValueError`` naming both lists."""
     expected, got = list(expected), list(got)
     if expected != got:
-        raise ValueError(f"feature names differ: {expected_from} takes {expected}, "
+        from labquake_tf.errors import DataError
+
+        raise DataError(f"feature names differ: {expected_from} takes {expected}, "
                          f"{got_from} has {got}")
 
 

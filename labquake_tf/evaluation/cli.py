@@ -29,6 +29,7 @@ import tempfile
 
 import numpy as np
 
+from labquake_tf.errors import DataError
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
 
@@ -78,7 +79,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     model, manifest = load_pretrained(model_path)
     for key in ("feature_names", "target_names"):
         if key not in manifest:
-            raise ValueError(f"{model_path}: its manifest.json has no {key!r}")
+            raise DataError(f"{model_path}: its manifest.json has no {key!r}")
     manifest.setdefault("seq_len", int(model.input_shape[1]))
     # beside a run's model; never inside an export, which TF Serving reads
     base = pathlib.Path(model_files(model_path)[0]).parent

@@ -26,8 +26,8 @@ def model_feature_names(client):
 
     try:
         return client.model_metadata().get("feature_names")
-    except (ServingError, ValueError, TypeError, AttributeError):
-        return None
+    except (ServingError, ConnectionError, ValueError, TypeError, AttributeError):
+        return None  # an unreachable server is reported by the predict call itself
 
 
 def predict_record(client, record, batch_size=256, signature_name="serving_default",

@@ -13,6 +13,8 @@ import keras
 
 from labquake_tf.errors import DataError
 
+from labquake_tf.errors import DataError
+
 
 def write_json(path, obj):
     """Write JSON through a temporary file so readers never see half of it."""
@@ -78,11 +80,11 @@ def run_data_dir(path, manifest=None):
                 theirs = read_json(data / "manifest.json")
                 for key in ("scaler", "splits", "feature_names"):
                     if key in manifest and theirs.get(key) != manifest[key]:
-                        raise ValueError(f"{data}: its manifest's {key!r} differs from the "
+                        raise DataError(f"{data}: its manifest's {key!r} differs from the "
                                          f"run's {base / 'manifest.json'}: not the data the "
                                          "run trained on")
             return data
-    raise FileNotFoundError(
+    raise DataError(
         f"{base}: the run's prepared data is missing (looked for "
         f"{', '.join(str(c / 'manifest.json') for c in candidates)}); restore it, or rebuild it "
         "with `labquake prepare` and the arguments in the run's manifest.json 'request'")

@@ -43,8 +43,8 @@ import numpy as np
 import tensorflow as tf
 
 from labquake_tf.data.features import manifest_kind
-from labquake_tf.errors import UsageError
 from labquake_tf.data.record import channels_of, check_feature_names
+from labquake_tf.errors import DataError, UsageError
 from labquake_tf.models import build_tcn, decoder_blocks, head_length, input_length, is_streamable
 from labquake_tf.training import cache
 from labquake_tf.training.artifacts import load_pretrained, write_json
@@ -208,7 +208,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     # Features are matched by name: the target record is read with the source's channels.
     names = source_manifest.get("feature_names")
     if names is None:
-        raise ValueError(f"{pretrained}: its manifest.json has no 'feature_names'")
+        raise DataError(f"{pretrained}: its manifest.json has no 'feature_names'")
     manifest = prepare.prepare(dataset, data_dir, seq_len=window, targets=[target], split=split,
                                channels=channels_of(names),
                                features=manifest_kind(source_manifest))
