@@ -1,11 +1,13 @@
-"""A client for TF Serving's REST API; works the same against ``labquake serve``.
+"""A client for TF Serving's REST and gRPC APIs; works the same against ``labquake serve``.
 
-    client = Client("http://localhost:8501", "p4581")
-    client.status()                       # GET  /v1/models/p4581
-    out = client.predict(windows)         # POST /v1/models/p4581:predict
+    client = Client("http://localhost:8501", "p4581")   # or "grpc://localhost:8500"
+    client.status()                       # GET  /v1/models/p4581  (ModelService.GetModelStatus)
+    out = client.predict(windows)         # POST /v1/models/p4581:predict  (Predict)
     out["shear_stress"]                   # MPa, one value per window
 
-Standard library only (no TensorFlow import), so it runs anywhere numpy does.
+Over REST it needs the standard library and numpy only (no TensorFlow import). Over
+gRPC it uses ``grpcio`` and ``tensorflow-serving-api``'s stubs, whose protos import
+TensorFlow; the answers (status, metadata, outputs) have the same form either way.
 """
 
 import http.client
@@ -17,37 +19,52 @@ import urllib.parse
 import numpy as np
 
 
-class ServingError(RuntimeError):
-    """The server answered with an error; ``message`` is its ``{"error": ...}`` text."""
+# gRPC status code name -> the HTTP status TF Serving's REST API gives the same error.
+_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
+                "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501}
 
-    def __init__(self, status, message, url):
-        super().__init__(f"{url}: HTTP {status}: {message}")
-        self.status, self.message, self.url = status, message, url
+
+class ServingError(RuntimeError):
+    """The server answered with an error; ``message`` is its ``{"error": ...}`` text (REST)
+    or the status details (gRPC, where ``status`` is the matching HTTP status and
+    ``code`` the gRPC code name)."""
+
+    def __init__(self, status, message, url, code=None):
+        super().__init__(f"{url}: {f'gRPC {code}' if code else f'HTTP {status}'}: {message}")
+        self.status, self.message, self.url, self.code = status, message, url, code
 
 
 class Client:
-    """Talks to one model (optionally one version) on a TF Serving REST endpoint.
+    """Talks to one model (optionally one version) on a TF Serving REST (``http://``) or
+    gRPC (``grpc://``) endpoint.
 
-    Connections are kept alive, one per thread. Connection failures and 5xx answers
-    are retried ``retries`` times with a growing pause; 4xx answers are not.
+    REST connections are kept alive, one per thread; gRPC shares one channel. Connection
+    failures and 5xx (UNAVAILABLE) answers are retried ``retries`` times with a growing
+    pause; 4xx answers are not.
     """
 
     def __init__(self, base_url, model, version=None, timeout=10.0, retries=2, backoff=0.2):
         url = urllib.parse.urlsplit(base_url if "//" in base_url else f"http://{base_url}")
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"base_url must look like http://host:port, got {base_url!r}")
+        if url.scheme not in ("http", "https", "grpc") or not url.hostname:
+            raise ValueError(f"base_url must look like http://host:port or grpc://host:port, "
+                             f"got {base_url!r}")
+        self._grpc = _Grpc(url, model, version, timeout) if url.scheme == "grpc" else None
         self.base_url, self.model, self.version = base_url.rstrip("/"), model, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._url = url
         self._local = threading.local()
-        self._output_names = {}
+        self._names = {}
         where = f"/versions/{int(version)}" if version is not None else ""
         self._path = f"{url.path.rstrip('/')}/v1/models/{model}{where}"
 
     def status(self):
+        if self._grpc:
+            return self._retrying(self._grpc.status)
         return self._request("GET", self._path)
 
     def metadata(self):
+        if self._grpc:
+            return self._retrying(self._grpc.metadata)
         return self._request("GET", self._path + "/metadata")
 
     def signature(self, name="serving_default"):
@@ -101,6 +118,9 @@ class Client:
         return self.predict(windows.transpose(0, 2, 1), signature_name, batch_size=batch_size)
 
     def _predict_once(self, chunk, signature_name, format, named):
+        if self._grpc:  # tensors travel as TensorProtos, named: ``format`` does not apply
+            feeds = chunk if named else {self._single_input(signature_name): chunk[None]}
+            return self._retrying(lambda: self._grpc.predict(feeds, signature_name))
         body = {"signature_name": signature_name} if signature_name else {}
         if format == "row":
             if named:
@@ -126,9 +146,34 @@ class Client:
         # TF Serving drops the name when a signature has one output (e.g. a model
         # trained on shear_stress only); the metadata still has it.
         name = signature_name or "serving_default"
-        if name not in self._output_names:
-            (self._output_names[name],) = self.signature(name)[1]
-        return self._output_names[name]
+        if name not in self._names:
+            (self._names[name],) = self.signature(name)[1]
+        return self._names[name]
+
+    def _single_input(self, signature_name):
+        name = f"input:{signature_name or 'serving_default'}"
+        if name not in self._names:
+            (self._names[name],) = self.signature(signature_name or "serving_default")[0]
+        return self._names[name]
+
+    def _retrying(self, call):
+        import grpc
+
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+                retry = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 grpc.StatusCode.INTERNAL)
+                if not retry or attempt == self.retries:
+                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                            and not self._grpc.answered:
+                        raise ConnectionError(f"{self.base_url}: gRPC {code.name}: {details} "
+                                              f"(after {attempt + 1} tries)") from None
+                    raise ServingError(_HTTP_STATUS.get(code.name, 500), details,
+                                       self.base_url, code.name) from None
+            time.sleep(self.backoff * 2 ** attempt)
 
     def _connection(self, fresh=False):
         conn = getattr(self._local, "conn", None)
@@ -169,7 +214,79 @@ class Client:
         return reply
 
     def close(self):
+        if self._grpc:
+            self._grpc.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class _Grpc:
+    """The gRPC half of ``Client``: TF Serving's own stubs on one channel."""
+
+    def __init__(self, url, model, version, timeout):
+        import grpc
+        from tensorflow_serving.apis import (model_service_pb2_grpc,
+                                             prediction_service_pb2_grpc)
+
+        self.model, self.version, self.timeout = model, version, timeout
+        self.channel = grpc.insecure_channel(
+            f"{url.hostname}:{url.port or 8500}",
+            options=[("grpc.max_receive_message_length", -1),
+                     ("grpc.max_send_message_length", -1)])
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.answered = False  # once the server answered, UNAVAILABLE means busy, not absent
+
+    def _spec(self, spec, signature_name=None):
+        spec.name = self.model
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        if signature_name:
+            spec.signature_name = signature_name
+
+    def _call(self, method, request):
+        reply = method(request, timeout=self.timeout)
+        self.answered = True
+        return reply
+
+    def status(self):
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        return json_format.MessageToDict(self._call(self.models.GetModelStatus, request),
+                                         preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+
+    def metadata(self):
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec)
+        reply = self._call(self.predictions.GetModelMetadata, request)
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        reply.metadata["signature_def"].Unpack(defs)
+        return {"model_spec": json_format.MessageToDict(reply.model_spec,
+                                                        preserving_proto_field_name=True,
+                                                        including_default_value_fields=True),
+                "metadata": {"signature_def": json_format.MessageToDict(
+                    defs, preserving_proto_field_name=True)}}
+
+    def predict(self, feeds, signature_name=None):
+        from tensorflow_serving.apis import predict_pb2
+
+        from labquake_tf.serving.grpc_api import to_ndarray, to_tensor_proto
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature_name)
+        for name, array in feeds.items():
+            request.inputs[name].CopyFrom(to_tensor_proto(np.asarray(array, np.float32)))
+        reply = self._call(self.predictions.Predict, request)
+        return {k: to_ndarray(v) for k, v in reply.outputs.items()}
+
+    def close(self):
+        self.channel.close()

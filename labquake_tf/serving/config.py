@@ -1,4 +1,6 @@
-"""``labquake serving-config``: a ``models.config`` for TF Serving with several models.
+"""TF Serving's text-format config files: ``labquake serving-config`` writes a
+``models.config``; ``labquake serve`` reads it back (``read_model_config``) together with
+``--batching_parameters_file`` and ``--monitoring_config_file``.
 
     labquake serving-config --model p4581 --model p5198 --policy p5198=specific:1,2 \\
         --label p5198=stable:1
@@ -16,6 +18,125 @@ from labquake_tf.serving.export import versions
 
 DOCKER = ('docker run --rm -p 8501:8501 -v "{base_dir}:{root}" tensorflow/serving '
           "--model_config_file={root}/models.config --model_config_file_poll_wait_seconds=60")
+
+
+# TF Serving's defaults for --enable_batching without a parameters file.
+DEFAULT_BATCHING = {"max_batch_size": 1000, "batch_timeout_micros": 0,
+                    "num_batch_threads": os.cpu_count() or 1, "max_enqueued_batches": 10,
+                    "allowed_batch_sizes": []}
+
+
+def _messages():
+    """TF Serving's BatchingParameters (session_bundle_config.proto) and MonitoringConfig
+    (monitoring_config.proto), field numbers included: tensorflow-serving-api's wheel lacks
+    them. Files written for tensorflow_model_server parse with protobuf's own text-format
+    parser, wrapped values (``max_batch_size { value: 128 }``) and unknown-field errors alike."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    f = descriptor_pb2.FileDescriptorProto(name="labquake_tfserving.proto",
+                                           package="labquake.tfserving",
+                                           dependency=["google/protobuf/wrappers.proto"],
+                                           syntax="proto3")
+    i64, string = "google.protobuf.Int64Value", "google.protobuf.StringValue"
+    fields = {"BatchingParameters": [("max_batch_size", 1, i64), ("batch_timeout_micros", 2, i64),
+                                     ("thread_pool_name", 3, string),
+                                     ("num_batch_threads", 4, i64),
+                                     ("max_enqueued_batches", 5, i64),
+                                     ("allowed_batch_sizes", 6, "repeated int64"),
+                                     ("pad_variable_length_inputs", 7, "bool"),
+                                     ("enable_large_batch_splitting", 8, "bool"),
+                                     ("max_execution_batch_size", 9, i64)],
+              "PrometheusConfig": [("enable", 1, "bool"), ("path", 2, "string")],
+              "MonitoringConfig": [("prometheus_config", 1, "labquake.tfserving.PrometheusConfig")]}
+    F = descriptor_pb2.FieldDescriptorProto
+    scalars = {"bool": F.TYPE_BOOL, "string": F.TYPE_STRING, "int64": F.TYPE_INT64}
+    for name, specs in fields.items():
+        m = f.message_type.add(name=name)
+        for field, number, kind in specs:
+            label = F.LABEL_REPEATED if kind.startswith("repeated ") else F.LABEL_OPTIONAL
+            kind = kind.removeprefix("repeated ")
+            if kind in scalars:
+                m.field.add(name=field, number=number, label=label, type=scalars[kind])
+            else:
+                m.field.add(name=field, number=number, label=label, type=F.TYPE_MESSAGE,
+                            type_name="." + kind.removeprefix("."))
+    pool.Add(f)
+    return {name: message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"labquake.tfserving.{name}")) for name in fields}
+
+
+def _parse(path, message, what):
+    from google.protobuf import text_format
+
+    path = pathlib.Path(path)
+    try:
+        return text_format.Parse(path.read_text(), message)
+    except OSError as e:
+        raise FileNotFoundError(f"{what} {path}: {e.strerror}") from None
+    except text_format.ParseError as e:
+        raise ValueError(f"{what} {path}: {e}") from None
+
+
+def read_model_config(path):
+    """The models of a ``ModelServerConfig`` text file (``--model_config_file``), as
+    ``models_config`` takes them: dicts with ``name``, ``base_path``, ``policy``, ``labels``.
+    Relative base paths are taken from the file's folder."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = _parse(path, model_server_config_pb2.ModelServerConfig(), "model config file")
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"model config file {path}: needs a model_config_list")
+    models = []
+    for c in config.model_config_list.config:
+        if not c.name or not c.base_path:
+            raise ValueError(f"model config file {path}: every config needs name and base_path")
+        if c.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"model config file {path}: model {c.name!r} has platform "
+                             f"{c.model_platform!r}; only 'tensorflow' is served")
+        kind = c.model_version_policy.WhichOneof("policy_choice") or "latest"
+        numbers = {"latest": [c.model_version_policy.latest.num_versions or 1], "all": [],
+                   "specific": list(c.model_version_policy.specific.versions)}[kind]
+        base = pathlib.Path(c.base_path)
+        models.append({"name": c.name, "policy": (kind, numbers), "labels": dict(c.version_labels),
+                       "base_path": base if base.is_absolute() else pathlib.Path(path).parent / base})
+    if not models:
+        raise ValueError(f"model config file {path}: no models in model_config_list")
+    names = [m["name"] for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model config file {path}: a model name appears twice in {names}")
+    return models
+
+
+def read_batching_parameters(path):
+    """``--batching_parameters_file`` as a dict with TF Serving's defaults filled in."""
+    p = _parse(path, _messages()["BatchingParameters"](), "batching parameters file")
+    params = dict(DEFAULT_BATCHING)
+    for key in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
+                "max_enqueued_batches"):
+        if p.HasField(key):
+            params[key] = getattr(p, key).value
+    params["allowed_batch_sizes"] = list(p.allowed_batch_sizes)
+    sizes, top = params["allowed_batch_sizes"], params["max_batch_size"]
+    for key in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+        if params[key] < 1:
+            raise ValueError(f"batching parameters file {path}: {key} must be >= 1")
+    if params["batch_timeout_micros"] < 0:
+        raise ValueError(f"batching parameters file {path}: batch_timeout_micros must be >= 0")
+    # TF Serving's own checks: ascending, ending at max_batch_size.
+    if sizes and (sizes != sorted(set(sizes)) or sizes[0] < 1 or sizes[-1] != top):
+        raise ValueError(f"batching parameters file {path}: allowed_batch_sizes {sizes} must "
+                         f"increase and end at max_batch_size ({top})")
+    return params
+
+
+def read_monitoring_config(path):
+    """The Prometheus path from ``--monitoring_config_file``, or None when not enabled."""
+    p = _parse(path, _messages()["MonitoringConfig"](), "monitoring config file")
+    if not p.prometheus_config.enable:
+        return None
+    return p.prometheus_config.path or "/monitoring/prometheus/metrics"
 
 
 def parse_policy(text):

@@ -11,7 +11,10 @@
   states in, the prediction and the new states out (``serving.step``).
 
 ``assets/model.keras`` and ``assets/manifest.json`` ride along so fine-tuning can
-start from an export. The SavedModel loads with ``tf.saved_model.load`` alone:
+start from an export. ``assets.extra/tf_serving_warmup_requests`` holds a few
+``PredictRequest``s (TFRecord of ``PredictionLog``) that TF Serving and ``labquake serve``
+replay before the version takes traffic, so the first client does not pay for the
+graph's first run. The SavedModel loads with ``tf.saved_model.load`` alone:
 no labquake_tf import is needed to serve it.
 """
 
@@ -32,6 +35,8 @@ DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
 METADATA_SIGNATURE = "metadata"
 INPUT_NAME = "ae_features"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+WARMUP_BATCHES = (1, 8)  # one window, and a batch as the batching server forms them
 
 
 def export_model(model, manifest, name, base_dir="saved_models", version=None, force=False,
@@ -74,6 +79,7 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
         model.save(assets / "model.keras")
         _write_json(assets / "manifest.json", manifest)
         _write_json(assets / "metadata.json", metadata)
+        write_warmup(tmp / WARMUP_FILE, name, manifest, seq_len, n_features)
         if final.exists():  # force: swap the old version out only now
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=model_dir))
             os.replace(final, old / "v")
@@ -107,6 +113,56 @@ def read_metadata(version_dir):
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a labquake_tf export")
     return json.loads(path.read_text())
+
+
+def write_warmup(path, model_name, manifest, seq_len, n_features, batches=WARMUP_BATCHES):
+    """TF Serving's warmup file: one ``PredictionLog`` per batch size, each a
+    ``serving_default`` request of raw windows drawn inside the features' training range."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from labquake_tf.serving.grpc_api import to_tensor_proto
+
+    lo = np.asarray(manifest["scaler"]["features"]["min"], np.float32)
+    hi = np.asarray(manifest["scaler"]["features"]["max"], np.float32)
+    rng = np.random.default_rng(0)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for n in batches:
+            x = (lo + (hi - lo) * rng.random((n, seq_len, n_features))).astype(np.float32)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = DEFAULT_SIGNATURE
+            request.inputs[INPUT_NAME].CopyFrom(to_tensor_proto(x))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def read_warmup(version_dir, limit=1000):
+    """The warmup requests of a version as ``[{"signature_name", "inputs": {name: array}}]``
+    (empty when it has none). Only ``predict_log`` records are replayed here."""
+    path = pathlib.Path(version_dir) / WARMUP_FILE
+    if not path.exists():
+        return []
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from labquake_tf.serving.grpc_api import to_ndarray
+
+    requests = []
+    for i, record in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+        if i == limit:  # TF Serving's cap on warmup records
+            raise ValueError(f"{path}: more than {limit} warmup records")
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        if log.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"{path}: record {i} is a {log.WhichOneof('log_type')}; only "
+                             "predict_log warmup records are replayed")
+        request = log.predict_log.request
+        requests.append({"signature_name": request.model_spec.signature_name or None,
+                         "inputs": {k: to_ndarray(v) for k, v in request.inputs.items()}})
+    return requests
 
 
 def _check(model, manifest):

@@ -1,17 +1,28 @@
-"""A small server speaking TensorFlow Serving's REST API, for machines without Docker.
+"""A server speaking TensorFlow Serving's REST and gRPC APIs, for machines without Docker.
 
-``labquake serve --model-base-path saved_models/NAME --port 8501`` answers
+``labquake serve --model_base_path saved_models/NAME --rest_api_port 8501 --port 8500``
+(TF Serving's flag names; the dashed forms work too) answers on the REST port
 
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]`` (status),
 * ``GET  /v1/models/NAME[/versions/N|/labels/L]/metadata`` (signature defs),
 * ``POST /v1/models/NAME[/versions/N|/labels/L]:predict`` (row ``instances`` or
   columnar ``inputs``),
+* ``GET  /monitoring/prometheus/metrics`` with ``--monitoring_config_file``,
 
-with TF Serving's JSON bodies and status codes (errors are ``{"error": "..."}``, 400 for
-bad input, 404 for an unknown model or version). Like TF Serving's default version
-policy it serves the newest ``--num-versions`` versions and polls the base path for new
-ones. What it does not do: gRPC, ``:classify``/``:regress``, ``b64`` binary inputs,
-request batching, several models per process, or a ``models.config`` file.
+and on the gRPC port ``PredictionService.Predict``/``GetModelMetadata`` and
+``ModelService.GetModelStatus`` (``grpc_api``), with TF Serving's bodies and status codes
+(errors are ``{"error": "..."}``: 400 bad input, 404 unknown model or version, 413 body
+too large, 503 batch queue full). Like TF Serving it serves each model's versions by
+policy (newest ``--num-versions``, or ``--model_config_file``), polls for new ones,
+retries a version that failed to load on the next poll, replays
+``assets.extra/tf_serving_warmup_requests`` before a version becomes AVAILABLE, and
+batches concurrent requests with ``--enable_batching`` (``batching``).
+
+Workers: one thread per connection (``ThreadingHTTPServer``) with a 1024-deep listen
+backlog and HTTP/1.1 keep-alive; TensorFlow releases the GIL while a model runs, so
+threads overlap where it matters, and no dependency is needed (measured in
+``benchmarks/bench_serving.py``). Not served: ``:classify``/``:regress``, ``b64``
+binary inputs, chunked request bodies.
 """
 
 import json
@@ -19,12 +30,14 @@ import logging
 import pathlib
 import re
 import socket
+import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from labquake_tf.serving.export import DEFAULT_SIGNATURE, versions
+from labquake_tf.serving.export import DEFAULT_SIGNATURE, read_warmup, versions
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +46,24 @@ _URL = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                   r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
 
 
+MAX_BODY_BYTES = 64 << 20
+# HTTP status -> gRPC status code name, as TF Serving maps them.
+_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+               503: "UNAVAILABLE"}
+
+
 class ServingError(Exception):
     """An error with the HTTP status TF Serving would answer it with."""
 
     def __init__(self, http_status, message):
         super().__init__(message)
         self.http_status = http_status
+
+    @property
+    def code(self):
+        """The gRPC status code name (also the ``status`` label of the metrics)."""
+        return _GRPC_CODES.get(self.http_status,
+                               "INTERNAL" if self.http_status >= 500 else "INVALID_ARGUMENT")
 
 
 class Signature:
@@ -49,18 +74,43 @@ class Signature:
         self.inputs = dict(fn.structured_input_signature[1])
         self.outputs = dict(fn.structured_outputs)
 
-    def __call__(self, arrays):
-        import tensorflow as tf
-
+    def check(self, arrays):
+        """``arrays`` as the signature's dtypes, or a 400 naming what does not fit."""
+        missing = sorted(set(self.inputs) - set(arrays))
+        extra = sorted(set(arrays) - set(self.inputs))
+        if missing or extra:
+            raise ServingError(400, f"the signature takes input(s) {sorted(self.inputs)}; "
+                                    f"missing {missing}, unknown {extra}")
         feeds = {}
         for name, spec in self.inputs.items():
             x = arrays[name]
             if x.ndim != len(spec.shape) or not spec.shape.is_compatible_with(x.shape):
                 raise ServingError(400, f"input {name!r} has shape {list(x.shape)}, the "
                                         f"signature expects {_dims(spec.shape)} (-1: any)")
-            feeds[name] = tf.constant(x, spec.dtype)
+            try:
+                feeds[name] = np.asarray(x, spec.dtype.as_numpy_dtype)
+            except (TypeError, ValueError):
+                raise ServingError(400, f"input {name!r} is not {spec.dtype.name}") from None
+            if feeds[name].dtype.kind == "f" and not np.isfinite(feeds[name]).all():
+                raise ServingError(400, f"input {name!r} contains NaN or Infinity")
+        return feeds
+
+    @property
+    def batchable(self):
+        return bool(self.inputs) and all(s.shape.rank and s.shape[0] is None
+                                         for s in self.inputs.values())
+
+    def run(self, feeds):
+        import tensorflow as tf
+
+        rows = len(next(iter(feeds.values()))) if self.batchable else 0
+        if rows == 1:
+            # A batch of one takes another matmul kernel (GEMV) whose last bits differ;
+            # computed as two rows it matches the same window inside any batch exactly.
+            feeds = {k: np.concatenate([v, v]) for k, v in feeds.items()}
+        out = self.fn(**{k: tf.constant(v) for k, v in feeds.items()})
         # np.asarray: a scalar string output comes back from .numpy() as bare bytes.
-        return {k: np.asarray(v.numpy()) for k, v in self.fn(**feeds).items()}
+        return {k: np.asarray(v.numpy()[:1] if rows == 1 else v.numpy()) for k, v in out.items()}
 
     def to_json(self):
         """The ``SignatureDef`` as TF Serving's metadata endpoint writes it."""
@@ -78,9 +128,9 @@ class Signature:
 
 
 class Servable:
-    """One loaded version."""
+    """One loaded version: its signatures, their batchers, warmed up before it serves."""
 
-    def __init__(self, version, path):
+    def __init__(self, version, path, batching=None, warmup=True):
         import tensorflow as tf
 
         self.version = version
@@ -90,33 +140,97 @@ class Servable:
         meta = self.path / "assets" / "metadata.json"
         self.feature_names = json.loads(meta.read_text()).get("feature_names") \
             if meta.exists() else None
+        self._batchers = {}
+        if batching is not None:
+            from labquake_tf.serving.batching import Batcher
+
+            self._batchers = {k: Batcher(sig.run, name=f"batch-v{version}-{k}", **batching)
+                              for k, sig in self.signatures.items() if sig.batchable}
+        self.warmup_requests = 0
+        if warmup:
+            try:
+                self._warmup()
+            except BaseException:
+                self.close()
+                raise
+
+    def signature(self, name=None):
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise ServingError(400, f'Serving signature name: "{name}" not found in signature def')
+        return self.signatures[name]
+
+    def run(self, arrays, signature_name=None):
+        name = signature_name or DEFAULT_SIGNATURE
+        feeds = self.signature(name).check(arrays)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            return self.signatures[name].run(feeds)
+        from labquake_tf.serving.batching import QueueFullError
+
+        try:
+            return batcher(feeds)
+        except QueueFullError as e:
+            raise ServingError(503, str(e)) from None
+
+    def _warmup(self):
+        # As TF Serving: every PredictRequest in assets.extra/ runs once, through the same
+        # path (batching included) as a client's would, so the first client is not slow.
+        for request in read_warmup(self.path):
+            self.run(request["inputs"], request["signature_name"])
+            self.warmup_requests += 1
+
+    def close(self):
+        for batcher in self._batchers.values():
+            batcher.close()
 
 
 class ModelRegistry:
-    """The newest ``num_versions`` versions under ``base_path``, reloaded by ``refresh``."""
+    """One model's versions under ``base_path`` chosen by ``policy`` (``("latest", [N])``,
+    ``("all", [])`` or ``("specific", [V, ...])``), reloaded by ``refresh``."""
 
-    def __init__(self, name, base_path, num_versions=1, labels=None):
+    def __init__(self, name, base_path, num_versions=1, labels=None, policy=None, batching=None,
+                 warmup=True):
         self.name = name
         self.base_path = pathlib.Path(base_path)
-        self.num_versions = num_versions
+        self.policy = policy or ("latest", [num_versions])
         self.labels = dict(labels or {})
+        self.batching, self.warmup = batching, warmup
         self._servables = {}
-        self._failed = set()
+        self.failed = {}  # version -> why it did not load; retried on every refresh
+
+    def wanted(self):
+        present = versions(self.base_path)
+        kind, numbers = self.policy
+        if kind == "latest":
+            return present[-numbers[0]:]
+        return present if kind == "all" else [v for v in present if v in numbers]
 
     def refresh(self):
         """Load new versions, unload those that fell out of the policy; returns the versions."""
-        wanted = versions(self.base_path)[-self.num_versions:]
+        wanted = self.wanted()
         loaded = dict(self._servables)
         for v in wanted:
-            if v not in loaded and v not in self._failed:
-                try:
-                    loaded[v] = Servable(v, self.base_path / str(v))
-                    log.info("loaded %s version %d", self.name, v)
-                except Exception as e:  # a broken export must not take the server down
-                    self._failed.add(v)
-                    log.error("could not load %s: %s", self.base_path / str(v), e)
+            if v in loaded:
+                continue
+            try:
+                loaded[v] = Servable(v, self.base_path / str(v), self.batching, self.warmup)
+            except Exception as e:  # a broken export must not take the server down
+                reason = f"{type(e).__name__}: {e}".strip()
+                if self.failed.get(v) != reason:  # once per reason, not on every poll
+                    log.error("could not load %s version %d from %s: %s", self.name, v,
+                              self.base_path / str(v), reason)
+                self.failed[v] = reason
+            else:
+                self.failed.pop(v, None)
+                log.info("loaded %s version %d (%d warmup request(s))", self.name, v,
+                         loaded[v].warmup_requests)
+        self.failed = {v: r for v, r in self.failed.items() if v in wanted}
         # Replaced whole, never mutated: request threads read a consistent snapshot.
         self._servables = {v: s for v, s in loaded.items() if v in wanted}
+        for v, servable in loaded.items():
+            if v not in wanted:
+                servable.close()
         return sorted(self._servables)
 
     @property
@@ -140,14 +254,17 @@ class ModelRegistry:
 
     def status(self, version=None, label=None):
         if version is None and label is None:
-            chosen = sorted(self._servables)
+            entries = [(v, "AVAILABLE", "OK", "") for v in sorted(self._servables)]
+            # TF Serving reports a version that failed to load as END with its error.
+            entries += [(v, "END", "UNKNOWN", r) for v, r in sorted(self.failed.items())]
         else:
-            chosen = [self.get(version, label).version]
-        if not chosen:
+            entries = [(self.get(version, label).version, "AVAILABLE", "OK", "")]
+        if not entries:
             raise ServingError(404, f"Could not find any versions of model {self.name}")
         return {"model_version_status": [
-            {"version": str(v), "state": "AVAILABLE",
-             "status": {"error_code": "OK", "error_message": ""}} for v in chosen]}
+            {"version": str(v), "state": state,
+             "status": {"error_code": code, "error_message": message}}
+            for v, state, code, message in entries]}
 
     def metadata(self, version=None, label=None):
         servable = self.get(version, label)
@@ -156,18 +273,19 @@ class ModelRegistry:
                 "metadata": {"signature_def": {"signature_def": {
                     k: s.to_json() for k, s in servable.signatures.items()}}}}
 
-    def predict(self, body, version=None, label=None):
+    def run(self, arrays, signature_name=None, version=None, label=None):
+        """``(servable, outputs)`` for ``{input: array}``: the path REST and gRPC share."""
         servable = self.get(version, label)
-        try:
-            request = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServingError(400, f"JSON Parse error: {e}") from None
+        return servable, servable.run(arrays, signature_name)
+
+    def predict(self, body, version=None, label=None):
+        """A REST ``:predict`` body (bytes) -> TF Serving's JSON reply."""
+        servable = self.get(version, label)
+        request = parse_json(body)
         if not isinstance(request, dict):
             raise ServingError(400, "JSON Value not an object")
         name = request.get("signature_name") or DEFAULT_SIGNATURE
-        if name not in servable.signatures:
-            raise ServingError(400, f'Serving signature name: "{name}" not found in signature def')
-        signature = servable.signatures[name]
+        signature = servable.signature(name)
         # Optional: a client that names its features gets them checked against the export's
         # (matched by name, never by count: logvar_ch2 is not logvar_ch1).
         sent = request.get("feature_names")
@@ -179,15 +297,34 @@ class ModelRegistry:
             raise ServingError(400, "Not both 'inputs' and 'instances' can be set"
                                if "inputs" in request else "Missing 'inputs' or 'instances' key")
         if "instances" in request:
-            outputs = signature(_row_inputs(request["instances"], signature.inputs))
+            outputs = servable.run(_row_inputs(request["instances"], signature.inputs), name)
             if len(outputs) == 1:
                 return {"predictions": next(iter(outputs.values())).tolist()}
             columns = {k: v.tolist() for k, v in outputs.items()}
             return {"predictions": [dict(zip(columns, row)) for row in zip(*columns.values())]}
-        outputs = signature(_columnar_inputs(request["inputs"], signature.inputs))
+        outputs = servable.run(_columnar_inputs(request["inputs"], signature.inputs), name)
         if len(outputs) == 1:
             return {"outputs": next(iter(outputs.values())).tolist()}
         return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+
+    def close(self):
+        servables, self._servables = self._servables, {}
+        for servable in servables.values():
+            servable.close()
+
+
+def parse_json(body):
+    """A request body as JSON; anything that is not (bad UTF-8, nesting deeper than the
+    parser's recursion limit, a 5000-digit number) is a 400, never a 500."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ServingError(400, f"JSON Parse error: the body is not UTF-8 ({e.reason} at "
+                                f"byte {e.start})") from None
+    except RecursionError:
+        raise ServingError(400, "JSON Parse error: nesting too deep") from None
+    except ValueError as e:
+        raise ServingError(400, f"JSON Parse error: {e}") from None
 
 
 def _row_inputs(instances, specs):
@@ -220,12 +357,9 @@ def _columnar_inputs(inputs, specs):
 
 def _tensor(value, name):
     try:
-        x = np.asarray(value, np.float32)
-    except (TypeError, ValueError):
+        return np.asarray(value, np.float32)
+    except (TypeError, ValueError, RecursionError):
         raise ServingError(400, f"input {name!r} is not a rectangular array of numbers") from None
-    if not np.isfinite(x).all():
-        raise ServingError(400, f"input {name!r} contains NaN or Infinity")
-    return x
 
 
 def _text(value):
@@ -242,6 +376,7 @@ def _dims(shape):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses one connection
     server_version = "labquake-serve"
+    timeout = 60  # an idle keep-alive connection gives its thread back after this
 
     def setup(self):
         super().setup()
@@ -255,27 +390,54 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        server = self.server.owner
+        if method == "GET" and server.metrics_path and \
+                self.path.split("?", 1)[0] == server.metrics_path:
+            return self._reply(200, server.metrics.render().encode(),
+                               "text/plain; version=0.0.4")
+        m = _URL.match(self.path.split("?", 1)[0])
+        api = "GetModelMetadata" if m and m["metadata"] else \
+            "Predict" if m and m["verb"] else "GetModelStatus"
         try:
-            status, reply = 200, self._route(method, body)
+            body = self._read_body()
+            status, reply = 200, server.observe(m["name"] if m else "", api, "REST",
+                                                lambda: self._route(method, m, body))
         except ServingError as e:
             status, reply = e.http_status, {"error": str(e)}
         except Exception as e:  # a bug or a TF error: report it, keep serving
             log.exception("request failed")
             status, reply = 500, {"error": f"{type(e).__name__}: {e}"}
-        data = json.dumps(reply, default=_text).encode()
-        head = (f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
-        self.wfile.write(head.encode() + data)  # one write: see setup()
+        self._reply(status, json.dumps(reply, default=_text).encode())
 
-    def _route(self, method, body):
-        m = _URL.match(self.path.split("?", 1)[0])
+    def _read_body(self):
+        """The body by ``Content-Length``; any doubt about where it ends closes the
+        connection after the answer, so a keep-alive stream never goes out of step."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ServingError(400, "Transfer-Encoding is not supported; send Content-Length")
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return b""
+        if not text.strip().isdigit():
+            self.close_connection = True
+            raise ServingError(400, f"bad Content-Length header {text[:40]!r}")
+        size = int(text)
+        limit = self.server.owner.max_body_bytes
+        if size > limit:
+            self.close_connection = True
+            raise ServingError(413, f"request body of {size} bytes is over the limit of "
+                                    f"{limit} bytes")
+        body = self.rfile.read(size)
+        if len(body) < size:
+            self.close_connection = True
+            raise ServingError(400, f"the body ended after {len(body)} of {size} bytes")
+        return body
+
+    def _route(self, method, m, body):
         if not m:
             raise ServingError(404 if not self.path.startswith("/v1/") else 400,
                                f"Malformed request: {method} {self.path}")
-        registry = self.server.registry
-        if m["name"] != registry.name:
-            raise ServingError(404, f"Servable not found for request: Latest({m['name']})")
+        registry = self.server.owner.model(m["name"])
         where = dict(version=int(m["version"]) if m["version"] else None, label=m["label"])
         if method == "GET" and not m["verb"]:
             return registry.metadata(**where) if m["metadata"] else registry.status(**where)
@@ -285,70 +447,216 @@ class _Handler(BaseHTTPRequestHandler):
             raise ServingError(400, f":{m['verb']} is not served here; use :predict")
         raise ServingError(400, f"Malformed request: {method} {self.path}")
 
+    def _reply(self, status, data, content_type="application/json"):
+        closing = "Connection: close\r\n" if self.close_connection else ""
+        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('Error',))[0]}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n{closing}\r\n")
+        self.wfile.write(head.encode() + data)  # one write: see setup()
+
+    def send_error(self, code, message=None, explain=None):
+        # The stdlib's own refusals (bad request line, headers too long) in TF Serving's shape.
+        self.close_connection = True
+        self._reply(code, json.dumps({"error": message or self.responses.get(
+            code, ("Error",))[0]}).encode())
+
     def log_message(self, fmt, *args):
         log.debug("%s %s", self.address_string(), fmt % args)
 
 
-class Server:
-    """The HTTP server plus a thread that polls for new versions; a context manager."""
+class _HTTPServer(ThreadingHTTPServer):
+    # The stdlib's backlog of 5 reset connections at 64 concurrent clients.
+    request_queue_size = 1024
+    daemon_threads = True
+    block_on_close = False
 
-    def __init__(self, base_path, name=None, host="127.0.0.1", port=8501, poll_seconds=2.0,
-                 num_versions=1, labels=None):
-        base_path = pathlib.Path(base_path)
-        if not base_path.is_dir():
-            raise FileNotFoundError(f"model base path {base_path} is not a directory")
-        self.registry = ModelRegistry(name or base_path.name, base_path, num_versions, labels)
-        if not self.registry.refresh():
-            raise FileNotFoundError(f"no SavedModel version dirs (1/, 2/, ...) in {base_path}")
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.registry = self.registry
+    def server_bind(self):
+        # HTTPServer.server_bind looks the host up in DNS (getfqdn), which can hang.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class Server:
+    """REST and gRPC front ends, the models, and a thread that polls for new versions;
+    a context manager.
+
+    ``port`` is the REST port and ``grpc_port`` the gRPC one: 0 picks a free port (see
+    ``url``/``grpc_url``), None serves no such API. One model from ``base_path`` (and
+    ``name``, ``num_versions``, ``labels``), or several from ``models`` (dicts as
+    ``config.read_model_config`` returns them). ``batching``: a dict of TF Serving's
+    batching parameters (``config.read_batching_parameters``), None for no batching.
+    ``metrics_path``: where Prometheus metrics are served on the REST port.
+    """
+
+    def __init__(self, base_path=None, name=None, host="127.0.0.1", port=8501, poll_seconds=2.0,
+                 num_versions=1, labels=None, *, grpc_port=None, models=None, batching=None,
+                 metrics_path=None, max_body_bytes=MAX_BODY_BYTES, warmup=True, grpc_threads=64):
+        if models is None:
+            if base_path is None:
+                raise ValueError("give a model base path or a model config")
+            base_path = pathlib.Path(base_path)
+            models = [{"name": name or base_path.name, "base_path": base_path,
+                       "policy": ("latest", [num_versions]), "labels": labels or {}}]
+        self.models = {}
+        for m in models:
+            if not pathlib.Path(m["base_path"]).is_dir():
+                raise FileNotFoundError(f"model {m['name']!r}: base path {m['base_path']} is "
+                                        "not a directory")
+            self.models[m["name"]] = ModelRegistry(
+                m["name"], m["base_path"], labels=m.get("labels"), policy=m.get("policy"),
+                batching=batching, warmup=warmup)
+        try:
+            for registry in self.models.values():
+                if not registry.refresh():
+                    raise _nothing_loaded(registry)
+        except BaseException:
+            self._close_models()
+            raise
+        self.max_body_bytes = max_body_bytes
+        self.metrics_path = metrics_path
+        from labquake_tf.serving.metrics import Metrics
+
+        self.metrics = Metrics()
+        self.httpd = self.grpc = None
+        self.grpc_port = None
+        self.host = host
+        try:
+            if port is not None:
+                self.httpd = _HTTPServer((host, port), _Handler)
+                self.httpd.owner = self
+            if grpc_port is not None:
+                self._start_grpc(host, grpc_port, grpc_threads)
+        except BaseException:
+            self.close()
+            raise
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._threads = []
 
+    def _start_grpc(self, host, port, threads):
+        from concurrent import futures
+
+        import grpc
+
+        from labquake_tf.serving.grpc_api import add_services
+
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", self.max_body_bytes),
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.so_reuseport", 0)])  # a busy port is an error, not shared
+        add_services(self.grpc, self)
+        try:
+            self.grpc_port = self.grpc.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.grpc_port = 0
+        if not self.grpc_port:
+            raise OSError(f"could not bind the gRPC port {host}:{port} (in use?)")
+        self.grpc.start()
+
+    @property
+    def registry(self):
+        """The first (with ``base_path``: the only) model."""
+        return next(iter(self.models.values()))
+
+    def model(self, name):
+        if name not in self.models:
+            raise ServingError(404, f"Servable not found for request: Latest({name})")
+        return self.models[name]
+
+    def observe(self, model, api, entrypoint, fn):
+        """``fn()``, counted and timed in the metrics under TF Serving's labels."""
+        t0, code = time.perf_counter(), "OK"
+        try:
+            return fn()
+        except ServingError as e:
+            code = e.code
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.metrics.observe(model, api, entrypoint, code, time.perf_counter() - t0)
+
     @property
     def url(self):
+        """The REST base URL (None without REST)."""
+        if self.httpd is None:
+            return None
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def grpc_url(self):
+        return f"grpc://{self.host}:{self.grpc_port}" if self.grpc_port else None
+
+    def describe(self):
+        """The start-up line: what is served where (the chosen ports when 0 was asked)."""
+        models = ", ".join(f"{r.name} versions {r.versions}" for r in self.models.values())
+        where = [f"REST at {self.url}/v1/models/NAME"] if self.httpd else []
+        where += [f"gRPC at {self.host}:{self.grpc_port}"] if self.grpc_port else []
+        if self.metrics_path and self.httpd:
+            where.append(f"metrics at {self.url}{self.metrics_path}")
+        return f"serving {models}; " + ", ".join(where)
+
     def start(self):
         """Serve from background threads (tests, benchmarks)."""
-        self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
-                         threading.Thread(target=self._poll, daemon=True)]
+        self._threads = [threading.Thread(target=self._poll, daemon=True)]
+        if self.httpd is not None:
+            self._threads.append(threading.Thread(target=self.httpd.serve_forever, daemon=True))
         for t in self._threads:
             t.start()
         return self
 
     def serve_forever(self):
         """Serve from this thread until interrupted (``labquake serve``)."""
-        poller = threading.Thread(target=self._poll, daemon=True)
-        poller.start()
+        self.start()
         try:
-            self.httpd.serve_forever()
+            while any(t.is_alive() for t in self._threads):
+                time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         finally:
-            self._stop.set()
-            self.httpd.server_close()
+            self.close()
 
     def _poll(self):
         while not self._stop.wait(self.poll_seconds):
-            self.registry.refresh()
+            for registry in self.models.values():
+                registry.refresh()
 
     def close(self):
-        self._stop.set()
-        if self._threads:
-            self.httpd.shutdown()
-        self.httpd.server_close()
-        for t in self._threads:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+        if self.httpd is not None:
+            if self._threads_started():
+                self.httpd.shutdown()
+            self.httpd.server_close()
+        if self.grpc is not None:
+            self.grpc.stop(grace=1).wait(5)
+        for t in getattr(self, "_threads", []):
             t.join(timeout=5)
+        self._close_models()
+
+    def _threads_started(self):
+        return any(t.ident for t in getattr(self, "_threads", []))
+
+    def _close_models(self):
+        for registry in self.models.values():
+            registry.close()
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _nothing_loaded(registry):
+    if registry.failed:
+        why = "; ".join(f"version {v}: {r}" for v, r in sorted(registry.failed.items()))
+        return RuntimeError(f"model {registry.name!r}: no version of {registry.base_path} "
+                            f"could be loaded ({why})")
+    return FileNotFoundError(f"model {registry.name!r}: no SavedModel version dirs "
+                             f"(1/, 2/, ...) in {registry.base_path}")
 
 
 def set_tf_threads(n):
@@ -364,35 +672,100 @@ def set_tf_threads(n):
         tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
+def _port(text):
+    port = int(text)
+    if not -1 <= port <= 65535:
+        raise ValueError(port)
+    return port
+
+
 def add_arguments(parser):
-    parser.add_argument("--model-base-path", required=True,
+    # TF Serving's flag names (scripts for tensorflow_model_server run unchanged) and
+    # this project's dashed ones are the same options.
+    parser.add_argument("--model_base_path", "--model-base-path", dest="model_base_path",
                         help="folder of integer version dirs, e.g. saved_models/NAME")
-    parser.add_argument("--model-name", default=None, help="default: the base path's last part")
-    parser.add_argument("--port", type=int, default=8501, help="REST port (TF Serving's is 8501)")
+    parser.add_argument("--model_name", "--model-name", dest="model_name", default=None,
+                        help="default: the base path's last part")
+    parser.add_argument("--model_config_file", "--model-config-file", dest="model_config_file",
+                        default=None, help="a models.config (ModelServerConfig text format) "
+                                           "naming several models; replaces --model_base_path")
+    parser.add_argument("--port", type=_port, default=8500,
+                        help="gRPC port, as TF Serving's (default 8500; 0: a free port; "
+                             "-1: no gRPC)")
+    parser.add_argument("--rest_api_port", "--rest-api-port", dest="rest_api_port", type=_port,
+                        default=8501, help="REST port (default 8501; 0: a free port; -1: no REST)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (0.0.0.0 to serve other machines)")
     parser.add_argument("--num-versions", type=int, default=1,
                         help="serve the newest N versions (TF Serving's 'latest' policy)")
     parser.add_argument("--label", action="append", default=[], metavar="LABEL=VERSION",
                         help="a version label, e.g. stable=1 (repeatable)")
-    parser.add_argument("--poll-seconds", type=float, default=2.0,
-                        help="how often to look for new versions")
+    parser.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
+                        type=float, default=2.0, help="how often to look for new versions")
+    parser.add_argument("--enable_batching", "--enable-batching", dest="enable_batching",
+                        action="store_true", help="merge concurrent requests into one model call")
+    parser.add_argument("--batching_parameters_file", "--batching-parameters-file",
+                        dest="batching_parameters_file", default=None,
+                        help="TF Serving's BatchingParameters text format (max_batch_size, "
+                             "batch_timeout_micros, num_batch_threads, max_enqueued_batches, "
+                             "allowed_batch_sizes); implies --enable_batching")
+    parser.add_argument("--monitoring_config_file", "--monitoring-config-file",
+                        dest="monitoring_config_file", default=None,
+                        help='e.g. prometheus_config { enable: true, path: '
+                             '"/monitoring/prometheus/metrics" }')
+    parser.add_argument("--enable_model_warmup", "--enable-model-warmup",
+                        dest="enable_model_warmup", type=lambda t: t.lower() in ("1", "true"),
+                        default=True, help="replay assets.extra/tf_serving_warmup_requests "
+                                           "before serving a version (default true)")
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                        help="larger REST bodies / gRPC messages are refused (413)")
+    parser.add_argument("--grpc-threads", type=int, default=64,
+                        help="gRPC worker threads (requests beyond this wait in line)")
     parser.add_argument("--tf-threads", type=int, default=0,
                         help="TF intra/inter-op threads (0: TF's default, one per core)")
 
 
-def run(args):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    set_tf_threads(args.tf_threads)
+def server_from_args(args):
+    """A ``Server`` (not started) for ``labquake serve``'s arguments."""
+    from labquake_tf.serving import config
+
+    if (args.model_base_path is None) == (args.model_config_file is None):
+        raise SystemExit("give --model_base_path or --model_config_file (one of them)")
     labels = {}
     for item in args.label:
         label, _, version = item.partition("=")
         if not version.isdigit():
             raise SystemExit(f"--label {item!r}: expected LABEL=VERSION, e.g. stable=1")
         labels[label] = int(version)
-    server = Server(args.model_base_path, args.model_name, args.host, args.port,
-                    args.poll_seconds, args.num_versions, labels)
-    print(f"serving {server.registry.name} versions {server.registry.versions} "
-          f"at {server.url}/v1/models/{server.registry.name}", flush=True)
+    models = None
+    if args.model_config_file:
+        if args.label or args.model_name:
+            raise SystemExit("--label/--model_name go in the --model_config_file")
+        models = config.read_model_config(args.model_config_file)
+    batching = None
+    if args.enable_batching or args.batching_parameters_file:
+        batching = config.read_batching_parameters(args.batching_parameters_file) \
+            if args.batching_parameters_file else config.DEFAULT_BATCHING
+    metrics_path = config.read_monitoring_config(args.monitoring_config_file) \
+        if args.monitoring_config_file else None
+    rest = None if args.rest_api_port < 0 else args.rest_api_port
+    grpc_port = None if args.port < 0 else args.port
+    if rest is None and grpc_port is None:
+        raise SystemExit("--port -1 and --rest_api_port -1: nothing would be served")
+    if rest and rest == grpc_port:
+        raise SystemExit(f"--port (gRPC) and --rest_api_port (REST) are both {rest}; "
+                         "since the gRPC API arrived, --port is TF Serving's gRPC port")
+    return Server(args.model_base_path, args.model_name, args.host, rest, args.poll_seconds,
+                  args.num_versions, labels, grpc_port=grpc_port, models=models,
+                  batching=batching, metrics_path=metrics_path,
+                  max_body_bytes=args.max_body_bytes, warmup=args.enable_model_warmup,
+                  grpc_threads=args.grpc_threads)
+
+
+def run(args):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_tf_threads(args.tf_threads)
+    server = server_from_args(args)
+    print(server.describe(), flush=True)
     server.serve_forever()
     return 0

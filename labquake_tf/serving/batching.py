@@ -1,0 +1,141 @@
+"""Server-side batching as TF Serving does it (``--enable_batching``).
+
+Concurrent requests to one signature queue up; a batch thread takes as many as fit in
+``max_batch_size`` rows (waiting up to ``batch_timeout_micros`` for the batch to fill),
+pads the rows to the next of ``allowed_batch_sizes`` with copies of the first row, runs
+the model once and hands each request its own rows back. A row's answer does not depend
+on the rows beside it (inference mode: BatchNorm uses its moving statistics, convolutions
+and dense layers are per example), so batched answers equal unbatched ones bit for bit.
+"""
+
+import collections
+import threading
+import time
+
+import numpy as np
+
+
+class QueueFullError(RuntimeError):
+    """More rows waiting than ``max_enqueued_batches * max_batch_size``."""
+
+
+class _Task:
+    __slots__ = ("feeds", "rows", "key", "done", "result", "error")
+
+    def __init__(self, feeds, rows):
+        self.feeds, self.rows = feeds, rows
+        # Only requests whose non-batch dimensions agree can share a batch.
+        self.key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items()))
+        self.done = threading.Event()
+        self.result = self.error = None
+
+
+class Batcher:
+    """Merges concurrent ``run(feeds)`` calls; ``feeds`` are ``{name: array}`` with the
+    batch on axis 0, ``run`` returns ``{name: array}`` the same way."""
+
+    def __init__(self, run, max_batch_size=1000, batch_timeout_micros=0, num_batch_threads=1,
+                 max_enqueued_batches=10, allowed_batch_sizes=(), name="batcher"):
+        self.run = run
+        self.max_batch_size = int(max_batch_size)
+        self.timeout = batch_timeout_micros / 1e6
+        self.max_queued_rows = int(max_enqueued_batches) * self.max_batch_size
+        self.allowed = sorted(allowed_batch_sizes) or None
+        self._cv = threading.Condition()
+        self._queue = collections.deque()
+        self._queued_rows = 0
+        self._closed = False
+        self.batches = 0  # model calls made, for tests and metrics
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                         for i in range(int(num_batch_threads))]
+        for t in self._threads:
+            t.start()
+
+    def __call__(self, feeds):
+        rows = len(next(iter(feeds.values())))
+        if rows > self.max_batch_size:
+            # TF Serving splits these (enable_large_batch_splitting); running one alone
+            # gives the same answers without holding up the queue's smaller requests.
+            return self.run(feeds)
+        task = _Task(feeds, rows)
+        with self._cv:
+            if self._closed:  # the version is being unloaded: finish this one directly
+                return self.run(feeds)
+            if self._queued_rows + rows > self.max_queued_rows:
+                raise QueueFullError("The batch scheduling queue to which this task was "
+                                     "submitted is full")
+            self._queue.append(task)
+            self._queued_rows += rows
+            self._cv.notify()
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.result
+
+    def _take(self):
+        """The next batch (a list of tasks with one key), or None once closed and drained."""
+        with self._cv:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cv.wait()
+            deadline = time.monotonic() + self.timeout
+            while not self._closed and self._queued_rows < self.max_batch_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            if not self._queue:  # another batch thread took them meanwhile
+                return []
+            key, batch, rows, skipped = self._queue[0].key, [], 0, []
+            while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+                task = self._queue.popleft()
+                if task.key == key:
+                    batch.append(task)
+                    rows += task.rows
+                else:
+                    skipped.append(task)
+            self._queue.extendleft(reversed(skipped))
+            self._queued_rows -= rows
+            return batch
+
+    def _loop(self):
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch):
+        rows = sum(t.rows for t in batch)
+        size = rows
+        if self.allowed:
+            size = next(s for s in self.allowed if s >= rows)
+        try:
+            feeds = {}
+            for name in batch[0].feeds:
+                parts = [t.feeds[name] for t in batch]
+                if size > rows:  # pad with the first row, as TF Serving does
+                    parts.append(np.repeat(parts[0][:1], size - rows, axis=0))
+                feeds[name] = np.concatenate(parts)
+            outputs = self.run(feeds)
+            self.batches += 1
+            start = 0
+            for t in batch:
+                t.result = {k: v[start:start + t.rows] if np.ndim(v) and len(v) == size else v
+                            for k, v in outputs.items()}
+                start += t.rows
+        except Exception as e:  # every request of the batch gets the error
+            for t in batch:
+                t.error = e
+        for t in batch:
+            t.done.set()
+
+    def close(self):
+        """Finish what is queued, then stop the batch threads."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
