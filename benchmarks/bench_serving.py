@@ -1,15 +1,27 @@
-"""Latency and throughput for one window: in-process SavedModel and REST (embedded server).
+"""Serving under load: in-process SavedModel, then ``labquake serve`` over REST and gRPC
+with 1/8/64/256 concurrent clients, batching off and on, and the first request after a
+version loads with and without warmup.
 
-    python benchmarks/bench_serving.py --preset small --requests 1000
+    python benchmarks/bench_serving.py --preset small --seq-len 64
 
-Targets on 2 CPU cores: p99 <= 5 ms in-process, <= 20 ms over REST. The model is
-untrained (weights do not change the cost); the export is the one ``labquake export``
-writes, so the graph includes the baked-in scaler.
+One 64-step window per request. The server runs as its own process (``labquake serve``,
+as a user starts it); the clients run in another process, as threads, with no retries, so
+every refused or reset connection counts as a failure, and every answer is checked against
+the SavedModel's own. The model is untrained (weights do not change the cost); the export
+is the one ``labquake export`` writes (scaler baked in, warmup records included).
+
+Targets on 2 CPU cores: 0 failures at 256 clients; with batching, 64-client throughput
+>= 3x unbatched (same run); gRPC p50 < REST p50 at 1 client; the first request after a
+warmed-up load within 2x the steady p50.
 """
 
 import argparse
 import json
 import os
+import pathlib
+import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,18 +29,23 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from labquake_tf.data.scaling import MinMaxScaler  # noqa: E402
-from labquake_tf.models import build_from_preset  # noqa: E402
-from labquake_tf.serving import Client  # noqa: E402
-from labquake_tf.serving.export import export_model  # noqa: E402
-from labquake_tf.serving.server import Server, set_tf_threads  # noqa: E402
-
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = ["shear_stress", "ttsf", "ttef"]
+BATCHING = """max_batch_size { value: 64 }
+batch_timeout_micros { value: 1000 }
+num_batch_threads { value: 2 }
+max_enqueued_batches { value: 100 }
+allowed_batch_sizes: 8
+allowed_batch_sizes: 16
+allowed_batch_sizes: 32
+allowed_batch_sizes: 64
+"""
 
 
 def manifest(seq_len):
+    from labquake_tf.data.scaling import MinMaxScaler
+
     features = MinMaxScaler().fit(np.array([[-2.0], [3.0]]), names=["logvar_ch1"])
     targets = MinMaxScaler().fit(np.array([[1.0, 0.0, 0.0], [5.0, 10.0, 12.0]]), names=TARGETS)
     return {"dataset": "benchmark", "feature_names": ["logvar_ch1"], "target_names": TARGETS,
@@ -36,79 +53,292 @@ def manifest(seq_len):
             "scaler": {"features": features.to_dict(), "targets": targets.to_dict()}}
 
 
-def timed(call, requests, warmup):
-    for _ in range(warmup):
-        call()
-    times = np.empty(requests)
-    for i in range(requests):
-        t0 = time.perf_counter()
-        call()
-        times[i] = time.perf_counter() - t0
-    return times
+def summary(times_ms, wall=None):
+    times_ms = np.asarray(times_ms)
+    if not len(times_ms):
+        return {"p50_ms": None, "p99_ms": None, "req_per_s": 0.0}
+    rate = len(times_ms) / (wall if wall else times_ms.sum() / 1e3)
+    return {"p50_ms": round(float(np.percentile(times_ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(times_ms, 99)), 2), "req_per_s": round(rate, 1)}
 
 
-def summary(name, times, wall=None):
-    ms = times * 1e3
-    rate = len(times) / (wall if wall else times.sum())
-    return {"path": name, "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "throughput_per_s": round(rate, 1),
-            "n": len(times)}
+# ----------------------------------------------------------------- load generator process
+class _RawREST:
+    """The least a REST client can do: a prepared request, a socket, the reply parsed just
+    enough to check it; the cost measured is the server's, not a Python client's."""
+
+    def __init__(self, url, model, windows, keepalive):
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(url)
+        self.address, self.keepalive, self.sock = (u.hostname, u.port), keepalive, None
+        close = "" if keepalive else "Connection: close\r\n"
+        self.requests = []
+        for w in windows:
+            body = json.dumps({"instances": w[None].tolist()}).encode()
+            self.requests.append(
+                f"POST /v1/models/{model}:predict HTTP/1.1\r\nHost: {u.netloc}\r\n{close}"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+
+    def __call__(self, k):
+        import socket
+
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=60)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(self.requests[k])
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        size = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        while len(body) < size:
+            body += self.sock.recv(65536)
+        if not self.keepalive:
+            self.sock.close()
+            self.sock = None
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n")[0].decode() + " " + body[:200].decode())
+        row = json.loads(body)["predictions"][0]
+        return [row[t] for t in TARGETS]
 
 
-def concurrent(client, window, threads, per_thread):
-    times = [None] * threads
+class _RawGRPC:
+    """TF Serving's own stub with prepared PredictRequests."""
+
+    def __init__(self, url, model, windows, channel):
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        from labquake_tf.serving.grpc_api import to_tensor_proto
+
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self.requests = []
+        for w in windows:
+            r = predict_pb2.PredictRequest()
+            r.model_spec.name = model
+            r.inputs["ae_features"].CopyFrom(to_tensor_proto(w[None]))
+            self.requests.append(r)
+
+    def __call__(self, k):
+        out = self.stub.Predict(self.requests[k], timeout=60).outputs
+        return [np.frombuffer(out[t].tensor_content, np.float32)[0] for t in TARGETS]
+
+
+def load(spec):
+    """Runs in its own process: ``clients`` threads, each sending ``per_client`` requests."""
+    data = np.load(spec["data"])
+    windows, expected = data["windows"], data["expected"]
+    channel = None
+    if spec["url"].startswith("grpc://"):
+        import grpc
+
+        channel = grpc.insecure_channel(spec["url"][len("grpc://"):])
+    times, failures, wrong, errors = [], [0], [0], []
+    lock = threading.Lock()
+    start = threading.Barrier(spec["clients"] + 1)
 
     def worker(i):
-        times[i] = timed(lambda: client.predict(window), per_thread, 5)
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    t0 = time.perf_counter()
-    for t in pool:
+        mine = []
+        call = _RawGRPC(spec["url"], spec["model"], windows, channel) if channel else \
+            _RawREST(spec["url"], spec["model"], windows, spec["keepalive"])
+        start.wait()
+        for j in range(spec["per_client"]):
+            k = (i * 7 + j) % len(windows)
+            t0 = time.perf_counter()
+            try:
+                out = call(k)
+                mine.append((time.perf_counter() - t0) * 1e3)
+                if not np.allclose(out, expected[k], rtol=1e-5, atol=1e-5):
+                    with lock:
+                        wrong[0] += 1
+            except Exception as e:  # counted: the point is that there are none
+                if getattr(call, "sock", None) is not None:
+                    call.sock.close()
+                    call.sock = None
+                with lock:
+                    failures[0] += 1
+                    if len(errors) < 3:
+                        errors.append(repr(e)[:200])
+        with lock:
+            times.extend(mine)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(spec["clients"])]
+    for t in threads:
         t.start()
-    for t in pool:
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
         t.join()
-    return np.concatenate(times), time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return {**summary(times, wall), "n": len(times) + failures[0], "failures": failures[0],
+            "wrong": wrong[0], "errors": errors}
+
+
+def run_load(url, model, data, clients, per_client, keepalive=True):
+    spec = {"url": url, "model": model, "data": str(data), "clients": clients,
+            "per_client": per_client, "keepalive": keepalive}
+    out = subprocess.run([sys.executable, __file__, "--load", json.dumps(spec)],
+                         capture_output=True, text=True, env=_env(), timeout=900)
+    if out.returncode:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------- server process
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+class ServeProcess:
+    """``labquake serve`` on free ports; ``rest``/``grpc`` are the URLs it printed."""
+
+    def __init__(self, base, *flags, tf_threads=0):
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "labquake_tf.cli", "serve", "--model_base_path", str(base),
+             "--port", "0", "--rest_api_port", "0", "--tf-threads", str(tf_threads), *flags],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=_env())
+        line = self.proc.stdout.readline()  # printed once every version is AVAILABLE
+        m = re.search(r"REST at (http://\S+?)/v1/.*gRPC at (\S+?),?(\s|$)", line)
+        if not m:
+            self.close()
+            self.log.seek(0)
+            raise RuntimeError(f"labquake serve did not start: {line!r} {self.log.read()[-2000:]}")
+        self.ready = time.perf_counter()
+        self.rest, self.grpc = m[1], f"grpc://{m[2]}"
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def first_request(base, data, warmup, repeats, steady):
+    """Latency of the first request once the server says the version is AVAILABLE, and
+    the p50 of the ``steady`` requests after it, on a fresh server each time."""
+    from labquake_tf.serving import Client
+
+    windows = np.load(data)["windows"]
+    firsts, p50s = [], []
+    for _ in range(repeats):
+        server = ServeProcess(base, "--enable_model_warmup", str(warmup).lower())
+        try:
+            client = Client(server.rest, "bench", timeout=60, retries=0)
+            t0 = time.perf_counter()
+            client.predict(windows[:1])
+            firsts.append((time.perf_counter() - t0) * 1e3)
+            times = []
+            for i in range(steady):
+                t0 = time.perf_counter()
+                client.predict(windows[i % len(windows):][:1])
+                times.append((time.perf_counter() - t0) * 1e3)
+            p50s.append(float(np.percentile(times, 50)))
+        finally:
+            server.close()
+    return {"warmup": warmup, "first_ms": [round(f, 1) for f in firsts],
+            "steady_p50_ms": round(float(np.median(p50s)), 2),
+            "first_over_p50": round(float(np.median(firsts) / np.median(p50s)), 1)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", help="TCN preset (models.PRESETS)")
-    parser.add_argument("--seq-len", type=int, default=70, help="window length (paper: 70)")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=4, help="REST clients for throughput")
+    parser.add_argument("--seq-len", type=int, default=64, help="window length")
+    parser.add_argument("--clients", default="1,8,64,256", help="concurrent clients to try")
+    parser.add_argument("--requests", type=int, default=1024,
+                        help="requests per cell (at least 2 per client)")
+    parser.add_argument("--apis", default="rest,grpc")
+    parser.add_argument("--first-repeats", type=int, default=3,
+                        help="fresh servers per warmup setting for the first-request figure")
     parser.add_argument("--tf-threads", type=int, default=0,
-                        help="TF intra/inter-op threads (0: TF's default, one per core)")
+                        help="TF intra/inter-op threads in the server (0: TF's default)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--load", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    set_tf_threads(args.tf_threads)
+    if args.load:  # the load generator subprocess
+        print(json.dumps(load(json.loads(args.load))))
+        return 0
+
+    import tensorflow as tf
+
+    from labquake_tf.models import build_from_preset
+    from labquake_tf.serving.export import export_model
 
     model = build_from_preset(args.preset, seq_len=args.seq_len, n_targets=3)
-    window = np.random.default_rng(0).uniform(-2, 3, (1, args.seq_len, 1)).astype("float32")
-    results = []
+    windows = np.random.default_rng(0).uniform(-2, 3, (32, args.seq_len, 1)).astype("float32")
+    clients = [int(c) for c in args.clients.split(",")]
+    results = {"preset": args.preset, "seq_len": args.seq_len, "params": model.count_params(),
+               "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "cells": []}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
         path = export_model(model, manifest(args.seq_len), "bench", base_dir=tmp)
         fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-        results.append(summary("in-process SavedModel",
-                               timed(lambda: fn(ae_features=tf.constant(window)),
-                                     args.requests, args.warmup)))
-        with Server(path.parent, port=0) as server:
-            client = Client(server.url, "bench")
-            results.append(summary("REST, 1 client", timed(lambda: client.predict(window),
-                                                           args.requests, args.warmup)))
-            times, wall = concurrent(client, window, args.threads,
-                                     max(args.requests // args.threads, 1))
-            results.append(summary(f"REST, {args.threads} clients", times, wall))
-    print(f"preset={args.preset} seq_len={args.seq_len} params={model.count_params():,} "
-          f"tf_threads={args.tf_threads} cpus={os.cpu_count()} "
-          f"load average={os.getloadavg()[0]:.1f}")
-    print(f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
-    for r in results:
-        print(f"{r['path']:<24}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_per_s']:>9.0f}")
+        out = fn(ae_features=tf.constant(windows))
+        expected = np.stack([out[t].numpy() for t in TARGETS], axis=1)
+        np.savez(tmp / "data.npz", windows=windows, expected=expected)
+        times = []
+        for i in range(300):
+            t0 = time.perf_counter()
+            fn(ae_features=tf.constant(windows[i % 32:][:1]))
+            times.append((time.perf_counter() - t0) * 1e3)
+        results["in_process"] = summary(times[50:])
+        (tmp / "batching.txt").write_text(BATCHING)
+
+        for batching in (False, True):
+            flags = ["--batching_parameters_file", str(tmp / "batching.txt")] if batching else []
+            server = ServeProcess(path.parent, *flags, tf_threads=args.tf_threads)
+            try:
+                cells = [(api, c, True) for api in args.apis.split(",") for c in clients]
+                cells += [("rest", c, False) for c in clients if c >= 64]  # new connection each
+                for api, c, keepalive in cells:
+                    url = server.rest if api == "rest" else server.grpc
+                    per_client = max(2, -(-args.requests // c))
+                    cell = run_load(url, "bench", tmp / "data.npz", c, per_client, keepalive)
+                    cell.update(api=api + ("" if keepalive else " (new conn.)"),
+                                clients=c, batching=batching)
+                    results["cells"].append(cell)
+                    print(f"{cell['api']:<18}{c:>5} clients  batching={'on ' if batching else 'off'}"
+                          f"  {cell['req_per_s']:>7.0f} req/s  p50 {cell['p50_ms']:>7} ms  "
+                          f"p99 {cell['p99_ms']:>7} ms  failures {cell['failures']}/{cell['n']}"
+                          f"  wrong {cell['wrong']}", flush=True)
+            finally:
+                server.close()
+        results["first_request"] = [first_request(path.parent, tmp / "data.npz", w,
+                                                  args.first_repeats, 200) for w in (False, True)]
+    results["load_after"] = os.getloadavg()[0]
+
+    def cell(api, c, batching):
+        return next((r for r in results["cells"] if r["api"] == api and r["clients"] == c
+                     and r["batching"] == batching), None)
+    print(f"\npreset={args.preset} seq_len={args.seq_len} params={results['params']:,} "
+          f"cpus={results['cpus']} load average {results['load_before']:.1f} -> "
+          f"{results['load_after']:.1f}")
+    print(f"in-process SavedModel: p50 {results['in_process']['p50_ms']} ms, "
+          f"p99 {results['in_process']['p99_ms']} ms")
+    for f in results["first_request"]:
+        print(f"first request, warmup {'on ' if f['warmup'] else 'off'}: {f['first_ms']} ms "
+              f"(steady p50 {f['steady_p50_ms']} ms: {f['first_over_p50']}x)")
+    worst = max((r["failures"] + r["wrong"] for r in results["cells"]), default=0)
+    print(f"failures + wrong answers, worst cell: {worst}")
+    on, off = cell("rest", 64, True), cell("rest", 64, False)
+    if on and off:
+        print(f"REST 64 clients, batching on/off: {on['req_per_s'] / off['req_per_s']:.1f}x")
+    on, off = cell("grpc", 64, True), cell("grpc", 64, False)
+    if on and off:
+        print(f"gRPC 64 clients, batching on/off: {on['req_per_s'] / off['req_per_s']:.1f}x")
+    rest, grpc_ = cell("rest", 1, False), cell("grpc", 1, False)
+    if rest and grpc_:
+        print(f"1 client p50: gRPC {grpc_['p50_ms']} ms, REST {rest['p50_ms']} ms")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"preset": args.preset, "seq_len": args.seq_len, "results": results}, f,
-                      indent=2)
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 

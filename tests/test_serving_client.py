@@ -1,4 +1,5 @@
-"""Client behaviour that needs no model: a scripted stand-in for TF Serving's REST port."""
+"""Client behaviour: against the embedded server over REST and gRPC, and (for what a real
+server will not do on demand: 5xx, odd replies) against a scripted REST stand-in."""
 
 import json
 import socket
@@ -7,8 +8,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from test_serving_export import TARGETS, raw_windows, shared_export
 
 from labquake_tf.serving import Client, ServingError
+from labquake_tf.serving.server import Server
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -128,3 +133,52 @@ def test_unreachable_server_and_timeouts_are_clear():
             client.status()
     with pytest.raises(ValueError, match="base_url"):
         Client("ftp://host", "m")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    base = shared_export(tmp_path_factory)[1].parent
+    fn = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    with Server(base, port=0, grpc_port=0) as server:
+        yield server, fn
+
+
+@pytest.mark.parametrize("api", ["http", "grpc"])
+def test_real_server_predict_series_and_status(embedded, api):
+    server, fn = embedded
+    client = Client(server.url if api == "http" else server.grpc_url, "tiny")
+    assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert client.signature() == ({"ae_features": [-1, 16, 1]},
+                                  {t: [-1] for t in TARGETS})
+    series = raw_windows(1, seed=5)[0].repeat(3, axis=0)  # 48 steps: 33 windows
+    out = client.predict_series(series, seq_len=16, batch_size=10)
+    windows = np.stack([series[i:i + 16] for i in range(33)])
+    expected = fn(ae_features=tf.constant(windows))
+    for name in TARGETS:
+        assert out[name].shape == (33,)
+        np.testing.assert_allclose(out[name], expected[name].numpy(), rtol=1e-5, atol=1e-6)
+    scaled = client.predict({"ae_features": windows[:3]}, signature_name="serving_scaled")
+    assert set(scaled) == set(TARGETS) and scaled["ttsf"].shape == (3,)
+
+
+@pytest.mark.parametrize("api", ["http", "grpc"])
+def test_real_server_errors_become_serving_errors(embedded, api):
+    server, _ = embedded
+    url = server.url if api == "http" else server.grpc_url
+    with pytest.raises(ServingError, match=r"Specific\(tiny, 9\)") as e:
+        Client(url, "tiny", version=9, retries=0).predict(raw_windows(1))
+    assert e.value.status == 404
+    with pytest.raises(ServingError, match="shape") as e:
+        Client(url, "tiny", retries=3, backoff=0).predict(raw_windows(1)[:, :5])
+    assert e.value.status == 400
+    if api == "grpc":
+        assert e.value.code == "INVALID_ARGUMENT"
+
+
+def test_unreachable_grpc_server_is_a_connection_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = Client(f"grpc://127.0.0.1:{port}", "m", timeout=2, retries=1, backoff=0)
+    with pytest.raises(ConnectionError, match="UNAVAILABLE.*after 2 tries"):
+        client.status()

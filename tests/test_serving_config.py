@@ -1,7 +1,8 @@
 import pytest
 
 from labquake_tf.cli import main, run_command
-from labquake_tf.serving.config import models_config, parse_policy
+from labquake_tf.serving.config import (models_config, parse_policy, read_batching_parameters,
+                                        read_model_config, read_monitoring_config)
 
 
 def fake_versions(base, name, *numbers):
@@ -85,3 +86,52 @@ def test_inconsistent_requests_are_refused_and_nothing_written(tmp_path):
     with pytest.raises(ValueError, match=r"model\(s\) \['x'\] not given"):
         run_command(args + ["--policy", "x=all"])
     assert not (tmp_path / "models.config").exists()
+
+
+def test_model_config_file_reads_back_what_serving_config_writes(tmp_path):
+    models = [{"name": "a", "base_path": "/models/a", "policy": ("latest", [2])},
+              {"name": "b", "base_path": "rel/b", "policy": ("specific", [1, 3]),
+               "labels": {"stable": 1}},
+              {"name": "c", "base_path": "/models/c", "policy": ("all", [])}]
+    (tmp_path / "models.config").write_text(models_config(models))
+    got = read_model_config(tmp_path / "models.config")
+    assert [(m["name"], m["policy"], m["labels"]) for m in got] == [
+        ("a", ("latest", [2]), {}), ("b", ("specific", [1, 3]), {"stable": 1}),
+        ("c", ("all", []), {})]
+    assert got[1]["base_path"] == tmp_path / "rel/b"  # relative to the config file
+    (tmp_path / "bad.config").write_text("model_config_list { config { nam: 'a' } }")
+    with pytest.raises(ValueError, match=r"bad.config: 1:30 .*no field named \"nam\""):
+        read_model_config(tmp_path / "bad.config")
+
+
+def test_batching_parameters_in_tf_servings_text_format(tmp_path):
+    path = tmp_path / "batching.txt"
+    path.write_text("max_batch_size { value: 128 }\nbatch_timeout_micros { value: 0 }\n"
+                    "max_enqueued_batches { value: 1000000 }\nnum_batch_threads { value: 8 }\n"
+                    "allowed_batch_sizes: 32\nallowed_batch_sizes: 128\n"
+                    "pad_variable_length_inputs: true\n")
+    assert read_batching_parameters(path) == {
+        "max_batch_size": 128, "batch_timeout_micros": 0, "num_batch_threads": 8,
+        "max_enqueued_batches": 1000000, "allowed_batch_sizes": [32, 128]}
+    path.write_text("max_batch_size { value: 16 }\n")  # the rest: TF Serving's defaults
+    params = read_batching_parameters(path)
+    assert params["max_batch_size"] == 16 and params["max_enqueued_batches"] == 10
+    for text, message in (("allowed_batch_sizes: 8\n", "end at max_batch_size"),
+                          ("max_batch_size { value: 0 }", "max_batch_size must be >= 1"),
+                          ("max_batch_size: 8", "max_batch_size"),
+                          ("batch_size { value: 8 }", "no field named \"batch_size\"")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_batching_parameters(path)
+    with pytest.raises(FileNotFoundError, match="batching parameters file"):
+        read_batching_parameters(tmp_path / "missing.txt")
+
+
+def test_monitoring_config(tmp_path):
+    path = tmp_path / "monitoring.txt"
+    path.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
+    assert read_monitoring_config(path) == "/monitoring/prometheus/metrics"
+    path.write_text("prometheus_config { enable: true }")
+    assert read_monitoring_config(path) == "/monitoring/prometheus/metrics"
+    path.write_text("prometheus_config { enable: false }")
+    assert read_monitoring_config(path) is None

@@ -201,3 +201,26 @@ def test_export_cli_refuses_to_overwrite(exported):
         run_command(["export", str(path), "--name", "tiny", "--base-dir", str(path.parents[1]),
                      "--version", "1"])
     assert (path / "saved_model.pb").stat().st_mtime_ns == stamp
+
+
+def test_warmup_file_is_tf_servings_prediction_log(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, path, obj = exported
+    records = list(tf.data.TFRecordDataset(str(path / export_lib.WARMUP_FILE)).as_numpy_iterator())
+    assert len(records) == len(export_lib.WARMUP_BATCHES)
+    lo, hi = -2.0, 3.0  # tiny_manifest's feature range: real-shaped, in-range windows
+    for record, n in zip(records, export_lib.WARMUP_BATCHES):
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert request.model_spec.name == "tiny"
+        assert request.model_spec.signature_name == "serving_default"
+        x = tf.make_ndarray(request.inputs["ae_features"])
+        assert x.shape == (n, 16, 1) and x.dtype == np.float32
+        assert lo <= x.min() and x.max() <= hi and x.std() > 0
+        # The request runs as it is on the exported signature.
+        out = obj.signatures["serving_default"](ae_features=tf.constant(x))
+        assert out["shear_stress"].shape == (n,)
+    assert [r["inputs"]["ae_features"].shape[0] for r in export_lib.read_warmup(path)] == \
+        list(export_lib.WARMUP_BATCHES)

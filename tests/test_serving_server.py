@@ -1,7 +1,10 @@
 from http.client import HTTPConnection
+import argparse
 import json
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 
@@ -12,6 +15,8 @@ import tensorflow as tf
 from test_serving_export import TARGETS, raw_windows, shared_export
 
 from labquake_tf.serving import Client, ServingError
+from labquake_tf.serving import server as server_lib
+from labquake_tf.serving.config import models_config
 from labquake_tf.serving.server import Server
 
 
@@ -22,7 +27,8 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base):
-    with Server(base, port=0, labels={"stable": 1}) as s:
+    with Server(base, port=0, grpc_port=0, labels={"stable": 1},
+                metrics_path="/monitoring/prometheus/metrics") as s:
         yield s
 
 
@@ -131,31 +137,6 @@ def test_client_surfaces_server_errors(server):
     assert e.value.status == 404 and e.value.message.startswith("Servable not found")
 
 
-def test_concurrent_requests_all_answered_correctly(server, base):
-    # 8 threads x 200 requests, each checked against the SavedModel's own answer.
-    fn = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
-    inputs = [raw_windows(1, seed=s) for s in range(8)]
-    want = [fn(ae_features=tf.constant(x))["shear_stress"].numpy() for x in inputs]
-    client = Client(server.url, "tiny")
-    errors, answered = [], [0] * 8
-
-    def worker(i):
-        try:
-            for _ in range(200):
-                out = client.predict(inputs[i])["shear_stress"]
-                np.testing.assert_allclose(out, want[i], rtol=1e-5, atol=1e-6)
-                answered[i] += 1
-        except Exception as e:  # reported below, with the thread that saw it
-            errors.append((i, repr(e)))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == [] and answered == [200] * 8
-
-
 def test_new_versions_are_picked_up(base, tmp_path):
     model_dir = tmp_path / "tiny"
     shutil.copytree(base / "1", model_dir / "1")
@@ -193,3 +174,177 @@ def test_feature_names_are_checked_by_name(server):
     status, reply = call(server, "POST", "/v1/models/tiny:predict",
                          {"signature_name": "metadata", "inputs": {}})
     assert status == 200 and json.loads(reply["outputs"])["feature_names"] == ["logvar_ch1"]
+
+
+def raw(server, data):
+    """Bytes in, ``(status, headers, json body)`` out, over a fresh socket."""
+    with socket.create_connection(server.httpd.server_address[:2], timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode().lower(), json.loads(body)
+
+
+def post(body, headers=None):
+    headers = {"Content-Length": str(len(body)), **(headers or {})}
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if v is not None)
+    return f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode() + body
+
+
+GOOD_BYTES = json.dumps(GOOD).encode()
+BAD_BODIES = [
+    (post(b"", {"Content-Length": str(10 ** 9)}), 413, "over the limit"),
+    (post(GOOD_BYTES, {"Content-Length": "12abc"}), 400, "bad Content-Length"),
+    (post(GOOD_BYTES, {"Content-Length": "-5"}), 400, "bad Content-Length"),
+    (post(GOOD_BYTES, {"Content-Length": str(len(GOOD_BYTES) + 10)}), 400, "the body ended"),
+    (post(b"5\r\nhello\r\n0\r\n\r\n", {"Content-Length": None, "Transfer-Encoding": "chunked"}),
+     400, "Transfer-Encoding"),
+    (post(b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}"), 400, "nesting too deep"),
+    (post(b'{"instances": "\xff\xfe"}'), 400, "not UTF-8"),
+    (post(b'{"instances": [' + b"9" * 5000 + b"]}"), 400, "JSON Parse error"),
+    (b"GARBAGE\r\n\r\n", 400, "Bad request"),
+]
+
+
+@pytest.mark.parametrize("data,code,message", BAD_BODIES)
+def test_bad_bodies_get_tf_serving_errors_not_500(server, data, code, message):
+    status, head, reply = raw(server, data)
+    assert status == code and list(reply) == ["error"] and message in reply["error"]
+    assert "content-type: application/json" in head
+    if code == 413 or "content-length" in message.lower():
+        assert "connection: close" in head  # the stream is out of step: never reused
+    assert call(server, "POST", "/v1/models/tiny:predict", GOOD)[0] == 200
+
+
+def test_256_clients_with_and_without_keep_alive_all_answered_exactly(server):
+    # Bounded: 256 threads x 4 requests on loopback (2 kept alive, 2 on new connections),
+    # plus 256 gRPC requests; each answer must equal the SavedModel's own, bit for bit.
+    fn = tf.saved_model.load(str(server.registry.get().path)).signatures["serving_default"]
+    windows = raw_windows(16, seed=3)
+    want = fn(ae_features=tf.constant(windows))["ttef"].numpy()
+    rest, grpc_client = Client(server.url, "tiny", retries=0), Client(server.grpc_url, "tiny",
+                                                                      retries=0)
+    grpc_client.signature()
+    failures, answered = [], [0] * 256
+
+    def worker(i):
+        for j in range(5):
+            k = (i + j) % 16
+            client = grpc_client if j == 4 else rest
+            try:
+                out = client.predict(windows[k:k + 1])["ttef"]
+                if np.float32(out[0]) != want[k]:
+                    failures.append((i, j, "wrong", out[0], want[k]))
+                answered[i] += 1
+            except Exception as e:  # the point: there are none
+                failures.append((i, j, repr(e)))
+            if j in (2, 3):  # requests 3 and 4 of each thread: a new connection each
+                rest.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(256)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert failures == [] and answered == [5] * 256, failures[:5]
+    assert time.monotonic() - t0 < 300
+
+
+def metric(server, name, **labels):
+    text = call_text(server, "/monitoring/prometheus/metrics")
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    m = re.search(rf"^{re.escape(name)}{{{re.escape(want)}}} (\S+)$", text, re.M)
+    return float(m[1]) if m else 0.0
+
+
+def call_text(server, path):
+    host, port = server.httpd.server_address[:2]
+    conn = HTTPConnection(host, port, timeout=30)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+    return response.read().decode()
+
+
+def test_prometheus_metrics_count_requests(server):
+    count = ":tensorflow:serving:request_count"
+    latency = ":tensorflow:serving:request_latency_count"
+    ok, missing = (metric(server, count, model_name="tiny", status=s)
+                   for s in ("OK", "NOT_FOUND"))
+    rest_n = metric(server, latency, model_name="tiny", API="Predict", entrypoint="REST")
+    grpc_n = metric(server, latency, model_name="tiny", API="Predict", entrypoint="GRPC")
+    for _ in range(3):
+        call(server, "POST", "/v1/models/tiny:predict", GOOD)
+    call(server, "POST", "/v1/models/tiny/versions/9:predict", GOOD)
+    Client(server.grpc_url, "tiny").predict(raw_windows(1))
+    assert metric(server, count, model_name="tiny", status="OK") == ok + 3 + 2  # + metadata
+    assert metric(server, count, model_name="tiny", status="NOT_FOUND") == missing + 1
+    assert metric(server, latency, model_name="tiny", API="Predict", entrypoint="REST") == \
+        rest_n + 4
+    assert metric(server, latency, model_name="tiny", API="Predict", entrypoint="GRPC") == \
+        grpc_n + 1
+    text = call_text(server, "/monitoring/prometheus/metrics")
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in text
+    assert re.search(r'request_latency_bucket\{model_name="tiny",API="Predict",'
+                     r'entrypoint="REST",le="\+Inf"\} \d+', text)
+
+
+def broken_version(model_dir, version):
+    (model_dir / str(version)).mkdir(parents=True)
+    (model_dir / str(version) / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+
+def test_failed_versions_are_named_at_start_and_retried_on_the_next_poll(base, tmp_path):
+    model_dir = tmp_path / "tiny"
+    broken_version(model_dir, 1)
+    broken_version(model_dir, 2)
+    with pytest.raises(RuntimeError, match=r"no version .* could be loaded \(version 1: .+; "
+                                           r"version 2: .+\)"):
+        Server(model_dir, port=0, num_versions=2)
+    shutil.rmtree(model_dir / "1")
+    shutil.copytree(base / "1", model_dir / "1")
+    with Server(model_dir, port=0, poll_seconds=0.1, num_versions=2) as server:
+        status = Client(server.url, "tiny").status()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE"), ("2", "END")]
+        assert status[1]["status"]["error_code"] == "UNKNOWN" and status[1]["status"]["error_message"]
+        # Fix version 2 in place (as a re-export would): the next poll loads it.
+        shutil.copytree(base / "1", model_dir / ".fixed")
+        shutil.rmtree(model_dir / "2")
+        os.replace(model_dir / ".fixed", model_dir / "2")
+        deadline = time.monotonic() + 30
+        while server.registry.versions != [1, 2] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.registry.versions == [1, 2] and server.registry.failed == {}
+
+
+def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
+    parser = argparse.ArgumentParser()
+    server_lib.add_arguments(parser)
+    (tmp_path / "models.config").write_text(models_config(
+        [{"name": "first", "base_path": str(base)},
+         {"name": "second", "base_path": str(base), "labels": {"stable": 1}}]))
+    (tmp_path / "batching.txt").write_text("max_batch_size { value: 8 }\n"
+                                           "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
+    (tmp_path / "monitoring.txt").write_text(
+        'prometheus_config { enable: true, path: "/metrics" }\n')
+    args = parser.parse_args([f"--model_config_file={tmp_path / 'models.config'}", "--port=0",
+                              "--rest_api_port=0", "--enable_batching",
+                              f"--batching_parameters_file={tmp_path / 'batching.txt'}",
+                              f"--monitoring_config_file={tmp_path / 'monitoring.txt'}"])
+    with server_lib.server_from_args(args) as server:
+        assert sorted(server.models) == ["first", "second"] and server.grpc_port > 0
+        assert f"gRPC at 127.0.0.1:{server.grpc_port}" in server.describe()
+        batcher = server.model("second").get()._batchers["serving_default"]
+        assert batcher.max_batch_size == 8 and batcher.allowed == [4, 8]
+        out = Client(server.grpc_url, "second", version=1).predict(raw_windows(2))
+        assert set(out) == set(TARGETS)
+        assert Client(server.url, "first").status()["model_version_status"][0]["version"] == "1"
+        assert ":tensorflow:serving:request_count" in call_text(server, "/metrics")
+    for argv, message in ([["--model_base_path", str(base), "--port", "8501"], "both 8501"],
+                          [["--port", "0"], "--model_base_path or --model_config_file"]):
+        with pytest.raises(SystemExit, match=message):
+            server_lib.server_from_args(parser.parse_args(argv))
