@@ -208,9 +208,10 @@ def test_warmup_file_is_tf_servings_prediction_log(exported):
 
     _, path, obj = exported
     records = list(tf.data.TFRecordDataset(str(path / export_lib.WARMUP_FILE)).as_numpy_iterator())
-    assert len(records) == len(export_lib.WARMUP_BATCHES)
+    sizes = list(export_lib.WARMUP_BATCHES) * export_lib.WARMUP_REPEATS
+    assert len(records) == len(sizes) and export_lib.WARMUP_REPEATS > 1
     lo, hi = -2.0, 3.0  # tiny_manifest's feature range: real-shaped, in-range windows
-    for record, n in zip(records, export_lib.WARMUP_BATCHES):
+    for record, n in zip(records, sizes):
         log = prediction_log_pb2.PredictionLog.FromString(record)
         assert log.WhichOneof("log_type") == "predict_log"
         request = log.predict_log.request
@@ -222,5 +223,4 @@ def test_warmup_file_is_tf_servings_prediction_log(exported):
         # The request runs as it is on the exported signature.
         out = obj.signatures["serving_default"](ae_features=tf.constant(x))
         assert out["shear_stress"].shape == (n,)
-    assert [r["inputs"]["ae_features"].shape[0] for r in export_lib.read_warmup(path)] == \
-        list(export_lib.WARMUP_BATCHES)
+    assert [r["inputs"]["ae_features"].shape[0] for r in export_lib.read_warmup(path)] == sizes

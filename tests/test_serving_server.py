@@ -191,7 +191,8 @@ def raw(server, data):
 def post(body, headers=None):
     headers = {"Content-Length": str(len(body)), **(headers or {})}
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if v is not None)
-    return f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode() + body
+    head = f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n{lines}\r\n"
+    return head.encode("latin-1") + body  # headers are latin-1 on the wire
 
 
 GOOD_BYTES = json.dumps(GOOD).encode()
@@ -199,6 +200,8 @@ BAD_BODIES = [
     (post(b"", {"Content-Length": str(10 ** 9)}), 413, "over the limit"),
     (post(GOOD_BYTES, {"Content-Length": "12abc"}), 400, "bad Content-Length"),
     (post(GOOD_BYTES, {"Content-Length": "-5"}), 400, "bad Content-Length"),
+    (post(GOOD_BYTES, {"Content-Length": "\u00b2"}), 400,  # isdigit(), yet not int()
+     "bad Content-Length"),
     (post(GOOD_BYTES, {"Content-Length": str(len(GOOD_BYTES) + 10)}), 400, "the body ended"),
     (post(b"5\r\nhello\r\n0\r\n\r\n", {"Content-Length": None, "Transfer-Encoding": "chunked"}),
      400, "Transfer-Encoding"),
@@ -319,6 +322,21 @@ def test_failed_versions_are_named_at_start_and_retried_on_the_next_poll(base, t
         while server.registry.versions != [1, 2] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert server.registry.versions == [1, 2] and server.registry.failed == {}
+
+
+def test_warmup_runs_before_a_version_serves_and_a_bad_one_fails_the_load(base, tmp_path):
+    from labquake_tf.serving.export import WARMUP_FILE, read_warmup
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(base / "1", model_dir / "1")
+    with Server(model_dir, port=None) as server:
+        assert server.registry.get().warmup_requests == len(read_warmup(base / "1")) > 1
+    (model_dir / "1" / WARMUP_FILE).write_bytes(b"\x00" * 40)  # not TFRecord
+    with pytest.raises(RuntimeError, match=r"version 1: RuntimeError: warmup request 1 of "
+                                           r".*tf_serving_warmup_requests failed"):
+        Server(model_dir, port=None)
+    with Server(model_dir, port=None, warmup=False) as server:  # --enable_model_warmup=false
+        assert server.registry.versions == [1]
 
 
 def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):

@@ -37,7 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from labquake_tf.serving.export import DEFAULT_SIGNATURE, read_warmup, versions
+from labquake_tf.serving.batching import Batcher, QueueFullError
+from labquake_tf.serving.export import DEFAULT_SIGNATURE, WARMUP_FILE, read_warmup, versions
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,6 @@ class Servable:
             if meta.exists() else None
         self._batchers = {}
         if batching is not None:
-            from labquake_tf.serving.batching import Batcher
-
             self._batchers = {k: Batcher(sig.run, name=f"batch-v{version}-{k}", **batching)
                               for k, sig in self.signatures.items() if sig.batchable}
         self.warmup_requests = 0
@@ -168,8 +167,6 @@ class Servable:
         batcher = self._batchers.get(name)
         if batcher is None:
             return self.signatures[name].run(feeds)
-        from labquake_tf.serving.batching import QueueFullError
-
         try:
             return batcher(feeds)
         except QueueFullError as e:
@@ -178,9 +175,13 @@ class Servable:
     def _warmup(self):
         # As TF Serving: every PredictRequest in assets.extra/ runs once, through the same
         # path (batching included) as a client's would, so the first client is not slow.
-        for request in read_warmup(self.path):
-            self.run(request["inputs"], request["signature_name"])
-            self.warmup_requests += 1
+        try:
+            for request in read_warmup(self.path):
+                self.run(request["inputs"], request["signature_name"])
+                self.warmup_requests += 1
+        except Exception as e:  # the version does not load, with a reason that says why
+            raise RuntimeError(f"warmup request {self.warmup_requests + 1} of "
+                               f"{self.path / WARMUP_FILE} failed: {e}") from e
 
     def close(self):
         for batcher in self._batchers.values():
@@ -402,8 +403,8 @@ class _Handler(BaseHTTPRequestHandler):
             "Predict" if m and m["verb"] else "GetModelStatus"
         try:
             body = self._read_body()
-            status, reply = 200, server.observe(m["name"] if m else "", api, "REST",
-                                                lambda: self._route(method, m, body))
+            route = lambda: self._route(method, m, body)  # noqa: E731
+            status, reply = 200, server.observe(m["name"], api, "REST", route) if m else route()
         except ServingError as e:
             status, reply = e.http_status, {"error": str(e)}
         except Exception as e:  # a bug or a TF error: report it, keep serving
@@ -420,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = self.headers.get("Content-Length")
         if text is None:
             return b""
-        if not text.strip().isdigit():
+        if not re.fullmatch(r"\s*[0-9]+\s*", text):
             self.close_connection = True
             raise ServingError(400, f"bad Content-Length header {text[:40]!r}")
         size = int(text)
