@@ -350,7 +350,7 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     (tmp_path / "monitoring.txt").write_text(
         'prometheus_config { enable: true, path: "/metrics" }\n')
     args = parser.parse_args([f"--model_config_file={tmp_path / 'models.config'}", "--port=0",
-                              "--rest_api_port=0", "--enable_batching",
+                              "--rest_api_port=0", "--enable_batching=true",
                               f"--batching_parameters_file={tmp_path / 'batching.txt'}",
                               f"--monitoring_config_file={tmp_path / 'monitoring.txt'}"])
     with server_lib.server_from_args(args) as server:
@@ -362,6 +362,8 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
         assert set(out) == set(TARGETS)
         assert Client(server.url, "first").status()["model_version_status"][0]["version"] == "1"
         assert ":tensorflow:serving:request_count" in call_text(server, "/metrics")
+    assert parser.parse_args(["--enable_batching"]).enable_batching is True
+    assert parser.parse_args(["--enable_model_warmup=false"]).enable_model_warmup is False
     for argv, message in ([["--model_base_path", str(base), "--port", "8501"], "both 8501"],
                           [["--port", "0"], "--model_base_path or --model_config_file"]):
         with pytest.raises(SystemExit, match=message):

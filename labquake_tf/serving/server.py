@@ -675,6 +675,15 @@ def set_tf_threads(n):
         tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
+def _flag(text):
+    """TF Serving's boolean flag values."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
+
+
 def _port(text):
     port = int(text)
     if not -1 <= port <= 65535:
@@ -706,7 +715,9 @@ def add_arguments(parser):
     parser.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
                         type=float, default=2.0, help="how often to look for new versions")
     parser.add_argument("--enable_batching", "--enable-batching", dest="enable_batching",
-                        action="store_true", help="merge concurrent requests into one model call")
+                        nargs="?", const=True, default=False, type=_flag,
+                        help="merge concurrent requests into one model call "
+                             "(--enable_batching or --enable_batching=true)")
     parser.add_argument("--batching_parameters_file", "--batching-parameters-file",
                         dest="batching_parameters_file", default=None,
                         help="TF Serving's BatchingParameters text format (max_batch_size, "
@@ -717,7 +728,7 @@ def add_arguments(parser):
                         help='e.g. prometheus_config { enable: true, path: '
                              '"/monitoring/prometheus/metrics" }')
     parser.add_argument("--enable_model_warmup", "--enable-model-warmup",
-                        dest="enable_model_warmup", type=lambda t: t.lower() in ("1", "true"),
+                        dest="enable_model_warmup", nargs="?", const=True, type=_flag,
                         default=True, help="replay assets.extra/tf_serving_warmup_requests "
                                            "before serving a version (default true)")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
