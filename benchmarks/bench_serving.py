@@ -4,10 +4,10 @@ version loads with and without warmup.
 
     python benchmarks/bench_serving.py --preset small --seq-len 64 --rounds 3
 
-One 64-step window per request (and one 256-window cell, where the encodings differ). The server runs as its own process (``labquake serve``,
-as a user starts it); the clients run in another process, as threads, with no retries, so
-every refused or reset connection counts as a failure, and every answer is checked against
-the SavedModel's own. The model is untrained (weights do not change the cost); the export
+One 64-step window per request (and one 256-window cell, where the encodings differ).
+The server runs as its own process (``labquake serve``, as a user starts it); the clients
+run in another process, as threads, with no retries, so every refused or reset connection
+counts as a failure, and every answer is checked against the SavedModel's own. The model is untrained (weights do not change the cost); the export
 is the one ``labquake export`` writes (scaler baked in, warmup records included).
 
 Targets on 2 CPU cores: 0 failures at 256 clients; with batching, 64-client throughput
@@ -228,7 +228,7 @@ def first_request(base, data, warmup, repeats, steady):
     from labquake_tf.serving import Client
 
     windows = np.load(data)["windows"]
-    firsts, p50s = [], []
+    firsts, p50s, fresh = [], [], []
     for _ in range(repeats):
         server = ServeProcess(base, "--enable_model_warmup", str(warmup).lower())
         try:
@@ -242,11 +242,21 @@ def first_request(base, data, warmup, repeats, steady):
                 client.predict(windows[i % len(windows):][:1])
                 times.append((time.perf_counter() - t0) * 1e3)
             p50s.append(float(np.percentile(times, 50)))
+            times = []
+            for i in range(50):  # what the first request cannot avoid: a new connection
+                client.close()
+                t0 = time.perf_counter()
+                client.predict(windows[i % len(windows):][:1])
+                times.append((time.perf_counter() - t0) * 1e3)
+            fresh.append(float(np.percentile(times, 50)))
         finally:
             server.close()
     return {"warmup": warmup, "first_ms": [round(f, 1) for f in firsts],
             "steady_p50_ms": round(float(np.median(p50s)), 2),
-            "first_over_p50": round(float(np.median(firsts) / np.median(p50s)), 1)}
+            "new_connection_p50_ms": round(float(np.median(fresh)), 2),
+            "first_over_p50": round(float(np.median(firsts) / np.median(p50s)), 1),
+            "first_over_new_connection_p50": round(float(np.median(firsts) / np.median(fresh)),
+                                                   1)}
 
 
 def main(argv=None):
@@ -277,7 +287,7 @@ def main(argv=None):
 
     model = build_from_preset(args.preset, seq_len=args.seq_len, n_targets=3)
     windows = np.random.default_rng(0).uniform(-2, 3, (32, args.seq_len, 1)).astype("float32")
-    clients = [int(c) for c in args.clients.split(",")]
+    clients = [int(c) for c in args.clients.split(",") if c]  # "": first request only
     results = {"preset": args.preset, "seq_len": args.seq_len, "params": model.count_params(),
                "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "cells": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,43 +305,47 @@ def main(argv=None):
         results["in_process"] = summary(times[50:])
         (tmp / "batching.txt").write_text(BATCHING)
 
-        # Both servers up at once, each cell run on one then the other, ``--rounds`` times:
-        # on a shared machine the load drifts, and a ratio needs both sides under the same.
-        servers = {False: ServeProcess(path.parent, tf_threads=args.tf_threads),
-                   True: ServeProcess(path.parent, "--batching_parameters_file",
-                                      str(tmp / "batching.txt"), tf_threads=args.tf_threads)}
-        try:
-            cells = [(api, c, True, 1) for api in args.apis.split(",") for c in clients]
-            cells += [("rest", c, False, 1) for c in clients if c >= 64]  # new conn. each
-            # Where the encodings differ: 256 windows per request (no batching to do).
-            cells += [(api, 1, True, 256) for api in args.apis.split(",")]
-            for api, c, keepalive, rows in cells:
-                per_client = max(2 if rows == 1 else 20, -(-args.requests // c // rows))
-                runs = {False: [], True: []}
-                for _ in range(args.rounds):
-                    for batching in (False, True) if rows == 1 else (False,):
-                        server = servers[batching]
-                        url = server.rest if api == "rest" else server.grpc
-                        runs[batching].append(run_load(url, "bench", tmp / "data.npz", c,
-                                                       per_client, keepalive, rows))
-                for batching, done in runs.items():
-                    if not done:
-                        continue
-                    cell = {k: float(np.median([d[k] for d in done]))
-                            for k in ("req_per_s", "p50_ms", "p99_ms")}
-                    cell.update({k: sum(d[k] for d in done) for k in ("n", "failures", "wrong")},
-                                errors=[e for d in done for e in d["errors"]][:3],
-                                api=api + ("" if keepalive else " (new conn.)") +
-                                (f" x{rows} windows" if rows > 1 else ""),
-                                clients=c, batching=batching, rows=rows, rounds=len(done))
-                    results["cells"].append(cell)
-                    print(f"{cell['api']:<18}{c:>5} clients  batching={'on ' if batching else 'off'}"
-                          f"  {cell['req_per_s']:>7.0f} req/s  p50 {cell['p50_ms']:>7.2f} ms  "
-                          f"p99 {cell['p99_ms']:>7.2f} ms  failures {cell['failures']}/{cell['n']}"
-                          f"  wrong {cell['wrong']}", flush=True)
-        finally:
-            for server in servers.values():
-                server.close()
+        if clients:
+            # Both servers up at once, each cell run on one then the other, ``--rounds`` times:
+            # on a shared machine the load drifts, and a ratio needs both sides under the same.
+            servers = {False: ServeProcess(path.parent, tf_threads=args.tf_threads),
+                       True: ServeProcess(path.parent, "--batching_parameters_file",
+                                          str(tmp / "batching.txt"), tf_threads=args.tf_threads)}
+            try:
+                cells = [(api, c, True, 1) for api in args.apis.split(",") for c in clients]
+                cells += [("rest", c, False, 1) for c in clients if c >= 64]  # new conn. each
+                # Where the encodings differ: 256 windows per request (no batching to do).
+                cells += [(api, 1, True, 256) for api in args.apis.split(",")]
+                for api, c, keepalive, rows in cells:
+                    per_client = max(2 if rows == 1 else 20, -(-args.requests // c // rows))
+                    runs = {False: [], True: []}
+                    for _ in range(args.rounds):
+                        for batching in (False, True) if rows == 1 else (False,):
+                            server = servers[batching]
+                            url = server.rest if api == "rest" else server.grpc
+                            runs[batching].append(run_load(url, "bench", tmp / "data.npz", c,
+                                                           per_client, keepalive, rows))
+                    for batching, done in runs.items():
+                        if not done:
+                            continue
+                        cell = {k: float(np.median([d[k] for d in done]))
+                                for k in ("req_per_s", "p50_ms", "p99_ms")}
+                        cell.update({k: sum(d[k] for d in done)
+                                     for k in ("n", "failures", "wrong")},
+                                    errors=[e for d in done for e in d["errors"]][:3],
+                                    api=api + ("" if keepalive else " (new conn.)") +
+                                    (f" x{rows} windows" if rows > 1 else ""),
+                                    clients=c, batching=batching, rows=rows, rounds=len(done))
+                        results["cells"].append(cell)
+                        mode = "on " if batching else "off"
+                        print(f"{cell['api']:<18}{c:>5} clients  batching={mode}"
+                              f"  {cell['req_per_s']:>7.0f} req/s  p50 {cell['p50_ms']:>7.2f} ms  "
+                              f"p99 {cell['p99_ms']:>7.2f} ms  "
+                              f"failures {cell['failures']}/{cell['n']}"
+                              f"  wrong {cell['wrong']}", flush=True)
+            finally:
+                for server in servers.values():
+                    server.close()
         results["first_request"] = [first_request(path.parent, tmp / "data.npz", w,
                                                   args.first_repeats, 200) for w in (False, True)]
     results["load_after"] = os.getloadavg()[0]
@@ -346,7 +360,9 @@ def main(argv=None):
           f"p99 {results['in_process']['p99_ms']} ms")
     for f in results["first_request"]:
         print(f"first request, warmup {'on ' if f['warmup'] else 'off'}: {f['first_ms']} ms "
-              f"(steady p50 {f['steady_p50_ms']} ms: {f['first_over_p50']}x)")
+              f"(steady p50 {f['steady_p50_ms']} ms: {f['first_over_p50']}x; on a new "
+              f"connection each {f['new_connection_p50_ms']} ms: "
+              f"{f['first_over_new_connection_p50']}x)")
     worst = max((r["failures"] + r["wrong"] for r in results["cells"]), default=0)
     print(f"failures + wrong answers, worst cell: {worst}")
     on, off = cell("rest", 64, True), cell("rest", 64, False)

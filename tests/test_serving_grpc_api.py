@@ -65,7 +65,8 @@ def test_metadata_and_status_with_tf_servings_stubs(channel):
     status.model_spec.name = "tiny"
     reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=30)
     (version,) = reply.model_version_status
-    assert version.version == 1 and version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert version.version == 1
+    assert version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
 @pytest.mark.parametrize("change,code,message", [

@@ -313,7 +313,8 @@ def test_failed_versions_are_named_at_start_and_retried_on_the_next_poll(base, t
     with Server(model_dir, port=0, poll_seconds=0.1, num_versions=2) as server:
         status = Client(server.url, "tiny").status()["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE"), ("2", "END")]
-        assert status[1]["status"]["error_code"] == "UNKNOWN" and status[1]["status"]["error_message"]
+        assert status[1]["status"]["error_code"] == "UNKNOWN"
+        assert status[1]["status"]["error_message"]
         # Fix version 2 in place (as a re-export would): the next poll loads it.
         shutil.copytree(base / "1", model_dir / ".fixed")
         shutil.rmtree(model_dir / "2")

@@ -99,8 +99,10 @@ def read_model_config(path):
         numbers = {"latest": [c.model_version_policy.latest.num_versions or 1], "all": [],
                    "specific": list(c.model_version_policy.specific.versions)}[kind]
         base = pathlib.Path(c.base_path)
+        if not base.is_absolute():
+            base = pathlib.Path(path).parent / base
         models.append({"name": c.name, "policy": (kind, numbers), "labels": dict(c.version_labels),
-                       "base_path": base if base.is_absolute() else pathlib.Path(path).parent / base})
+                       "base_path": base})
     if not models:
         raise ValueError(f"model config file {path}: no models in model_config_list")
     names = [m["name"] for m in models]
