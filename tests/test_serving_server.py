@@ -366,6 +366,7 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     assert parser.parse_args(["--enable_batching"]).enable_batching is True
     assert parser.parse_args(["--enable_model_warmup=false"]).enable_model_warmup is False
     for argv, message in ([["--model_base_path", str(base), "--port", "8501"], "both 8501"],
-                          [["--port", "0"], "--model_base_path or --model_config_file"]):
+                          [["--port", "0"], "--model_base_path or --model_config_file"],
+                          [["--model_base_path", str(base), "--port", "70000"], "0..65535"]):
         with pytest.raises(SystemExit, match=message):
             server_lib.server_from_args(parser.parse_args(argv))

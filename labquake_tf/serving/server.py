@@ -675,20 +675,13 @@ def set_tf_threads(n):
         tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
-def _flag(text):
-    """TF Serving's boolean flag values."""
+def boolean(text):
+    """TF Serving's boolean flag values (argparse names the function in its error)."""
     if text.lower() in ("1", "true", "yes"):
         return True
     if text.lower() in ("0", "false", "no"):
         return False
     raise ValueError(text)
-
-
-def _port(text):
-    port = int(text)
-    if not -1 <= port <= 65535:
-        raise ValueError(port)
-    return port
 
 
 def add_arguments(parser):
@@ -701,10 +694,10 @@ def add_arguments(parser):
     parser.add_argument("--model_config_file", "--model-config-file", dest="model_config_file",
                         default=None, help="a models.config (ModelServerConfig text format) "
                                            "naming several models; replaces --model_base_path")
-    parser.add_argument("--port", type=_port, default=8500,
+    parser.add_argument("--port", type=int, default=8500,
                         help="gRPC port, as TF Serving's (default 8500; 0: a free port; "
                              "-1: no gRPC)")
-    parser.add_argument("--rest_api_port", "--rest-api-port", dest="rest_api_port", type=_port,
+    parser.add_argument("--rest_api_port", "--rest-api-port", dest="rest_api_port", type=int,
                         default=8501, help="REST port (default 8501; 0: a free port; -1: no REST)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (0.0.0.0 to serve other machines)")
@@ -715,7 +708,7 @@ def add_arguments(parser):
     parser.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
                         type=float, default=2.0, help="how often to look for new versions")
     parser.add_argument("--enable_batching", "--enable-batching", dest="enable_batching",
-                        nargs="?", const=True, default=False, type=_flag,
+                        nargs="?", const=True, default=False, type=boolean,
                         help="merge concurrent requests into one model call "
                              "(--enable_batching or --enable_batching=true)")
     parser.add_argument("--batching_parameters_file", "--batching-parameters-file",
@@ -728,7 +721,7 @@ def add_arguments(parser):
                         help='e.g. prometheus_config { enable: true, path: '
                              '"/monitoring/prometheus/metrics" }')
     parser.add_argument("--enable_model_warmup", "--enable-model-warmup",
-                        dest="enable_model_warmup", nargs="?", const=True, type=_flag,
+                        dest="enable_model_warmup", nargs="?", const=True, type=boolean,
                         default=True, help="replay assets.extra/tf_serving_warmup_requests "
                                            "before serving a version (default true)")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
@@ -762,6 +755,9 @@ def server_from_args(args):
             if args.batching_parameters_file else config.DEFAULT_BATCHING
     metrics_path = config.read_monitoring_config(args.monitoring_config_file) \
         if args.monitoring_config_file else None
+    for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
+        if not -1 <= port <= 65535:
+            raise SystemExit(f"{flag} {port}: a port is 0..65535 (0: a free one, -1: none)")
     rest = None if args.rest_api_port < 0 else args.rest_api_port
     grpc_port = None if args.port < 0 else args.port
     if rest is None and grpc_port is None:
