@@ -157,6 +157,7 @@ def test_real_server_predict_series_and_status(embedded, api):
     for name in TARGETS:
         assert out[name].shape == (33,)
         np.testing.assert_allclose(out[name], expected[name].numpy(), rtol=1e-5, atol=1e-6)
+    assert client.model_metadata()["feature_names"] == ["logvar_ch1"]
     scaled = client.predict({"ae_features": windows[:3]}, signature_name="serving_scaled")
     assert set(scaled) == set(TARGETS) and scaled["ttsf"].shape == (3,)
 

@@ -81,6 +81,9 @@ class Client:
     def model_metadata(self):
         """The export's own metadata (``feature_names``, ``target_names``, ``seq_len``, ...)
         from its ``metadata`` signature."""
+        if self._grpc:
+            out = self._retrying(lambda: self._grpc.predict({}, "metadata"))["metadata_json"]
+            return json.loads(out.item())
         reply = self._request("POST", self._path + ":predict",
                               {"signature_name": "metadata", "inputs": {}})
         out = reply.get("outputs")
