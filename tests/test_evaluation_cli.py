@@ -178,3 +178,29 @@ def test_zero_shot_on_a_record_too_short_for_the_window_writes_nothing(run_dir, 
                                          r"one window of seq_len=16"):
         evaluate(run_dir, str(short), out=tmp_path / "eval")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.npz"]
+
+
+def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, dds_dir, tmp_path, capsys):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    half = {"score": "constant", "q": 0.05, "eps": 0.0, "coef": 0.0, "offset": 0.05}
+    manifest["intervals"] = {"method": "split-conformal", "coverage": 0.9, "members": 1,
+                             "score": "constant", "targets": {t: half for t in TARGETS}}
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--split", "test", "--out", str(out)]) == 0
+    assert "90% interval covers" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for name in TARGETS:
+        labelled = [r for r in rows if r[f"{name}_true"] != ""]  # the target's own mask
+        col = {k: np.array([float(r[f"{name}_{k}"]) for r in labelled])
+               for k in ("true", "pred", "lower", "upper")}
+        np.testing.assert_allclose(col["upper"] - col["pred"], 0.05, atol=1e-4)  # 6 digits in the CSV
+        np.testing.assert_allclose(col["pred"] - col["lower"], 0.05, atol=1e-4)
+        inside = (col["true"] >= col["lower"]) & (col["true"] <= col["upper"])
+        m = metrics["targets"][name]
+        assert m["coverage"] == pytest.approx(inside.mean(), abs=2 / len(labelled))
+        assert m["width"] == pytest.approx(0.1, rel=1e-4) and m["interval_target"] == 0.9

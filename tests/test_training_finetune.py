@@ -124,8 +124,10 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     assert not out.with_name("ft.partial").exists()
     config = json.loads((out / "config.json").read_text())["finetune"]
     assert config["target"] == "ttsf" and config["blocks"] == 2 and config["cached"]
+    # both fixed: no search; a frozen decoder gets the default ensemble
+    assert config["selection"] is None and config["ensemble"] == 5
     assert config["trainable_fraction"] == pytest.approx(
-        _head_params(8, 12) / config["total_params"])
+        5 * _head_params(8, 12) / config["total_params"])  # five heads train
     assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
     test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
     assert np.isfinite(test["rmse"]) and test["rmse"] > 0

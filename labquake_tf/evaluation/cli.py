@@ -15,8 +15,9 @@ inverted with the model's own TARGET scaler, exactly as the model was trained
 and as its export serves. Features are matched by name: a mismatch is an error.
 
 Writes ``OUT/metrics.json`` (per target: RMSE, MAE, R² in physical units and
-scaled, on every labelled step of the split by that target's own mask;
-event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` and
+scaled, on every labelled step of the split by that target's own mask; the
+calibrated interval's coverage and mean width when the run has one and the data
+is its own; event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` and
 ``OUT/plots/`` (prediction vs truth over time with a scatter, per target; the
 loss curves when MODEL is a run dir with ``history.csv``).
 """
@@ -95,8 +96,12 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
         work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
             (work / "plots").mkdir()
+            # the interval was calibrated for the run's own record only
+            own = described == ((manifest.get("request") or {}).get("dataset")
+                                or manifest.get("dataset"))
             result, p = evaluate_model(
                 model, data_dir, split, work / "plots", title=f"{described}/{split}",
+                intervals=manifest.get("intervals") if own else None,
                 **_model_scalers(manifest))
             history = base / "history.csv"
             if history.exists():
@@ -131,13 +136,15 @@ def _model_scalers(manifest):
 
 def _write_predictions(path, p):
     """One row per window end where any target is labelled; a target's ``_true`` is
-    empty where it is not a label (its score skips that row)."""
+    empty where it is not a label (its score skips that row); ``_lower``/``_upper``
+    when the run has a calibrated interval."""
+    kinds = ("true", "pred", "lower", "upper") if "lower" in p else ("true", "pred")
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["time", *(f"{n}_{kind}" for n in p["names"] for kind in ("true", "pred"))])
-        for t, yt, yp in zip(p["time"], p["true"], p["pred"]):
+        writer.writerow(["time", *(f"{n}_{kind}" for n in p["names"] for kind in kinds)])
+        for t, *rows in zip(p["time"], *(p[k] for k in kinds)):
             writer.writerow([f"{t:.6f}", *("" if v != v else f"{v:.6g}"
-                                           for pair in zip(yt, yp) for v in pair)])
+                                           for group in zip(*rows) for v in group)])
 
 
 def add_arguments(parser):
@@ -162,6 +169,9 @@ def run(args):
     for name, m in result["targets"].items():
         line = (f"{name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}"
                 f" (scaled RMSE {m['rmse_scaled']:.4g})")
+        if "coverage" in m:
+            line += (f"; {m['interval_target']:.0%} interval covers {m['coverage']:.1%}, "
+                     f"mean width {m['width']:.4g} {m['units']}")
         if name in result["events"]:
             line += f"; per-event failure-time MAE {result['events'][name]['mae_s']:.3g} s"
         print(line)

@@ -9,9 +9,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_prediction_panel(path, time, y_true, y_pred, name, units, title=""):
-    """Prediction and truth over time (left) and predicted vs true (right)."""
+def plot_prediction_panel(path, time, y_true, y_pred, name, units, title="", band=None):
+    """Prediction and truth over time (left) and predicted vs true (right); ``band``
+    ``(lower, upper)`` shades the prediction interval."""
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [3, 1]})
+    if band is not None:
+        ax_t.fill_between(time, band[0], band[1], color="r", alpha=0.2, lw=0, label="interval")
     ax_t.plot(time, y_true, "k-", lw=1, label="truth")
     ax_t.plot(time, y_pred, "r-", lw=0.8, alpha=0.8, label="prediction")
     ax_t.set(xlabel="time (s)", ylabel=f"{name} ({units})", title=title)

@@ -30,7 +30,7 @@ def regression_metrics(y_true, y_pred):
             "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")}
 
 
-def predict(model, data_dir, split, feature_scaler=None, target_scaler=None):
+def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, intervals=None):
     """Predictions (physical units) at every window end where any target is labelled.
 
     Returns a dict: ``time`` (n,), ``names`` (the targets), ``units``, ``pred``
@@ -40,7 +40,8 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None):
 
     ``feature_scaler`` / ``target_scaler`` (``MinMaxScaler``) default to the data's own;
     scoring a model on another dataset passes the model's, so inputs are scaled and
-    outputs inverted as the model was trained.
+    outputs inverted as the model was trained. With ``intervals`` (a run manifest's
+    block) also ``lower`` and ``upper`` (n, n_targets).
     """
     from labquake_tf.data.pipeline import load_manifest, split_arrays
     from labquake_tf.data.scaling import MinMaxScaler
@@ -68,9 +69,24 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None):
         raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")
     mask = labelled[ends]
     truth = np.where(mask, np.stack([arrays["targets"][n][ends] for n in names], axis=1), np.nan)
-    return {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
-            "true": truth, "pred": target_scaler.inverse_transform(scaled), "mask": mask,
-            "true_scaled": target_scaler.transform(truth), "pred_scaled": scaled}
+    out = {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
+           "true": truth, "pred": target_scaler.inverse_transform(scaled), "mask": mask,
+           "true_scaled": target_scaler.transform(truth), "pred_scaled": scaled}
+    if intervals:
+        out["lower"], out["upper"] = interval_bounds(model, windows, intervals, target_scaler,
+                                                     names)
+    return out
+
+
+def interval_bounds(model, windows, intervals, scaler, names):
+    """A run's calibrated interval (``manifest["intervals"]``) around its prediction."""
+    from labquake_tf.evaluation import intervals as conformal
+    from labquake_tf.training.ensemble import predict_members
+
+    mean, members = predict_members(model, windows)
+    params = [intervals["targets"][n] for n in names]
+    return conformal.bounds(scaler.inverse_transform(mean), members.std(axis=0) * scaler.scale,
+                            params)
 
 
 def target_arrays(p, name):
@@ -82,14 +98,17 @@ def target_arrays(p, name):
 
 
 def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_scaler=None,
-                   target_scaler=None):
+                   target_scaler=None, intervals=None):
     """Metrics of ``model`` on a prepared split, with ``predict``'s arrays; one
     ``{split}_{target}.png`` per target in ``plots_dir`` when it is given.
 
     Each target is scored on every labelled window of the split, by its own mask
-    (``n_labelled`` per target in the result).
+    (``n_labelled`` per target in the result). With ``intervals`` each target also
+    gets the interval's ``coverage`` and mean ``width``.
     """
-    p = predict(model, data_dir, split, feature_scaler, target_scaler)
+    from labquake_tf.evaluation.intervals import summary
+
+    p = predict(model, data_dir, split, feature_scaler, target_scaler, intervals)
     result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
     for name in p["names"]:
         time, true, pred, true_scaled, pred_scaled = target_arrays(p, name)
@@ -98,11 +117,18 @@ def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_sca
         result["targets"][name] = {**scores, **{f"{k}_scaled": v for k, v in scaled.items()},
                                    "n_labelled": int(len(time)),
                                    "units": p["units"].get(name, "")}
+        band = None
+        if "lower" in p:
+            i, m = p["names"].index(name), p["mask"][:, p["names"].index(name)]
+            band = (p["lower"][m, i], p["upper"][m, i])
+            result["targets"][name].update(summary(true, *band),
+                                           interval_target=intervals["coverage"])
         if name in EVENT_TARGETS:
             result["events"][name] = events.event_scores(time, true, pred)
         if plots_dir is not None:
             figures.plot_prediction_panel(
                 pathlib.Path(plots_dir) / f"{split}_{name}.png", time, true, pred, name,
                 p["units"].get(name, ""),
-                f"{title} {name}: RMSE {scores['rmse']:.3g}, R² {scores['r2']:.3f}".strip())
+                f"{title} {name}: RMSE {scores['rmse']:.3g}, R² {scores['r2']:.3f}".strip(),
+                band=band)
     return result, p

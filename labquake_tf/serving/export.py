@@ -5,6 +5,10 @@
 * ``serving_default``: raw log10-variance ``ae_features`` ``[batch, seq_len, n_features]``
   -> one float32 output per target in physical units (MPa, s). The manifest's
   min-max scalers are baked into the graph, so clients never see scaled numbers.
+  When the manifest holds a calibrated interval (``intervals``, written by
+  ``finetune``), each target ``NAME`` also gets ``NAME_lower`` and ``NAME_upper``:
+  the ensemble's mean ± the conformal half-width, computed in the graph from the
+  members' spread.
 * ``serving_scaled``: the model as trained, scaled inputs -> scaled outputs.
 * ``metadata``: no inputs -> ``metadata_json``, the same JSON as ``assets/metadata.json``.
 * ``serving_step`` (streamable models only): one new raw feature step and the layer
@@ -211,6 +215,11 @@ def _metadata(manifest, targets, seq_len, extra):
         "signatures": {DEFAULT_SIGNATURE: "raw log10-variance in, physical units out",
                        SCALED_SIGNATURE: "min-max scaled in, scaled out"},
     }
+    if manifest.get("intervals"):
+        iv = manifest["intervals"]
+        meta["intervals"] = {"method": iv.get("method"), "coverage": iv.get("coverage"),
+                             "score": iv.get("score"), "members": iv.get("members"),
+                             "outputs": [f"{t}_{b}" for t in targets for b in ("lower", "upper")]}
     # Round-trip through JSON so numpy scalars and paths in ``extra`` become plain values.
     meta.update(json.loads(json.dumps(extra or {}, default=_plain)))
     return meta
@@ -229,22 +238,40 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
     f_min, f_scale = affine("features")
     t_min, t_scale = affine("targets")
     spec = tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME)
+    half = _half_width(manifest.get("intervals"), targets)
+    net = model
+    if half is not None:
+        from labquake_tf.training.ensemble import members_model
+
+        net = members_model(model)
 
     # One tf.function for both signatures: the model is traced once, not twice.
     @tf.function(input_signature=[spec], autograph=False)
     def scaled(x):
         # A mixed_float16 model computes in float16; the signature stays float32.
-        y = model(tf.cast(x, model.inputs[0].dtype), training=False)
-        return tf.cast(y, tf.float32)
+        out = net(tf.cast(x, model.inputs[0].dtype), training=False)
+        if half is None:
+            return tf.cast(out, tf.float32), None
+        members = tf.stack([tf.cast(m, tf.float32) for m in out[1:]])
+        return tf.cast(out[0], tf.float32), tf.math.reduce_std(members, axis=0)
 
     def split(y):
         return {t: y[:, i] for i, t in enumerate(targets)}
 
+    def physical(ae_features):
+        mean, spread = scaled((ae_features - f_min) / f_scale)
+        mean = mean * t_scale + t_min
+        outputs = split(mean)
+        if half is not None:
+            width = half[0] * spread * t_scale + half[1]
+            outputs.update({f"{t}_lower": v for t, v in split(mean - width).items()})
+            outputs.update({f"{t}_upper": v for t, v in split(mean + width).items()})
+        return outputs
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(DEFAULT_SIGNATURE, lambda ae_features: split(
-        scaled((ae_features - f_min) / f_scale) * t_scale + t_min), input_signature=[spec])
-    archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)),
+    archive.add_endpoint(DEFAULT_SIGNATURE, physical, input_signature=[spec])
+    archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)[0]),
                          input_signature=[spec])
     from labquake_tf.models import is_streamable
 
@@ -257,6 +284,19 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
     archive.add_endpoint(METADATA_SIGNATURE,
                          lambda: {"metadata_json": tf.constant(meta_json)}, input_signature=[])
     return archive
+
+
+def _half_width(intervals, targets):
+    """``(coef, offset)`` float32 vectors of ``half = coef * spread + offset`` in
+    physical units, or None when the manifest holds no calibrated interval."""
+    if not intervals:
+        return None
+    missing = [t for t in targets if t not in intervals.get("targets", {})]
+    if missing:
+        raise ValueError(f"manifest field 'intervals' has no calibration for {missing}")
+    params = [intervals["targets"][t] for t in targets]
+    return (np.asarray([p["coef"] for p in params], np.float32),
+            np.asarray([p["offset"] for p in params], np.float32))
 
 
 def _write_json(path, obj):

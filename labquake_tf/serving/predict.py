@@ -81,10 +81,14 @@ def plot(path, time, outputs, record, offset, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(outputs)
+    # NAME_lower / NAME_upper (a calibrated interval) shade NAME's panel
+    names = sorted(n for n in outputs if _bound_of(n, outputs) is None)
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.5 * len(names)), sharex=True,
                              squeeze=False)
     for ax, name in zip(axes[:, 0], names):
+        if f"{name}_lower" in outputs and f"{name}_upper" in outputs:
+            ax.fill_between(time, outputs[f"{name}_lower"], outputs[f"{name}_upper"],
+                            color="C3", alpha=0.2, lw=0, label="interval")
         if name in record.targets:
             ax.plot(time, record.targets[name][offset:], color="0.6", lw=1, label="measured")
         ax.plot(time, outputs[name], color="C3", lw=1, label="predicted")
@@ -97,6 +101,14 @@ def plot(path, time, outputs, record, offset, title):
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _bound_of(name, outputs):
+    """The output ``name`` bounds (``x`` for ``x_lower``/``x_upper``), else None."""
+    for suffix in ("_lower", "_upper"):
+        if name.endswith(suffix) and name[:-len(suffix)] in outputs:
+            return name[:-len(suffix)]
+    return None
 
 
 def add_arguments(parser):
