@@ -111,7 +111,8 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     src = tmp_path / "src"
     src.mkdir()
     save_model(pretrained, src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198"}))
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
+                                                   "feature_names": ["logvar_ch1"]}))
     run = tmp_path / "ft"
     assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",
                  "--seq-len", "12", "--epochs", "2", "--ensemble", "3", "--coverage", "0.8",
@@ -162,7 +163,7 @@ def test_forward_windows_cut_the_training_split_after_its_middle_event(dds_dir, 
     train = split_arrays(data, "train")
     events = train["events"]
     cut = int(events[len(events) // 2 - 1, 1]) + 1
-    mask = train["label_mask"]
+    mask = train["label_mask"]["shear_stress"]  # one mask per target
     assert len(y_early) == int(mask[7:cut].sum()) and len(y_late) == int(mask[cut:].sum())
     assert x_early.shape == (len(y_early), 8, 1) and x_late.shape == (len(y_late), 8, 1)
     # the first late window ends on the cut step and reads the 7 steps before it

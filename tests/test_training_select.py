@@ -24,7 +24,8 @@ def test_finetune_chooses_blocks_and_window_on_validation_and_records_them(
     src = tmp_path / "src"
     src.mkdir()
     save_model(build_tcn(12, filters=8, kernel_size=3, blocks=2, dropout=0.0), src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198"}))
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
+                                                   "feature_names": ["logvar_ch1"]}))
     run = tmp_path / "ft"
     assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
                  "--epochs", "2", "--ensemble", "2", "--out", str(run)]) == 0
