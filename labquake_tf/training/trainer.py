@@ -15,15 +15,17 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from labquake_tf.training.optimizer import AdamW
 from labquake_tf.training.strategy import get_strategy, set_precision
 
 
 def make_optimizer(config, steps_per_epoch):
-    """AdamW on a cosine schedule that restarts every ``cosine_period`` epochs."""
+    """AdamW on a cosine schedule that restarts every ``cosine_period`` epochs, clipping
+    the global norm of the gradient summed over replicas (see ``optimizer``)."""
     schedule = keras.optimizers.schedules.CosineDecayRestarts(
         config.learning_rate, first_decay_steps=int(config.cosine_period * steps_per_epoch),
         t_mul=1.0, m_mul=1.0)
-    return keras.optimizers.AdamW(
+    return AdamW(
         learning_rate=schedule, weight_decay=config.weight_decay,
         global_clipnorm=config.clipnorm or None)
 
