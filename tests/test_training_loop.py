@@ -70,3 +70,65 @@ def test_loop_stops_early_and_restores_the_best_weights(tmp_path):
     assert len(history["epoch"]) < 20
     val = float(np.mean((model.predict(x, verbose=0) - (1 - y)) ** 2))
     assert val == pytest.approx(min(history["val_loss"]), rel=1e-4)
+
+
+def test_loop_killed_after_its_best_epoch_resumes_to_the_uninterrupted_result(tmp_path,
+                                                                             monkeypatch):
+    from labquake_tf.training import loop
+
+    x, y = windows()
+    config = TrainConfig(epochs=20, batch_size=16, learning_rate=1e-2, patience=2, verbose=0)
+    strategy = tf.distribute.get_strategy()
+
+    def run(out):
+        return fit_distributed(_compiled(config, 4), batched(x, y), batched(x, 1 - y), config,
+                               out, strategy, 4, signature={"model": "small"})
+
+    whole = run(tmp_path / "whole")
+    best = int(np.argmin(whole["val_loss"]))
+    assert len(whole["epoch"]) == best + 3 < 20
+
+    write = loop._write_history
+
+    def write_then_die(path, history):
+        write(path, history)
+        if len(history) == best + 2:  # epoch best+1 logged (worse), its backup not yet written
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(loop, "_write_history", write_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "killed")
+    monkeypatch.setattr(loop, "_write_history", write)
+    resumed = run(tmp_path / "killed")
+
+    assert resumed["epoch"] == whole["epoch"]
+    np.testing.assert_allclose(resumed["val_loss"], whole["val_loss"], rtol=1e-5)
+    for a, b in zip(keras.models.load_model(tmp_path / "killed" / "model.keras").get_weights(),
+                    keras.models.load_model(tmp_path / "whole" / "model.keras").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_loop_refuses_a_backup_of_another_run(tmp_path, monkeypatch):
+    from labquake_tf.training import loop
+    from labquake_tf.training.resume import ResumeMismatch
+
+    x, y = windows()
+    config = TrainConfig(epochs=3, batch_size=16, verbose=0)
+    write = loop._write_history
+
+    def write_then_die(path, history):
+        write(path, history)
+        if len(history) == 2:  # epoch 0 is backed up, epoch 1 is not
+            raise RuntimeError("killed")
+
+    def run(signature):
+        return fit_distributed(_compiled(config, 4), batched(x, y), None, config, tmp_path,
+                               tf.distribute.get_strategy(), 4, signature=signature)
+
+    monkeypatch.setattr(loop, "_write_history", write_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run({"data": "p4581"})
+    monkeypatch.setattr(loop, "_write_history", write)
+    with pytest.raises(ResumeMismatch, match="data"):
+        run({"data": "p5198"})
+    assert run({"data": "p4581"})["epoch"] == [0, 1, 2]

@@ -93,3 +93,59 @@ def test_endless_dataset_without_steps_per_epoch_is_refused(tmp_path):
     x, y = windows(n=16)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         train(small_model, batched(x, y).repeat(), None, TrainConfig(verbose=0), tmp_path)
+
+
+def _weights_of(path):
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def test_a_run_killed_after_its_best_epoch_resumes_to_the_uninterrupted_result(tmp_path,
+                                                                               monkeypatch):
+    # Validation targets anti-correlated with training ones: the best epoch comes early,
+    # then patience runs out. Killed after the best epoch and one worse one, the resumed
+    # run must still know the best (value, weights) and the wait count.
+    x, y = windows()
+    config = TrainConfig(epochs=20, batch_size=16, learning_rate=1e-2, patience=2, verbose=0)
+    _, whole = train(small_model, batched(x, y), batched(x, 1 - y), config, tmp_path / "whole")
+    best = int(np.argmin(whole["val_loss"]))
+    stop = len(whole["epoch"])
+    assert stop == best + 3 < 20  # stopped by patience, so the kill below lands before it
+
+    fit = keras.Model.fit
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == best + 2:
+                raise RuntimeError("killed")
+
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, callbacks=(), **k:
+                        fit(self, *a, callbacks=[*callbacks, Kill()], **k))
+    with pytest.raises(RuntimeError, match="killed"):
+        train(small_model, batched(x, y), batched(x, 1 - y), config, tmp_path / "killed")
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    _, resumed = train(small_model, batched(x, y), batched(x, 1 - y), config, tmp_path / "killed")
+
+    assert resumed["epoch"] == whole["epoch"]
+    np.testing.assert_allclose(resumed["val_loss"], whole["val_loss"], rtol=1e-5)
+    for a, b in zip(_weights_of(tmp_path / "killed" / "model.keras"),
+                    _weights_of(tmp_path / "whole" / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_resuming_with_another_model_or_data_is_refused(tmp_path, monkeypatch):
+    from labquake_tf.training.resume import ResumeMismatch
+
+    x, y = windows()
+    config = TrainConfig(epochs=3, batch_size=16, verbose=0)
+    fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, callbacks=(), **k:
+                        fit(self, *a, callbacks=[*callbacks, _Kill()], **k))
+    with pytest.raises(RuntimeError, match="killed"):
+        train(small_model, batched(x, y), None, config, tmp_path, data_signature="p4581")
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    with pytest.raises(ResumeMismatch, match="model"):
+        train(lambda: build_from_preset("tiny"), batched(x, y), None, config, tmp_path,
+              data_signature="p4581")
+    with pytest.raises(ResumeMismatch, match="data"):
+        train(small_model, batched(x, y), None, config, tmp_path, data_signature="p5198")
+    assert (tmp_path / "backup").is_dir()  # the refused runs left it as it was

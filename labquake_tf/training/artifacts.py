@@ -102,4 +102,6 @@ def load_pretrained(path):
     if not zipfile.is_zipfile(model_path):  # keras would call it "File not found"
         raise DataError(f"{model_path}: not a Keras model (a .keras file is a zip archive; "
                         "this one is damaged or something else)")
-    return keras.models.load_model(model_path), read_json(manifest_path)
+    # compile=False: no caller continues the saved optimizer state, and restoring it
+    # into a model whose layers are partly frozen skips it with a warning.
+    return keras.models.load_model(model_path, compile=False), read_json(manifest_path)

@@ -10,6 +10,7 @@ Only the chief writes the run directory.
 """
 
 import csv
+import json
 import math
 import shutil
 
@@ -18,10 +19,19 @@ import numpy as np
 import tensorflow as tf
 
 from labquake_tf.training import trainer
+from labquake_tf.training.resume import ResumeMismatch
 from labquake_tf.training.strategy import is_chief
 
 
-def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_per_epoch):
+def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_per_epoch,
+                    signature=None):
+    """Train ``model`` (compiled) for ``config.epochs``; returns the history as columns.
+
+    The backup holds the early-stopping state (best value, wait count, best
+    weights) with the weights and optimizer, so a resumed run stops, and saves,
+    as the uninterrupted one would. ``signature`` (``trainer.run_signature``) is
+    stored with it; a backup with another one is refused.
+    """
     chief = is_chief(strategy)
     optimizer = model.optimizer
     train_step, eval_step = _steps(model, optimizer, strategy)
@@ -34,18 +44,26 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
 
     with strategy.scope():
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_var = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        wait_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        best_weights = [tf.Variable(w, trainable=False) for w in model.get_weights()]
     # Every worker saves (saving may need collectives); only the chief's copy is kept.
     backup_dir = out_dir / "backup" if chief else out_dir / f".backup-worker{_task_id(strategy)}"
     manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var),
+        tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var,
+                            wait=wait_var, best_weights=best_weights),
         str(backup_dir), max_to_keep=1)
     if manager.latest_checkpoint:
+        _check_signature(backup_dir, signature)
         manager.checkpoint.restore(manager.latest_checkpoint)
+    elif signature is not None:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        (backup_dir / "signature.json").write_text(json.dumps(signature, sort_keys=True, default=str))
     start = int(epoch_var.numpy())
     history = _resumed_history(out_dir / "history.csv", start)
 
     monitor = "val_loss" if val_ds is not None else "loss"
-    best, best_weights, wait = math.inf, None, 0
+    best, wait = float(best_var.numpy()), int(wait_var.numpy())
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard")) if chief else None
     for epoch in range(start, config.epochs):
         if config.verbose and chief:
@@ -70,11 +88,11 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
 
         improved = logs[monitor] < best
         if improved:
-            best, best_weights, wait = logs[monitor], model.get_weights(), 0
+            best, wait = logs[monitor], 0
+            for var, value in zip(best_weights, model.get_weights()):
+                var.assign(value)
         else:
             wait += 1
-        epoch_var.assign(epoch + 1)
-        manager.save()
         if chief:
             if improved:
                 trainer.save_model(model, out_dir / "model.keras")
@@ -82,13 +100,19 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
             with writer.as_default(step=epoch):
                 for key, value in logs.items():
                     tf.summary.scalar(key, value)
+        # The backup last: killed before it, the resumed run redoes this epoch and
+        # drops its history row; killed after, nothing of this epoch is missing.
+        epoch_var.assign(epoch + 1)
+        best_var.assign(best)
+        wait_var.assign(wait)
+        manager.save()
         if wait >= config.patience:
             if chief and config.verbose:
                 print(f"Epoch {epoch + 1}: early stopping")
             break
 
-    if best_weights is not None:
-        model.set_weights(best_weights)
+    if math.isfinite(best):
+        model.set_weights([w.numpy() for w in best_weights])
     if chief:
         trainer.save_model(model, out_dir / "model.keras")
     shutil.rmtree(backup_dir, ignore_errors=True)
@@ -134,6 +158,19 @@ def _batches(dataset, strategy):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return iter(strategy.experimental_distribute_dataset(dataset.repeat().with_options(options)))
+
+
+def _check_signature(backup_dir, signature):
+    path = backup_dir / "signature.json"
+    if signature is None or not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    ours = json.loads(json.dumps(signature, sort_keys=True, default=str))
+    if saved != ours:
+        differs = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        raise ResumeMismatch(
+            f"{backup_dir}: the interrupted run there used another {', '.join(differs)}; "
+            "resume it with the same settings, or delete that run dir / choose another --out")
 
 
 def _task_id(strategy):

@@ -58,7 +58,8 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
                                      shuffle=True, seed=config.seed,
                                      repeat=config.steps_per_epoch is not None)
     val_ds = pipeline.make_dataset(data_dir, "val", batch_size=config.batch_size)
-    model, history = train(lambda: build_tcn(**model_kwargs), train_ds, val_ds, config, work)
+    model, history = train(lambda: build_tcn(**model_kwargs), train_ds, val_ds, config, work,
+                           data_signature=manifest["request"])
     if not chief:
         shutil.rmtree(work, ignore_errors=True)
         return model, {}

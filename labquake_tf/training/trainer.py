@@ -15,6 +15,7 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from labquake_tf.training import resume
 from labquake_tf.training.optimizer import AdamW
 from labquake_tf.training.strategy import get_strategy, set_precision
 
@@ -52,12 +53,19 @@ def count_steps(dataset):
     return n
 
 
-def train(build_fn, train_ds, val_ds, config, out_dir):
+RESUME_KEYS = ("batch_size", "learning_rate", "weight_decay", "clipnorm", "cosine_period", "seed")
+"""TrainConfig fields a resumed run must share with the run it continues."""
+
+
+def train(build_fn, train_ds, val_ds, config, out_dir, data_signature=None):
     """Train ``build_fn()`` on batched datasets; returns ``(model, history_dict)``.
 
     ``out_dir`` receives ``model.keras`` (best epoch), ``history.csv``,
     ``tensorboard/`` and, while running, ``backup/``: a run started again with
-    the same ``out_dir`` resumes after the last completed epoch.
+    the same ``out_dir`` resumes after the last completed epoch, with the best
+    epoch and the early-stopping count it had (``resume``). A backup left by a run
+    with another model, other data (``data_signature``, e.g. the manifest's
+    sources) or other ``RESUME_KEYS`` is refused with ``resume.ResumeMismatch``.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,40 +76,74 @@ def train(build_fn, train_ds, val_ds, config, out_dir):
     with strategy.scope():
         model = build_fn()
         compile_model(model, config, steps)
+    signature = run_signature(model, train_ds, config, data_signature)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         from labquake_tf.training.loop import fit_distributed
 
-        history = fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps)
+        history = fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps,
+                                  signature=signature)
     else:
-        history = _fit(model, train_ds, val_ds, config, out_dir)
+        history = _fit(model, train_ds, val_ds, config, out_dir, signature)
     return model, history
 
 
-def _fit(model, train_ds, val_ds, config, out_dir):
+def run_signature(model, train_ds, config, data_signature=None):
+    """What must not change between a killed run and its resumption.
+
+    Weight shapes rather than ``get_config``: layer names carry per-process counters.
+    """
+    x_spec, y_spec = train_ds.element_spec
+    return {"model": [[w.path.split("/")[-1], list(w.shape)] for w in model.weights],
+            "data": {"x": list(x_spec.shape[1:]), "y": list(y_spec.shape[1:]),
+                     **({"source": data_signature} if data_signature is not None else {})},
+            "train": {k: getattr(config, k) for k in RESUME_KEYS}}
+
+
+def _fit(model, train_ds, val_ds, config, out_dir, signature):
     backup = out_dir / "backup"
-    if not backup.exists():
-        # A fresh run: CSVLogger appends (so resumed runs keep their first
-        # epochs), which must not extend a previous run's history.
-        (out_dir / "history.csv").unlink(missing_ok=True)
+    resume.check_signature(backup, signature)
+    done = resume.resumed_epoch(backup)
+    # CSVLogger appends, so a resumed run keeps its first epochs; rows past the
+    # backup (an epoch logged just before the kill) and a finished run's rows go.
+    _truncate_history(out_dir / "history.csv", done)
     monitor = "val_loss" if val_ds is not None else "loss"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(out_dir / "model.keras"), monitor=monitor, save_best_only=True)
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
+                                             restore_best_weights=True)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup)),
-        keras.callbacks.ModelCheckpoint(str(out_dir / "model.keras"), monitor=monitor,
-                                        save_best_only=True),
+        checkpoint, stopping,
         # Scalars only: writing the graph costs seconds per run.
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
-                                      restore_best_weights=True),
         keras.callbacks.TerminateOnNaN(),
+        # Last: it restores the state the callbacks above reset, and saves what they updated.
+        resume.RunBackup(backup, signature, [checkpoint, stopping]),
     ]
     # shuffle=False: datasets come shuffled from the pipeline; Keras cannot shuffle them.
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
-    # EarlyStopping restored the best weights; the checkpoint may hold a worse
-    # epoch when the run was resumed (ModelCheckpoint forgets its best).
+    # EarlyStopping restored the best weights (also across a resume); saving them
+    # again makes model.keras hold them whatever the checkpoint last wrote.
     save_model(model, out_dir / "model.keras")
     return read_history(out_dir / "history.csv")
+
+
+def _truncate_history(path, epochs):
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if int(r[0]) < epochs] if epochs else []
+    if len(keep) == len(rows):
+        return
+    if not keep:
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+    os.replace(tmp, path)
 
 
 def save_model(model, path):
