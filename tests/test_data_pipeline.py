@@ -66,9 +66,14 @@ def test_windows_match_direct_numpy_windowing(p4581_dir, split, seq_len, names):
     arrays = pipeline.split_arrays(p4581_dir, split)
     seq = seq_len or manifest["seq_len"]
     x_ref, y_ref = _numpy_windows(arrays, manifest, seq, names or manifest["target_names"])
-    x, y = _collect(pipeline.make_dataset(p4581_dir, split, seq_len=seq_len, targets=names,
-                                          batch_size=100))
+    ds = pipeline.make_dataset(p4581_dir, split, seq_len=seq_len, targets=names, batch_size=100)
+    x, y = _collect(ds)
     assert x.shape == x_ref.shape == (len(x_ref), seq, 1)
+    # The length is known up front (Keras ends epochs on it) and is the real one.
+    assert int(ds.cardinality()) == -(-len(x_ref) // 100)
+    dropped = pipeline.make_dataset(p4581_dir, split, seq_len=seq_len, targets=names,
+                                    batch_size=100, drop_remainder=True)
+    assert int(dropped.cardinality()) == len(x_ref) // 100 == sum(1 for _ in dropped)
     np.testing.assert_allclose(x, x_ref, atol=1e-6)
     np.testing.assert_allclose(y, y_ref, atol=1e-6)
 

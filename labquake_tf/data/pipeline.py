@@ -25,6 +25,9 @@ from labquake_tf.data.scaling import MinMaxScaler
 
 SHUFFLE_BUFFER = 20_000
 
+# Windows per (data dir, split, seq_len, targets, shards): counted once per process.
+_WINDOW_COUNTS = {}
+
 _SPEC = {
     "features": tf.io.FixedLenFeature([], tf.string),
     "targets": tf.io.FixedLenFeature([], tf.string),
@@ -70,7 +73,11 @@ def shard_paths(data_dir, manifest, split):
 
 def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, shuffle=False,
                  seed=0, repeat=False, drop_remainder=False):
-    """``(x, y)`` batches: ``x`` (B, seq_len, n_features) and ``y`` (B, n_targets), scaled."""
+    """``(x, y)`` batches: ``x`` (B, seq_len, n_features) and ``y`` (B, n_targets), scaled.
+
+    The dataset knows its length (``cardinality()``: batches per pass), so training
+    needs no counting pass and ``fit`` ends each epoch on time.
+    """
     manifest = load_manifest(data_dir)
     seq_len, target_idx, target_scaler = _check_request(data_dir, manifest, split, seq_len, targets)
     paths = shard_paths(data_dir, manifest, split)
@@ -91,22 +98,38 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
         mask = ex["mask"] if n_masks == 1 else tf.gather(ex["mask"], target_idx, axis=1)
         return x, y, tf.reduce_all(mask, axis=1), tf.cast(ex["n_context"], tf.int32)
 
-    def windows(x, y, mask, n_context):
+    def window_ends(mask, n_context):
         # Ends need seq_len - 1 steps of history inside the record (its context
         # included) and a real label at the end for every requested target.
-        ends = tf.range(tf.maximum(n_context, seq_len - 1), tf.shape(x)[0])
-        ends = tf.boolean_mask(ends, tf.gather(mask, ends))
+        ends = tf.range(tf.maximum(n_context, seq_len - 1), tf.shape(mask)[0])
+        return tf.boolean_mask(ends, tf.gather(mask, ends))
+
+    def windows(x, y, mask, n_context):
+        ends = window_ends(mask, n_context)
         return tf.data.Dataset.from_tensor_slices(
             (tf.gather(x, ends[:, None] + offsets), tf.gather(y, ends)))
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle:
-        files = files.shuffle(len(paths), seed=seed)
-    ds = files.interleave(
-        lambda p: tf.data.TFRecordDataset(p).map(lambda r: (p, r)),
-        cycle_length=min(len(paths), 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.flat_map(windows)
+    def records(paths, shuffle):
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        if shuffle:
+            files = files.shuffle(len(paths), seed=seed)
+        ds = files.interleave(
+            lambda p: tf.data.TFRecordDataset(p).map(lambda r: (p, r)),
+            cycle_length=min(len(paths), 4), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    key = (os.path.abspath(data_dir), split, seq_len, tuple(target_idx),
+           tuple(s["sha256"] for s in manifest["splits"][split]["shards"]))
+    if key not in _WINDOW_COUNTS:
+        # Labels and record bounds only, no window is cut: a fraction of an epoch's cost.
+        sizes = records(paths, False).map(
+            lambda x, y, mask, n_context: tf.size(window_ends(mask, n_context), tf.int64))
+        _WINDOW_COUNTS[key] = int(sizes.reduce(tf.constant(0, tf.int64), lambda a, b: a + b))
+    # A known length lets Keras end each epoch after its last batch instead of
+    # running the iterator dry (the "ran out of data" warning and OUT_OF_RANGE logs).
+    ds = records(paths, shuffle).flat_map(windows).apply(
+        tf.data.experimental.assert_cardinality(_WINDOW_COUNTS[key]))
     if shuffle:
         n = manifest["splits"][split]["n_steps"]
         ds = ds.shuffle(min(n, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
