@@ -42,3 +42,61 @@ def test_compiled_model_reports_mse_loss_and_its_root():
     x = np.random.default_rng(0).uniform(size=(8, 16, 1)).astype("float32")
     logs = model.train_on_batch(x, np.ones((8, 1), "float32"), return_dict=True)
     assert logs["rmse"] == pytest.approx(np.sqrt(logs["loss"]), rel=1e-5)
+
+
+def _parse(argv, **defaults):
+    import argparse
+
+    from labquake_tf.training import config as config_lib
+
+    parser = argparse.ArgumentParser()
+    config_lib.add_arguments(parser, **defaults)
+    return config_lib.from_args(parser.parse_args(argv))
+
+
+def test_every_field_has_a_flag_and_flags_round_trip_to_the_config():
+    import dataclasses
+
+    config = _parse(["--epochs", "3", "--batch-size", "64", "--learning-rate", "0.01",
+                     "--weight-decay", "0", "--clipnorm", "0.5", "--cosine-period", "4",
+                     "--patience", "2", "--precision", "float32", "--strategy", "mirrored",
+                     "--seed", "7", "--jit-compile", "on", "--max-steps", "9", "--progress", "2"])
+    assert config == TrainConfig(epochs=3, batch_size=64, learning_rate=0.01, weight_decay=0.0,
+                                 clipnorm=0.5, cosine_period=4, patience=2, precision="float32",
+                                 strategy="mirrored", seed=7, jit_compile=True, steps_per_epoch=9,
+                                 verbose=2)
+    # No flag given: the dataclass's defaults, or the command's.
+    assert _parse([]) == TrainConfig()
+    assert _parse([], epochs=10).epochs == 10
+    assert len(dataclasses.fields(TrainConfig)) == 13  # a new field needs a flag test above
+
+
+@pytest.mark.parametrize("flag, value", [("--precision", "float8"), ("--strategy", "tpu"),
+                                         ("--jit-compile", "maybe")])
+def test_unknown_names_are_refused_with_the_choices(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        _parse([flag, value])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_config_from_json_checks_names_too():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig.from_dict({"precision": "float8"})
+    assert TrainConfig(clipnorm=0).clipnorm is None  # 0 turns clipping off
+
+
+def test_training_commands_share_the_flags():
+    import argparse
+
+    from labquake_tf.training import finetune, pretrain
+    from labquake_tf.tuning import tune
+
+    def flags(module):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.dest for a in parser._actions}
+
+    shared = {"batch_size", "learning_rate", "precision", "strategy", "steps_per_epoch",
+              "jit_compile", "clipnorm", "seed", "patience", "verbose", "data"}
+    for module in (pretrain, finetune, tune):
+        assert shared <= flags(module), module.__name__

@@ -59,3 +59,29 @@ def test_export_is_a_savedmodel_that_loads_back(pretrained):
     x = np.random.default_rng(0).uniform(size=(2, *model.input_shape[1:])).astype("float32")
     np.testing.assert_allclose(exported(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
     assert manifest["target_names"] == ["shear_stress"]
+
+
+def test_pretrain_reuses_a_prepared_data_dir_and_records_its_choices(pretrained, tmp_path):
+    data = pretrained / "run" / "data"
+    argv = ["pretrain", "--data", str(data), "--preset", "tiny", "--epochs", "1",
+            "--max-steps", "2", "--batch-size", "32", "--jit-compile", "off", "--progress", "0",
+            "--out", str(tmp_path / "again"), "--export-dir", str(tmp_path / "saved")]
+    assert cli.main(argv) == 0
+    run = tmp_path / "again"
+    assert not (run / "data").exists()  # nothing prepared again
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_dir"] == str(data.resolve())
+    assert config["train"]["jit_compile"] is False and config["train"]["steps_per_epoch"] == 2
+    assert config["execution"]["device"] == "CPU"
+    assert set(config["execution"]["conv_impl"].values()) <= {"conv", "im2col", "taps"}
+    assert json.loads((run / "manifest.json").read_text())["scaler"] == \
+        json.loads((data / "manifest.json").read_text())["scaler"]
+    assert json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]["rmse"] > 0
+
+
+def test_pretrain_on_prepared_data_without_its_targets_is_refused(pretrained, tmp_path):
+    with pytest.raises(ValueError, match="prepared for targets"):
+        cli.main(["pretrain", "--data", str(pretrained / "run" / "data"), "--preset", "tiny",
+                  "--targets", "ttsf", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):  # argparse lists the choices
+        cli.main(["pretrain", "--precision", "float8"])

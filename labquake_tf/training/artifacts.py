@@ -105,3 +105,21 @@ def load_pretrained(path):
     # compile=False: no caller continues the saved optimizer state, and restoring it
     # into a model whose layers are partly frozen skips it with a warning.
     return keras.models.load_model(model_path, compile=False), read_json(manifest_path)
+
+
+def reuse_prepared(data_dir, seq_len, targets):
+    """The manifest of an already prepared ``data_dir``, as a run on it records it.
+
+    The shards must hold exactly ``targets`` (the run's manifest and its scalers then
+    describe the model's outputs) and windows of at least ``seq_len`` steps; the
+    manifest's ``seq_len`` becomes the model's.
+    """
+    manifest = read_json(pathlib.Path(data_dir) / "manifest.json")
+    if list(targets) != list(manifest["target_names"]):
+        raise ValueError(f"{data_dir}: prepared for targets {manifest['target_names']}, the "
+                         f"run trains {list(targets)}; prepare it with --targets "
+                         f"{' '.join(targets)} or pick those targets")
+    if manifest["seq_len"] < seq_len:
+        raise ValueError(f"{data_dir}: prepared for windows of {manifest['seq_len']} steps, "
+                         f"the model reads {seq_len}; prepare it again with --seq-len {seq_len}")
+    return {**manifest, "seq_len": int(seq_len)}

@@ -47,7 +47,8 @@ from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.errors import DataError, UsageError
 from labquake_tf.models import build_tcn, decoder_blocks, head_length, input_length, is_streamable
 from labquake_tf.training import cache, ensemble, select
-from labquake_tf.training.artifacts import load_pretrained, write_json
+from labquake_tf.training import config as config_lib
+from labquake_tf.training.artifacts import load_pretrained, reuse_prepared, write_json
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.strategy import get_strategy, set_precision
 from labquake_tf.training.trainer import save_model, train
@@ -183,8 +184,9 @@ def fit(model, train_xy, val_xy, config, out_dir, use_cache=True):
 def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, seq_len=None,
              decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True,
              input_norm="auto", members=None, coverage=0.9, interval_score="auto",
-             search="auto", calibration="forward"):
-    """The whole job: prepare ``dataset``, build, fit, write a run dir.
+             search="auto", calibration="forward", data=None):
+    """The whole job: prepare ``dataset`` (or reuse the prepared ``data`` dir, which must
+    hold windows as long as any the job reads), build, fit, write a run dir.
 
     ``members`` heads (default ``ensemble.DEFAULT_MEMBERS`` with a frozen decoder, 1
     with a trainable one) are trained on one decoder pass and averaged; their interval
@@ -243,21 +245,27 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     out_dir = pathlib.Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
     fresh = not work.exists()
-    data_dir = work / "data"
     # Features are matched by name: the target record is read with the source's channels.
     names = source_manifest.get("feature_names")
     if names is None:
         raise DataError(f"{pretrained}: its manifest.json has no 'feature_names'")
     prepare_options = dict(targets=[target], split=split, channels=channels_of(names),
                            features=manifest_kind(source_manifest))
-    manifest = prepare.prepare(dataset, data_dir, seq_len=prepared_len, **prepare_options)
+    if data is None:
+        data_dir = work / "data"
+        manifest = prepare.prepare(dataset, data_dir, seq_len=prepared_len, **prepare_options)
+    else:
+        data_dir = pathlib.Path(data).resolve()
+        manifest = reuse_prepared(data_dir, prepared_len, [target])
+        dataset = manifest.get("request", {}).get("dataset", dataset)
     try:
         check_feature_names(names, manifest["feature_names"], f"{pretrained}", f"{dataset}")
     except ValueError:
         if fresh:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size) for s in ("train", "val"))
+    train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size, prepared_len)
+                        for s in ("train", "val"))
     selection = None
     if search:
         scale = float(np.asarray(manifest["scaler"]["targets"]["max"])[0]
@@ -268,10 +276,13 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
               f"(RMSE {min(r['val_rmse'] for r in table):.4g}) of {len(table)} candidates")
         blocks, seq_len = choice["blocks"], choice["seq_len"]
         if window_of(seq_len, blocks) != prepared_len:
-            manifest = prepare.prepare(dataset, data_dir, seq_len=window_of(seq_len, blocks),
-                                       force=True, **prepare_options)
-            train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size)
-                                for s in ("train", "val"))
+            if data is None:
+                manifest = prepare.prepare(dataset, data_dir, seq_len=window_of(seq_len, blocks),
+                                           force=True, **prepare_options)
+            else:  # a prepared dir given by the user is read, never rewritten
+                manifest = reuse_prepared(data_dir, window_of(seq_len, blocks), [target])
+            train_xy, val_xy = (_arrays(pipeline, data_dir, s, config.batch_size,
+                                        window_of(seq_len, blocks)) for s in ("train", "val"))
     blocks = blocks or n_source
     seq_len = seq_len or source_len
 
@@ -322,7 +333,8 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     write_json(work / "config.json", {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
                                                      **architecture(model)),
                                       "preset": None, "train": config.to_dict(),
-                                      "finetune": summary})
+                                      "finetune": summary,
+                                      **({"data_dir": str(data_dir)} if data else {})})
     (work / "plots").mkdir(exist_ok=True)
     plot_history(history, work / "plots" / "loss.png")
     summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / "plots", title=dataset,
@@ -402,10 +414,11 @@ def forward_windows(data_dir, seq_len):
     return part(steps[labelled & (steps < cut)]), part(steps[labelled & (steps >= cut)])
 
 
-def _arrays(pipeline, data_dir, split, batch_size):
+def _arrays(pipeline, data_dir, split, batch_size, seq_len=None):
     """A split's windows as numpy: the input_norm statistics and the cache need them whole."""
     xs, ys = [], []
-    for x, y in pipeline.make_dataset(data_dir, split, batch_size=max(batch_size, 512)):
+    for x, y in pipeline.make_dataset(data_dir, split, seq_len=seq_len,
+                                      batch_size=max(batch_size, 512)):
         xs.append(x.numpy())
         ys.append(y.numpy())
     if not xs:
@@ -416,7 +429,8 @@ def _arrays(pipeline, data_dir, split, batch_size):
 def add_arguments(parser):
     parser.add_argument("--from", dest="pretrained", required=True,
                         help="pretrained run dir, .keras file or exported SavedModel version dir")
-    parser.add_argument("--dataset", required=True, help="dataset name (e.g. p4581) or record path")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (e.g. p4581) or record path (or --data)")
     parser.add_argument("--target", choices=TARGETS, default="shear_stress")
     parser.add_argument("--blocks", type=int, default=None,
                         help="decoder blocks to keep (default: all of the pretrained model's)")
@@ -425,11 +439,6 @@ def add_arguments(parser):
     parser.add_argument("--decoder", choices=DECODER_MODES, default="pretrained-frozen")
     parser.add_argument("--split", default="0.5,0.1,0.4",
                         help="train,val,test fractions of the events (default 0.5,0.1,0.4)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    parser.add_argument("--patience", type=int, default=TrainConfig.patience)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--out", default=None, help="run dir (default runs/finetune-DATASET-TARGET)")
     parser.add_argument("--input-norm", choices=INPUT_NORM_MODES, default="auto",
                         help="the pretrained input normalisation: copied at the same window "
@@ -453,15 +462,20 @@ def add_arguments(parser):
                         default="auto", help="conformity score: |error| (constant width) or "
                         "|error| / member spread; auto: constant with --calibration forward, "
                         "else the better of a cross-fit on the calibration windows")
+    parser.add_argument("--data", default=None,
+                        help="a prepared data dir (labquake prepare --targets TARGET) instead "
+                             "of preparing --dataset again")
+    config_lib.add_arguments(parser, verbose=2)
 
 
 def run(args):
     from labquake_tf.data.splits import parse_ratios
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
-                         verbose=2)
-    out = args.out or f"runs/finetune-{pathlib.Path(args.dataset).stem}-{args.target}"
+    if not (args.dataset or args.data):
+        raise SystemExit("labquake finetune: give --dataset NAME or --data PREPARED_DIR")
+    config = config_lib.from_args(args)
+    name = args.dataset or pathlib.Path(args.data).name
+    out = args.out or f"runs/finetune-{pathlib.Path(name).stem}-{args.target}"
     _, summary = finetune(args.pretrained, args.dataset, out, target=args.target,
                           blocks=args.blocks, seq_len=args.seq_len, decoder=args.decoder,
                           split=parse_ratios(args.split), config=config,
@@ -469,7 +483,7 @@ def run(args):
                           members=args.ensemble, coverage=args.coverage,
                           interval_score=args.interval_score,
                           search={"on": True, "off": False}.get(args.search, "auto"),
-                          calibration=args.calibration)
+                          calibration=args.calibration, data=args.data)
     test = summary["metrics"]["test"]
     print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "
           + ", ".join(f"{k}={v:.4g}" for k, v in _flat(test).items()))

@@ -9,13 +9,18 @@ Defaults are CPU-sized (the ``small`` preset, 10 epochs: minutes on 2 cores);
 ``--preset paper --epochs 300`` is the reference set-up for a GPU.
 """
 
+import dataclasses
 import pathlib
 import shutil
 import sys
 
+import tensorflow as tf
+
 from labquake_tf.data.splits import PRETRAIN_RATIOS
-from labquake_tf.training.artifacts import write_json
+from labquake_tf.training.artifacts import reuse_prepared, write_json
 from labquake_tf.training.config import TrainConfig
+from labquake_tf.training.config import add_arguments as train_flags
+from labquake_tf.training.config import from_args as config_from_args
 from labquake_tf.training.strategy import get_strategy, is_chief
 
 DEFAULTS = dict(dataset="synthetic-biaxial", preset="small", targets=("shear_stress",),
@@ -24,8 +29,12 @@ DEFAULTS = dict(dataset="synthetic-biaxial", preset="small", targets=("shear_str
 
 def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["preset"],
              targets=DEFAULTS["targets"], config=None, export_name=DEFAULTS["export_name"],
-             export_dir="saved_models", split=PRETRAIN_RATIOS, **model_overrides):
-    """The whole job; returns ``(model, summary)`` with test metrics and paths."""
+             export_dir="saved_models", split=PRETRAIN_RATIOS, data=None, **model_overrides):
+    """The whole job; returns ``(model, summary)`` with test metrics and paths.
+
+    ``data``: a prepared data dir (``labquake prepare``, or a run's ``RUN/data``) to
+    train on instead of preparing ``dataset``; its window must cover the preset's.
+    """
     config = config or TrainConfig(epochs=DEFAULTS["epochs"])
     # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow op.
     strategy = get_strategy(config.strategy)
@@ -42,22 +51,31 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     # Workers other than the chief train in a scratch dir of their own, dropped at the end.
     worker = "" if chief else f".{strategy.cluster_resolver.task_type}{strategy.cluster_resolver.task_id}"
     work = out.with_name(f"{out.name}{worker}.partial")
-    data_dir = work / "data"
     model_kwargs = {**PRESETS[preset], **model_overrides}
     # A streamable model's windows carry its decoder's history too.
     window = input_length(model_kwargs["seq_len"], model_kwargs["kernel_size"],
                           model_kwargs["blocks"], model_kwargs.get("streamable", False))
-    manifest = prepare.prepare(dataset, data_dir, seq_len=window,
-                               targets=list(targets), split=split)
+    if data is None:
+        data_dir = work / "data"
+        manifest = prepare.prepare(dataset, data_dir, seq_len=window,
+                                   targets=list(targets), split=split)
+    else:
+        data_dir = pathlib.Path(data).resolve()
+        manifest = reuse_prepared(data_dir, window, targets)
+        dataset = manifest.get("request", {}).get("dataset", manifest.get("dataset"))
     model_kwargs.update(n_features=len(manifest["feature_names"]), n_targets=len(targets))
+    config = resolved(config, model_kwargs)
+    work.mkdir(parents=True, exist_ok=True)
     write_json(work / "manifest.json", manifest)
     write_json(work / "config.json", {"model": model_kwargs, "preset": preset,
-                                      "dataset": dataset, "train": config.to_dict()})
+                                      "dataset": dataset, "train": config.to_dict(),
+                                      "execution": execution(model_kwargs, config),
+                                      **({"data_dir": str(data_dir)} if data else {})})
 
-    train_ds = pipeline.make_dataset(data_dir, "train", batch_size=config.batch_size,
-                                     shuffle=True, seed=config.seed,
-                                     repeat=config.steps_per_epoch is not None)
-    val_ds = pipeline.make_dataset(data_dir, "val", batch_size=config.batch_size)
+    kw = dict(seq_len=window, targets=list(targets), batch_size=config.batch_size)
+    train_ds = pipeline.make_dataset(data_dir, "train", shuffle=True, seed=config.seed,
+                                     repeat=config.steps_per_epoch is not None, **kw)
+    val_ds = pipeline.make_dataset(data_dir, "val", **kw)
     model, history = train(lambda: build_tcn(**model_kwargs), train_ds, val_ds, config, work,
                            data_signature=manifest["request"])
     if not chief:
@@ -79,40 +97,49 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
                    "epochs_run": len(history.get("loss", []))}
 
 
+def resolved(config, model_kwargs):
+    """``config`` with ``jit_compile="auto"`` decided, so the run's config.json says what ran."""
+    from labquake_tf.training.trainer import resolve_jit_compile
+
+    return dataclasses.replace(
+        config, jit_compile=resolve_jit_compile(config.jit_compile, model_kwargs["filters"]))
+
+
+def execution(model_kwargs, config):
+    """How this machine runs the model: device, conv implementation per block width, XLA."""
+    from labquake_tf.models.layers import choose_conv_impl
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    impl = model_kwargs.get("conv_impl", "auto")
+    widths = sorted({model_kwargs["n_features"], model_kwargs["filters"]})
+    return {"device": device, "jit_compile": config.jit_compile,
+            "conv_impl": {str(w): impl if impl != "auto" else
+                          choose_conv_impl(model_kwargs["kernel_size"], w, 2, device)
+                          for w in widths}}
+
+
 def add_arguments(parser):
     parser.add_argument("--dataset", default=DEFAULTS["dataset"],
                         help="registry name (synthetic-biaxial, p4581, ...) or record path")
+    parser.add_argument("--data", default=None,
+                        help="a prepared data dir (labquake prepare, or RUN/data of another "
+                             "run) instead of preparing --dataset again")
     parser.add_argument("--preset", default=DEFAULTS["preset"], help="TCN preset (small, paper, ...; small-stream, paper-stream, ... "
                              "for the streamable variant)")
     parser.add_argument("--targets", default=",".join(DEFAULTS["targets"]),
                         help="comma-separated: shear_stress,ttsf,ttef")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
-                        help="global batch (per replica x replicas)")
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    parser.add_argument("--patience", type=int, default=TrainConfig.patience)
-    parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "default", "mirrored", "multiworker"))
-    parser.add_argument("--precision", default="auto",
-                        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
-    parser.add_argument("--steps-per-epoch", "--max-steps", dest="steps_per_epoch", type=int,
-                        default=None, help="cap each epoch at this many batches")
-    parser.add_argument("--jit-compile", action="store_true", help="compile the step with XLA")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--out", default=DEFAULTS["out"], help="run dir")
     parser.add_argument("--export-name", default=DEFAULTS["export_name"],
                         help="model name under --export-dir")
     parser.add_argument("--export-dir", default="saved_models")
+    train_flags(parser, epochs=DEFAULTS["epochs"])
 
 
 def run(args):
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, patience=args.patience,
-                         strategy=args.strategy, precision=args.precision, seed=args.seed,
-                         steps_per_epoch=args.steps_per_epoch, jit_compile=args.jit_compile)
+    config = config_from_args(args)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     _, summary = pretrain(args.dataset, args.out, args.preset, targets, config,
-                          args.export_name, args.export_dir)
+                          args.export_name, args.export_dir, data=args.data)
     scores = summary.get("metrics", {})
     for name, m in scores.get("targets", {}).items():
         print(f"test {name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g} {m['units']}, "

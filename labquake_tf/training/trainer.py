@@ -33,12 +33,33 @@ def make_optimizer(config, steps_per_epoch):
 
 def compile_model(model, config, steps_per_epoch, extra_metrics=()):
     """MSE loss, RMSE metric (plus ``extra_metrics``); loss scaling is added by Keras
-    under mixed_float16."""
+    under mixed_float16. ``config.jit_compile="auto"`` is decided by ``choose_jit_compile``."""
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch), loss="mse",
         metrics=[keras.metrics.RootMeanSquaredError(name="rmse"), *extra_metrics],
-        jit_compile=config.jit_compile)
+        jit_compile=resolve_jit_compile(config.jit_compile, model_width(model)))
     return model
+
+
+def model_width(model):
+    """The widest conv or dense layer's output channels (what the XLA choice keys on)."""
+    return max([getattr(layer, "filters", 0) for layer in model._flatten_layers()] or [0])
+
+
+def resolve_jit_compile(jit_compile, filters, device=None):
+    return choose_jit_compile(filters, device) if jit_compile == "auto" else bool(jit_compile)
+
+
+XLA_MIN_FILTERS = 64
+"""CPU: from this conv width up, the XLA-compiled step measured faster (bench_train.py)."""
+
+
+def choose_jit_compile(filters, device=None):
+    """Whether to XLA-compile the training step of a TCN ``filters`` wide on ``device``
+    ("CPU"/"GPU", default: what is visible), from ``benchmarks/bench_train.py``."""
+    if device is None:
+        device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return device == "CPU" and filters >= XLA_MIN_FILTERS
 
 
 def count_steps(dataset):

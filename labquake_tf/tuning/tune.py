@@ -13,7 +13,8 @@ import time
 import keras
 
 from labquake_tf.data.scaling import MinMaxScaler
-from labquake_tf.training import TrainConfig, get_strategy, set_precision
+from labquake_tf.training import config as config_lib
+from labquake_tf.training import get_strategy, set_precision
 from labquake_tf.tuning import objective as objective_lib
 from labquake_tf.tuning import results, search
 from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
@@ -34,17 +35,12 @@ def add_arguments(parser):
                         help="epochs per trial (Hyperband: of the longest bracket)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="launch no trial after this many seconds")
-    parser.add_argument("--patience", type=int, default=TrainConfig.patience,
-                        help="early stopping inside each trial")
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--space", default=None, help="search-space JSON (defaults: search_space.json)")
     parser.add_argument("--targets", nargs="+", default=None)
     parser.add_argument("--project-dir", default=None,
                         help="search state, data and results (default tuning/DATASET-TUNER)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh instead of resuming the project dir")
-    parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto")
-    parser.add_argument("--precision", default="auto")
     parser.add_argument("--from", dest="pretrained", default=None,
                         help="tune the head on top of this pretrained model's frozen decoder")
     parser.add_argument("--blocks", type=int, default=None,
@@ -53,18 +49,19 @@ def add_arguments(parser):
                         help="export name under --export-dir (default: the project dir's name)")
     parser.add_argument("--export-dir", default="saved_models")
     parser.add_argument("--no-export", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--streamable", action="store_true",
                         help="search the streamable TCN variant (build_tcn(streamable=True))")
-    parser.add_argument("--verbose", type=int, default=0)
+    # Epochs are --max-epochs; hyperparameters in the search space override their flags.
+    config_lib.add_arguments(parser, skip=("epochs",), verbose=0)
 
 
 def run(args):
     if args.pretrained and not args.blocks:
         raise SystemExit("labquake tune: --from needs --blocks K")
-    config = TrainConfig(epochs=args.max_epochs, patience=args.patience, seed=args.seed,
-                         steps_per_epoch=args.steps_per_epoch, strategy=args.strategy,
-                         precision=args.precision, verbose=args.verbose)
+    if args.strategy == "multiworker":
+        raise SystemExit("labquake tune: --strategy multiworker is not for searches; run "
+                         "KerasTuner's chief/worker set-up instead (see the module docstring)")
+    config = config_lib.from_args(args, epochs=args.max_epochs)
     set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     project = pathlib.Path(args.project_dir or
@@ -86,7 +83,7 @@ def run(args):
 
     start = time.monotonic()
     early_stop = keras.callbacks.EarlyStopping(monitor=args.objective, mode="min", patience=args.patience)
-    tuner.search(epochs=args.max_epochs, callbacks=[early_stop], verbose=args.verbose)
+    tuner.search(epochs=args.max_epochs, callbacks=[early_stop], verbose=config.verbose)
     if not search.is_coordinator(tuner):
         return 0  # a worker: the chief holds the trials and writes the results
 
