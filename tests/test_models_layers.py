@@ -69,3 +69,32 @@ def test_frozen_block_skips_dropout():
     assert not np.allclose(block(x, training=True), block(x, training=True))
     block.trainable = False
     np.testing.assert_array_equal(block(x, training=True), block(x, training=False))
+
+
+@pytest.mark.parametrize("channels", [3, 160])
+def test_conv_implementations_agree(channels):
+    # Same weights, same causal dilated conv, three kernels (bench_train.py times them).
+    x = np.random.default_rng(0).normal(size=(2, 20, channels)).astype("float32")
+    outs = []
+    for impl in ("conv", "im2col", "taps"):
+        layer = WeightNormConv1D(5, 8, dilation_rate=2, conv_impl=impl)
+        layer.build(x.shape)
+        if outs:
+            layer.set_weights(first.get_weights())
+        else:
+            first = layer
+        outs.append(np.asarray(layer(x)))
+        assert WeightNormConv1D.from_config(layer.get_config()).conv_impl == impl
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        WeightNormConv1D(5, 3, conv_impl="fft")
+
+
+def test_auto_conv_choice_by_device_and_width():
+    from labquake_tf.models.layers import choose_conv_impl
+
+    assert choose_conv_impl(8, 512, 2, "CPU") == "im2col"
+    assert choose_conv_impl(4, 32, 2, "CPU") == "conv"
+    assert choose_conv_impl(8, 512, 1, "CPU") == "conv"  # no dilation: the plain conv is one GEMM
+    assert choose_conv_impl(8, 512, 2, "GPU") == "conv"

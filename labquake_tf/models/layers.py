@@ -15,14 +15,21 @@ class WeightNormConv1D(keras.layers.Layer):
     only knows ``kernel`` and ``bias``.
     """
 
-    IM2COL_MIN_DEPTH = 1024
-    """Kernel taps x input channels from which the conv runs as one matmul (see call)."""
+    CONV_IMPLS = ("auto", "conv", "im2col", "taps")
+    """How the dilated causal conv runs (same result, different kernels):
+    conv: ``ops.conv`` (TF on CPU: SpaceToBatch + Conv2D for dilation > 1);
+    im2col: the k shifted copies concatenated, one matmul;
+    taps: one matmul per tap, summed (no k-fold copy of the input);
+    auto: ``choose_conv_impl``, by device type and width."""
 
-    def __init__(self, filters, kernel_size, dilation_rate=1, **kwargs):
+    def __init__(self, filters, kernel_size, dilation_rate=1, conv_impl="auto", **kwargs):
         super().__init__(**kwargs)
+        if conv_impl not in self.CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {self.CONV_IMPLS}, got {conv_impl!r}")
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.dilation_rate = int(dilation_rate)
+        self.conv_impl = conv_impl
 
     def build(self, input_shape):
         shape = (self.kernel_size, input_shape[-1], self.filters)
@@ -48,16 +55,20 @@ class WeightNormConv1D(keras.layers.Layer):
         left = (self.kernel_size - 1) * self.dilation_rate
         x = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
         kernel = self.kernel()
-        if self.kernel_size * inputs.shape[-1] < self.IM2COL_MIN_DEPTH:
+        impl = self.conv_impl
+        if impl == "auto":
+            impl = choose_conv_impl(self.kernel_size, inputs.shape[-1], self.dilation_rate)
+        if impl == "conv":
             y = ops.conv(x, kernel, padding="valid", dilation_rate=self.dilation_rate)
         else:
-            # Wide layers: one GEMM over the k shifted copies beats TF's CPU dilated conv
-            # (SpaceToBatch + Conv2D) about 4x, forward + backward, at 512 channels.
             steps = ops.shape(inputs)[1]
             d = self.dilation_rate
-            cols = ops.concatenate([x[:, j * d:j * d + steps] for j in range(self.kernel_size)],
-                                   axis=-1)
-            y = ops.matmul(cols, ops.reshape(kernel, (-1, self.filters)))
+            shifted = [x[:, j * d:j * d + steps] for j in range(self.kernel_size)]
+            if impl == "im2col":
+                y = ops.matmul(ops.concatenate(shifted, axis=-1),
+                               ops.reshape(kernel, (-1, self.filters)))
+            else:
+                y = _sum([ops.matmul(s, kernel[j]) for j, s in enumerate(shifted)])
         return y + self.bias
 
     def compute_output_shape(self, input_shape):
@@ -65,7 +76,29 @@ class WeightNormConv1D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate}
+                "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate,
+                "conv_impl": self.conv_impl}
+
+
+def _sum(terms):
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def choose_conv_impl(kernel_size, channels, dilation_rate, device=None):
+    """The conv implementation measured fastest for this shape on this device type.
+
+    Measured by ``benchmarks/bench_train.py --conv-impl ...`` (training step, batch 128);
+    see the table in that script's docstring. ``device``: "CPU" or "GPU" (default: GPU
+    when one is visible).
+    """
+    if device is None:
+        device = keras.distribution.list_devices()[0].split(":")[0].upper()
+    if device != "CPU" or dilation_rate == 1:
+        return "conv"
+    return "im2col" if kernel_size * channels >= 1024 else "conv"
 
 
 @keras.saving.register_keras_serializable(package="labquake_tf")
@@ -75,14 +108,16 @@ class TCNBlock(keras.layers.Layer):
 
     With ``trainable=False`` the block skips dropout even at train time."""
 
-    def __init__(self, filters, kernel_size, dilation_rate=1, dropout=0.0, **kwargs):
+    def __init__(self, filters, kernel_size, dilation_rate=1, dropout=0.0, conv_impl="auto",
+                 **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.dilation_rate = int(dilation_rate)
         self.dropout = float(dropout)
+        self.conv_impl = conv_impl
         conv = dict(filters=filters, kernel_size=kernel_size, dilation_rate=dilation_rate,
-                    dtype=self.dtype_policy)
+                    conv_impl=conv_impl, dtype=self.dtype_policy)
         self.conv1 = WeightNormConv1D(name="conv1", **conv)
         self.conv2 = WeightNormConv1D(name="conv2", **conv)
         self.drop1 = keras.layers.Dropout(dropout, name="dropout1")
@@ -113,4 +148,4 @@ class TCNBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "conv_impl": self.conv_impl}

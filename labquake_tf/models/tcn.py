@@ -35,7 +35,7 @@ def input_length(seq_len, kernel_size, blocks, streamable=False):
 
 
 def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blocks=4,
-              dropout=0.1, name="tcn", norm_epsilon=1e-3, streamable=False):
+              dropout=0.1, name="tcn", norm_epsilon=1e-3, streamable=False, conv_impl="auto"):
     """Input ``ae_features`` (seq_len, n_features) -> ``input_norm`` -> decoder blocks ->
     ``head_*`` -> ``prediction`` (n_targets, float32 under any precision policy).
 
@@ -48,6 +48,9 @@ def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blo
     the input is ``receptive_field - 1`` steps longer, cut off again (``history_crop``)
     after the decoder, so the head's ``seq_len`` decoder outputs never see the causal
     convs' zero padding. Its prediction is then a function of the stream alone.
+
+    ``conv_impl``: how the causal convs run (``WeightNormConv1D.CONV_IMPLS``); the
+    result is the same, the speed is not (``auto`` picks by device and width).
     """
     seen = receptive_field(kernel_size, blocks)
     history = seen - 1 if streamable else 0
@@ -62,7 +65,7 @@ def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blo
                                         name="input_norm")(inputs)
     for i in range(blocks):
         x = TCNBlock(filters, kernel_size, dilation_rate=2 ** i, dropout=dropout,
-                     name=f"decoder_block_{i}")(x)
+                     conv_impl=conv_impl, name=f"decoder_block_{i}")(x)
     if streamable:
         x = keras.layers.Cropping1D((history, 0), name="history_crop")(x)
     # The reference head: Conv1d(filters, 64, 2, padding=1) pads both ends (length + 1).
