@@ -25,7 +25,20 @@ def test_regression_metrics_refuses_mismatched_or_invalid_input():
         regression_metrics([], [])
 
 
-def test_plots_write_pngs(tmp_path):
+def _capture_figures(monkeypatch):
+    """Record each figure as it is saved: the test reads the plotted data, not pixels."""
+    from labquake_tf.evaluation import figures
+
+    saved, save = [], figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (
+        saved.append([[(ln.get_label(), ln.get_xdata(), ln.get_ydata()) for ln in ax.lines]
+                      + [ax.get_yscale()] + [(t.get_position(), t.get_text()) for t in ax.texts]
+                      for ax in fig.axes]), save(fig, path)))
+    return saved
+
+
+def test_plots_write_pngs(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
     plot_history({"epoch": [0, 1, 2], "loss": [1.0, 0.5, 0.2], "val_loss": [1.1, 0.6, 0.4]},
                  tmp_path / "loss.png")
     t = np.linspace(0, 10, 200)
@@ -33,6 +46,19 @@ def test_plots_write_pngs(tmp_path):
     for name in ("loss.png", "pred.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and im.size[0] > 300
+    # The loss figure: both curves, over epochs 1..3, on a log scale.
+    (loss_ax,) = saved[0]
+    curves = {label: (list(x), list(y)) for label, x, y in loss_ax[:-1]}
+    assert curves == {"loss": ([1, 2, 3], [1.0, 0.5, 0.2]), "val_loss": ([1, 2, 3], [1.1, 0.6, 0.4])}
+    assert loss_ax[-1] == "log"
+    # The prediction panel: truth and prediction over time, then predicted vs true.
+    over_time, scatter = saved[1]
+    (_, tx, truth), (_, px, pred) = over_time[:2]
+    np.testing.assert_array_equal(tx, t)
+    np.testing.assert_allclose(truth, np.sin(t))
+    np.testing.assert_allclose(pred, np.sin(t) + 0.1)
+    np.testing.assert_allclose(scatter[0][1], np.sin(t))
+    np.testing.assert_allclose(scatter[0][2], np.sin(t) + 0.1)
     with pytest.raises(ValueError, match="loss"):
         plot_history({"epoch": []}, tmp_path / "empty.png")
 

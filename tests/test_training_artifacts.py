@@ -38,14 +38,20 @@ def test_loads_a_keras_file_with_its_manifest_beside_it(run_dir):
 
 
 def test_loads_an_exported_savedmodel_version_dir(run_dir, tmp_path):
+    from labquake_tf.data.scaling import MinMaxScaler
+    from labquake_tf.serving.export import export_model
+
     run, x, y = run_dir
-    # The layout labquake export writes: TF Serving's version dir + assets/.
-    version = tmp_path / "saved_models" / "tcn" / "1"
-    (version / "assets").mkdir(parents=True)
-    (version / "saved_model.pb").write_bytes(b"")
-    shutil.copy(run / "model.keras", version / "assets" / "model.keras")
-    shutil.copy(run / "manifest.json", version / "assets" / "manifest.json")
-    _check(version, x, y)
+    # A real export (TF Serving's version dir + assets/), not a look-alike folder.
+    manifest = {**MANIFEST, "scaler": {
+        "features": MinMaxScaler([0.0], [1.0], ["logvar_ch1"]).to_dict(),
+        "targets": MinMaxScaler([0.0], [1.0], ["shear_stress"]).to_dict()}}
+    model, _ = load_pretrained(run)
+    version = export_model(model, manifest, "tcn", base_dir=tmp_path / "saved_models")
+    assert (version / "saved_model.pb").stat().st_size > 1000
+    loaded, loaded_manifest = load_pretrained(version)
+    assert loaded_manifest == manifest
+    np.testing.assert_allclose(loaded(x).numpy(), y, rtol=1e-5, atol=1e-6)
 
 
 def test_missing_manifest_is_named(run_dir, tmp_path):

@@ -115,12 +115,19 @@ def test_hyperband_exports_the_best_model(data_dir, space_file, tmp_path):
     assert model.predict(x, verbose=0).shape == (2, 3)
 
 
-def test_time_limit_stops_launching_trials(data_dir, space_file, tmp_path):
+def test_time_limit_stops_launching_trials(data_dir, space_file, tmp_path, monkeypatch):
+    import types
+
+    from labquake_tf.tuning import search
+
+    # A clock of our own: the limit is set at t=0, two trials launch at t=0.4 and 0.9,
+    # the third asks at t=1.5, past the 1 s limit, however fast the machine is.
+    ticks = iter([0.0, 0.4, 0.9] + [1.5] * 100)
+    monkeypatch.setattr(search, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
     project = tmp_path / "limited"
-    # the first trial starts at once and outlasts the limit; no second one starts
     _tune(data_dir, space_file, project, "--tuner", "random", "--max-trials", "5",
           "--time-limit", "1", "--no-export")
-    assert [r["status"] for r in _rows(project)] == ["COMPLETED"]
+    assert [r["status"] for r in _rows(project)] == ["COMPLETED", "COMPLETED"]
 
 
 def test_head_only_search_keeps_the_pretrained_blocks_frozen(data_dir, tmp_path):
