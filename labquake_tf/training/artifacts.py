@@ -4,43 +4,21 @@ A run dir holds ``model.keras``, ``manifest.json`` (the data it trained on) and
 ``config.json`` (model kwargs, preset, TrainConfig); see CONTRIBUTING.md.
 """
 
-import json
-import os
 import pathlib
 import zipfile
 
 import keras
 
 from labquake_tf.errors import DataError
+from labquake_tf.files import atomic_path, read_json, write_json  # noqa: F401  (their home before)
 
 from labquake_tf.errors import DataError
 
 
-def write_json(path, obj):
-    """Write JSON through a temporary file so readers never see half of it."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path):
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _plain(obj):
-    # numpy scalars and paths, as they come out of configs and metrics
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+def save_model(model, path):
+    """``model.save`` through a temporary file, so a kill never leaves half a file."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def model_files(path):

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from labquake_tf import TARGETS
 from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.errors import DataError, UsageError
@@ -54,7 +55,6 @@ from labquake_tf.training.strategy import get_strategy, set_precision
 from labquake_tf.training.trainer import save_model, train
 
 DECODER_MODES = ("pretrained-frozen", "random-frozen", "trainable")
-TARGETS = ("shear_stress", "ttsf", "ttef")
 CALIBRATIONS = ("forward", "val")
 
 

@@ -9,7 +9,6 @@ best weights restored, ``history.csv``, TensorBoard scalars, stop on NaN.
 Only the chief writes the run directory.
 """
 
-import csv
 import json
 import math
 import shutil
@@ -18,7 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from labquake_tf.training import trainer
+from labquake_tf.files import read_history, read_history_rows
+from labquake_tf.files import write_history as _write_history
+from labquake_tf.training.artifacts import save_model
 from labquake_tf.training.resume import ResumeMismatch
 from labquake_tf.training.strategy import is_chief
 
@@ -39,7 +40,10 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
     # iteration makes the workers agree on end-of-data, which costs seconds.
     train_batches = _batches(train_ds, strategy)
     if val_ds is not None:
-        val_steps = trainer.count_steps(val_ds)
+        val_steps = int(val_ds.cardinality())
+        if val_steps < 1:
+            raise ValueError("validation dataset: unknown or infinite length (make it with "
+                             "pipeline.make_dataset, which knows it)")
         val_batches = _batches(val_ds, strategy)
 
     with strategy.scope():
@@ -60,7 +64,7 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
         backup_dir.mkdir(parents=True, exist_ok=True)
         (backup_dir / "signature.json").write_text(json.dumps(signature, sort_keys=True, default=str))
     start = int(epoch_var.numpy())
-    history = _resumed_history(out_dir / "history.csv", start)
+    history = read_history_rows(out_dir / "history.csv", before_epoch=start) if start else []
 
     monitor = "val_loss" if val_ds is not None else "loss"
     best, wait = float(best_var.numpy()), int(wait_var.numpy())
@@ -95,7 +99,7 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
             wait += 1
         if chief:
             if improved:
-                trainer.save_model(model, out_dir / "model.keras")
+                save_model(model, out_dir / "model.keras")
             _write_history(out_dir / "history.csv", history)
             with writer.as_default(step=epoch):
                 for key, value in logs.items():
@@ -114,9 +118,9 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
     if math.isfinite(best):
         model.set_weights([w.numpy() for w in best_weights])
     if chief:
-        trainer.save_model(model, out_dir / "model.keras")
+        save_model(model, out_dir / "model.keras")
     shutil.rmtree(backup_dir, ignore_errors=True)
-    return trainer.read_history(out_dir / "history.csv") if chief else _columns(history)
+    return read_history(out_dir / "history.csv") if chief else _columns(history)
 
 
 def _steps(model, optimizer, strategy):
@@ -176,23 +180,6 @@ def _check_signature(backup_dir, signature):
 def _task_id(strategy):
     resolver = strategy.cluster_resolver
     return f"{resolver.task_type}{resolver.task_id}"
-
-
-def _resumed_history(path, start):
-    if start == 0 or not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
-    return [{k: int(v) if k == "epoch" else float(v) for k, v in r.items()} for r in rows]
-
-
-def _write_history(path, history):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
 
 
 def _columns(history):

@@ -7,15 +7,15 @@ which reproduces the callbacks' effects over the same model and optimizer.
 Two paths, because ``fit`` keeps Keras' tested callbacks where it works.
 """
 
-import csv
-import math
-import os
 import pathlib
 
 import keras
 import tensorflow as tf
 
+from labquake_tf.files import read_history, read_history_rows, write_history  # noqa: F401
 from labquake_tf.training import resume
+from labquake_tf.training.artifacts import save_model  # noqa: F401  (callers import it here)
+from labquake_tf.training.loop import fit_distributed
 from labquake_tf.training.optimizer import AdamW
 from labquake_tf.training.strategy import get_strategy, set_precision
 
@@ -99,8 +99,6 @@ def train(build_fn, train_ds, val_ds, config, out_dir, data_signature=None):
         compile_model(model, config, steps)
     signature = run_signature(model, train_ds, config, data_signature)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        from labquake_tf.training.loop import fit_distributed
-
         history = fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps,
                                   signature=signature)
     else:
@@ -151,40 +149,9 @@ def _fit(model, train_ds, val_ds, config, out_dir, signature):
 
 
 def _truncate_history(path, epochs):
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if int(r[0]) < epochs] if epochs else []
-    if len(keep) == len(rows):
-        return
+    rows = read_history_rows(path)
+    keep = [r for r in rows if r["epoch"] < epochs]
     if not keep:
-        path.unlink()
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-    os.replace(tmp, path)
-
-
-def save_model(model, path):
-    """``model.save`` through a temporary file, so a kill never leaves half a file."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def read_history(path):
-    """history.csv as ``{column: [values]}`` (epoch as int, the rest as float;
-    CSVLogger's "NA" for a missing value becomes NaN)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    def value(key, text):
-        return int(text) if key == "epoch" else float("nan" if text == "NA" else text)
-
-    history = {key: [value(key, r[key]) for r in rows] for key in rows[0]}
-    # A resumed fit can log a column its first part did not (e.g. val_loss).
-    return {k: v for k, v in history.items() if not all(map(math.isnan, v))}
+        path.unlink(missing_ok=True)
+    elif len(keep) < len(rows):
+        write_history(path, keep)

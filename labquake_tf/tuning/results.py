@@ -2,14 +2,14 @@
 
 import csv
 import io
-import os
 import pathlib
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from labquake_tf.files import atomic_path, write_text  # noqa: E402
 
 
 def trial_rows(oracle):
@@ -33,8 +33,8 @@ def write_summary(oracle, out_dir):
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    _write_atomic(out_dir / "trials.csv", _csv(rows, columns))
-    _write_atomic(out_dir / "trials.md", markdown_table(rows, columns))
+    write_text(out_dir / "trials.csv", _csv(rows, columns))
+    write_text(out_dir / "trials.md", markdown_table(rows, columns))
     _plot(rows, oracle.objective.name, out_dir / "score_vs_trial.png")
     return rows
 
@@ -65,16 +65,9 @@ def _plot(rows, objective, path):
     ax.set_xlabel("trial (start order)")
     ax.set_ylabel(objective)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path, text):
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def _fmt(value):

@@ -1,0 +1,86 @@
+"""Files every step writes: atomically (temporary name + rename), JSON, history CSVs.
+
+A reader never sees half a file, and a killed writer leaves the old file (or none).
+The one place for these, below every package (imports nothing of labquake_tf).
+"""
+
+import contextlib
+import csv
+import json
+import math
+import os
+import pathlib
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path`` (same suffix: writers pick the format by
+    it); on success it replaces ``path``, on error it is removed."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
+
+
+def read_json(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _plain(obj):
+    # numpy scalars and paths, as they come out of configs and metrics
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def read_history_rows(path, before_epoch=None):
+    """history.csv (Keras' CSVLogger format) as one dict per epoch, optionally only
+    the epochs before ``before_epoch``; "NA" (a value missing) becomes NaN."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: int(v) if k == "epoch" else float("nan" if v == "NA" else v)
+                 for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if before_epoch is None or r["epoch"] < before_epoch]
+
+
+def read_history(path):
+    """history.csv as ``{column: [values]}``, without all-NaN columns (a resumed fit can
+    log a column its first part did not)."""
+    rows = read_history_rows(path)
+    if not rows:
+        return {}
+    history = {key: [r[key] for r in rows] for key in rows[0]}
+    return {k: v for k, v in history.items()
+            if k == "epoch" or not all(map(math.isnan, v))}
+
+
+def write_history(path, rows):
+    """Rows as history.csv, atomically (the custom loop rewrites it every epoch)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
