@@ -149,3 +149,15 @@ def test_resuming_with_another_model_or_data_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ResumeMismatch, match="data"):
         train(small_model, batched(x, y), None, config, tmp_path, data_signature="p5198")
     assert (tmp_path / "backup").is_dir()  # the refused runs left it as it was
+
+
+def test_compile_fixes_the_conv_implementation_with_the_xla_choice():
+    from labquake_tf.training import compile_model
+
+    wide = build_from_preset("tiny", filters=128, kernel_size=8, blocks=2)
+    compile_model(wide, TrainConfig(jit_compile="auto"), steps_per_epoch=1)
+    assert wide.jit_compile is True  # 128 filters on CPU: XLA measured faster
+    convs = [wide.get_layer("decoder_block_1").conv1, wide.get_layer("decoder_block_0").conv1]
+    assert [c.resolved_impl for c in convs] == ["taps", "conv"]  # 128 x 8 deep vs 1 input channel
+    narrow = compile_model(small_model(), TrainConfig(jit_compile="auto"), steps_per_epoch=1)
+    assert narrow.jit_compile is False

@@ -14,6 +14,7 @@ path). Evaluation scores each target on its own mask (``split_arrays`` returns
 them per target).
 """
 
+import itertools
 import json
 import os
 
@@ -138,6 +139,15 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def iterate(dataset):
+    """The batches of a dataset of known length, in Python, without asking for one past
+    the last (which makes TensorFlow log an OUT_OF_RANGE warning)."""
+    n = int(dataset.cardinality())
+    if n < 0:
+        raise ValueError("dataset of unknown or infinite length; use pipeline.make_dataset")
+    return itertools.islice(dataset, n)
+
+
 def split_arrays(data_dir, split):
     """The split in physical units: ``time, features, targets, label_mask, events``.
 
@@ -152,8 +162,11 @@ def split_arrays(data_dir, split):
     n_masks = _n_masks(manifest)
     parts = {"time": [], "features": [], "targets": [], "mask": []}
     context = None
-    for path in paths:
-        for serialized in tf.data.TFRecordDataset(path):
+    for path, shard in zip(paths, manifest["splits"][split]["shards"]):
+        # Exactly the records the manifest counts: reading past the last one would log
+        # TensorFlow's OUT_OF_RANGE warning.
+        records = iter(tf.data.TFRecordDataset(path))
+        for serialized in (next(records) for _ in range(shard["n_records"])):
             ex = _parse(tf.constant(path), serialized, n_features, len(names), n_masks)
             k = int(ex["n_context"])
             if context is None:

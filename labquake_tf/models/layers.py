@@ -57,7 +57,9 @@ class WeightNormConv1D(keras.layers.Layer):
         kernel = self.kernel()
         impl = self.conv_impl
         if impl == "auto":
-            impl = choose_conv_impl(self.kernel_size, inputs.shape[-1], self.dilation_rate)
+            # compile_model sets ``resolved_impl`` once it knows whether XLA compiles the step.
+            impl = getattr(self, "resolved_impl", None) or choose_conv_impl(
+                self.kernel_size, inputs.shape[-1], self.dilation_rate)
         if impl == "conv":
             y = ops.conv(x, kernel, padding="valid", dilation_rate=self.dilation_rate)
         else:
@@ -87,18 +89,36 @@ def _sum(terms):
     return total
 
 
-def choose_conv_impl(kernel_size, channels, dilation_rate, device=None):
-    """The conv implementation measured fastest for this shape on this device type.
+def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=False):
+    """The conv implementation measured fastest for this shape, device type and compiler.
 
-    Measured by ``benchmarks/bench_train.py --conv-impl ...`` (training step, batch 128);
-    see the table in that script's docstring. ``device``: "CPU" or "GPU" (default: GPU
-    when one is visible).
+    ``benchmarks/bench_train.py`` (training step, batch 128, 2 loaded CPU cores), samples/s:
+    small (32 filters, kernel 4): conv 3019, im2col 1451, taps 1179 (XLA: 2352/1494/2049);
+    medium (128 filters, kernel 8): conv 25.2, im2col 19.9, taps 12.4, and under XLA
+    20.8/25.3/39.1. So on CPU: the plain conv for narrow layers (kernel x channels <
+    1024) and undilated ones; for wide ones one matmul per tap when XLA fuses the sum,
+    im2col when it does not (4x the plain conv at 512 channels, eager). GPUs: cuDNN's
+    conv (not measured here). ``device``: "CPU"/"GPU", default what is visible.
     """
     if device is None:
         device = keras.distribution.list_devices()[0].split(":")[0].upper()
-    if device != "CPU" or dilation_rate == 1:
+    if device != "CPU" or dilation_rate == 1 or kernel_size * channels < 1024:
         return "conv"
-    return "im2col" if kernel_size * channels >= 1024 else "conv"
+    return "taps" if xla else "im2col"
+
+
+def resolve_conv_impls(model, xla, device=None):
+    """Fix each ``auto`` conv's implementation for a model about to be compiled with or
+    without XLA; returns ``{implementation: number of convs}`` (for the run's config)."""
+    counts = {}
+    for layer in model._flatten_layers():
+        if isinstance(layer, WeightNormConv1D) and layer.built:
+            impl = layer.conv_impl
+            if impl == "auto":
+                impl = layer.resolved_impl = choose_conv_impl(
+                    layer.kernel_size, layer.v.shape[1], layer.dilation_rate, device, xla)
+            counts[impl] = counts.get(impl, 0) + 1
+    return counts
 
 
 @keras.saving.register_keras_serializable(package="labquake_tf")

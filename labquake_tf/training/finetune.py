@@ -417,8 +417,8 @@ def forward_windows(data_dir, seq_len):
 def _arrays(pipeline, data_dir, split, batch_size, seq_len=None):
     """A split's windows as numpy: the input_norm statistics and the cache need them whole."""
     xs, ys = [], []
-    for x, y in pipeline.make_dataset(data_dir, split, seq_len=seq_len,
-                                      batch_size=max(batch_size, 512)):
+    for x, y in pipeline.iterate(pipeline.make_dataset(data_dir, split, seq_len=seq_len,
+                                                       batch_size=max(batch_size, 512))):
         xs.append(x.numpy())
         ys.append(y.numpy())
     if not xs:

@@ -106,7 +106,7 @@ def resolved(config, model_kwargs):
 
 
 def execution(model_kwargs, config):
-    """How this machine runs the model: device, conv implementation per block width, XLA."""
+    """How this machine runs the model: device, XLA, conv implementation by input width."""
     from labquake_tf.models.layers import choose_conv_impl
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
@@ -114,7 +114,8 @@ def execution(model_kwargs, config):
     widths = sorted({model_kwargs["n_features"], model_kwargs["filters"]})
     return {"device": device, "jit_compile": config.jit_compile,
             "conv_impl": {str(w): impl if impl != "auto" else
-                          choose_conv_impl(model_kwargs["kernel_size"], w, 2, device)
+                          choose_conv_impl(model_kwargs["kernel_size"], w, 2, device,
+                                           config.jit_compile)
                           for w in widths}}
 
 
