@@ -1,15 +1,20 @@
 """Training speed of the TCN: samples/s of one optimizer step (forward, backward, AdamW).
 
-    python benchmarks/bench_train.py --preset small
-    python benchmarks/bench_train.py --preset finetune-paper --frozen-decoder \\
-        --torch-python /work/torchvenv/bin/python
+    python benchmarks/bench_train.py --preset small --torch-python /path/to/torch-venv/bin/python
+    python benchmarks/bench_train.py --filters 128 --seq-len 128 --kernel 8 --blocks 5 ...  # medium
+    python benchmarks/bench_train.py --preset paper --batch 4 --steps 1 --warmup 1 --repeats 1
 
 Measures the step ``labquake pretrain`` runs (``training.compile_model``: MSE, global
-gradient clipping, AdamW on the cosine schedule), eagerly-traced and with
-``jit_compile=True`` (XLA), on one in-memory batch so input I/O is not timed; the
-first ``--warmup`` steps (tracing, compilation) are excluded. With ``--torch-python``
-the same model and step in PyTorch (``benchmarks/torch_tcn.py``) run in that
-interpreter and the ratio is reported. Prints one JSON line.
+gradient clipping, AdamW on the cosine schedule) on one in-memory batch, so input I/O is
+not timed; the first ``--warmup`` steps (tracing, XLA compilation) are excluded. Every
+path is timed: each ``WeightNormConv1D`` implementation (``--conv-impls``), eager and
+XLA-compiled (``paths_samples_per_s``), then the default (``keras_samples_per_s``: what
+``labquake pretrain`` picks with no flag, ``auto_conv_impl`` / ``auto_jit_compile``).
+The rules in ``models.layers.choose_conv_impl`` and ``training.trainer.choose_jit_compile``
+come from these numbers. With ``--torch-python`` the same model and step in PyTorch
+(``benchmarks/torch_tcn.py``) run in that interpreter: ``default_over_torch`` and
+``best_path_over_torch``. Prints one JSON line. Timings on a shared machine vary by
+several x; compare ratios from one run.
 """
 
 import argparse
@@ -53,11 +58,11 @@ def keras_samples_per_s(kwargs, args, jit_compile, conv_impl="auto"):
     x = rng.normal(size=(args.batch, kwargs["seq_len"], kwargs["n_features"])).astype("float32")
     y = rng.normal(size=(args.batch, kwargs["n_targets"])).astype("float32")
     data = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
-    model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)
+    model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0, shuffle=False)
     best = 0.0
     for _ in range(args.repeats):
         start = time.perf_counter()
-        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
         best = max(best, args.steps * args.batch / (time.perf_counter() - start))
     return round(best, 1)
 
