@@ -100,3 +100,17 @@ def test_training_commands_share_the_flags():
               "jit_compile", "clipnorm", "seed", "patience", "verbose", "data"}
     for module in (pretrain, finetune, tune):
         assert shared <= flags(module), module.__name__
+
+
+def test_weights_saved_with_optimizer_state_load_back_into_a_compiled_model(tmp_path):
+    import warnings
+
+    x, y = np.zeros((8, 16, 1), "float32"), np.zeros((8, 1), "float32")
+    model = compile_model(small_model(), TrainConfig(), steps_per_epoch=1)
+    model.fit(x, y, verbose=0, epochs=2)
+    model.save_weights(tmp_path / "w.weights.h5")  # what backups and KerasTuner checkpoints hold
+    again = compile_model(small_model(), TrainConfig(), steps_per_epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Skipping variable loading for optimizer" would raise
+        again.load_weights(tmp_path / "w.weights.h5")
+    assert int(again.optimizer.iterations) == 2

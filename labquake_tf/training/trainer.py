@@ -42,6 +42,9 @@ def compile_model(model, config, steps_per_epoch, extra_metrics=()):
         optimizer=make_optimizer(config, steps_per_epoch), loss="mse",
         metrics=[keras.metrics.RootMeanSquaredError(name="rmse"), *extra_metrics],
         jit_compile=jit_compile)
+    # Built now, not at the first step: weights saved with their optimizer state (backups,
+    # KerasTuner checkpoints) then load it instead of "Skipping variable loading".
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
