@@ -37,7 +37,7 @@ def test_overfits_a_tiny_set_to_near_zero_loss(tmp_path):
     assert history["loss"][-1] < 0.01 * np.var(y)
     for name in ("model.keras", "history.csv", "tensorboard"):
         assert (tmp_path / name).exists(), name
-    assert not (tmp_path / "backup").exists()  # BackupAndRestore removes it once training ends
+    assert not (tmp_path / "backup").exists()  # RunBackup removes it once training ends
 
 
 class _Kill(keras.callbacks.Callback):
