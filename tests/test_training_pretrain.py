@@ -79,9 +79,12 @@ def test_pretrain_reuses_a_prepared_data_dir_and_records_its_choices(pretrained,
     assert json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]["rmse"] > 0
 
 
-def test_pretrain_on_prepared_data_without_its_targets_is_refused(pretrained, tmp_path):
+def test_pretrain_on_prepared_data_without_its_targets_is_refused(pretrained, tmp_path, capsys):
+    from labquake_tf.errors import UsageError
+
     with pytest.raises(ValueError, match="prepared for targets"):
-        cli.main(["pretrain", "--data", str(pretrained / "run" / "data"), "--preset", "tiny",
-                  "--targets", "ttsf", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit):  # argparse lists the choices
-        cli.main(["pretrain", "--precision", "float8"])
+        cli.run_command(["pretrain", "--data", str(pretrained / "run" / "data"), "--preset",
+                         "tiny", "--targets", "ttsf", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UsageError, match="invalid choice: 'float8'.*mixed_float16"):
+        cli.run_command(["pretrain", "--precision", "float8"])
