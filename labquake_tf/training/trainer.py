@@ -57,18 +57,15 @@ def resolve_jit_compile(jit_compile, filters, device=None):
     return choose_jit_compile(filters, device) if jit_compile == "auto" else bool(jit_compile)
 
 
-XLA_MIN_FILTERS = 64
-"""CPU: from this conv width up, the XLA-compiled step measured faster (bench_train.py,
-2 loaded cores: 32 filters 3019 vs 2352 samples/s eager vs XLA; 128 filters 25.2 vs 39.1
-with the tap-wise conv XLA fuses)."""
-
-
 def choose_jit_compile(filters, device=None):
     """Whether to XLA-compile the training step of a TCN ``filters`` wide on ``device``
-    ("CPU"/"GPU", default: what is visible), from ``benchmarks/bench_train.py``."""
-    if device is None:
-        device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    return device == "CPU" and filters >= XLA_MIN_FILTERS
+    ("CPU"/"GPU", default: what is visible).
+
+    Not today: on CPU ``benchmarks/bench_train.py`` (paths timed round-robin) measured
+    the XLA step slower at 128 filters (66.7 vs 134.7 samples/s with the plain conv) and
+    no faster at 32; on GPUs it is not measured here. ``--jit-compile on`` forces it.
+    """
+    return False
 
 
 def count_steps(dataset):
