@@ -74,7 +74,7 @@ def add_services(grpc_server, server):
                                          model_service_pb2_grpc, predict_pb2,
                                          prediction_service_pb2_grpc)
 
-    from labquake_tf.serving.server import ServingError
+    from labquake_tf.serving.client import ServingError
 
     def where(spec):
         version = spec.version.value if spec.HasField("version") else None

@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from labquake_tf.serving.batching import Batcher, QueueFullError
+from labquake_tf.serving.client import ServingError
 from labquake_tf.serving.export import DEFAULT_SIGNATURE, WARMUP_FILE, read_warmup, versions
 
 log = logging.getLogger(__name__)
@@ -48,23 +49,6 @@ _URL = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 
 
 MAX_BODY_BYTES = 64 << 20
-# HTTP status -> gRPC status code name, as TF Serving maps them.
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
-               503: "UNAVAILABLE"}
-
-
-class ServingError(Exception):
-    """An error with the HTTP status TF Serving would answer it with."""
-
-    def __init__(self, http_status, message):
-        super().__init__(message)
-        self.http_status = http_status
-
-    @property
-    def code(self):
-        """The gRPC status code name (also the ``status`` label of the metrics)."""
-        return _GRPC_CODES.get(self.http_status,
-                               "INTERNAL" if self.http_status >= 500 else "INVALID_ARGUMENT")
 
 
 class Signature:
