@@ -84,10 +84,8 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
     paths = shard_paths(data_dir, manifest, split)
     n_features = len(manifest["feature_names"])
     n_stored = len(manifest["target_names"])
-    f_scaler = MinMaxScaler.from_dict(manifest["scaler"]["features"])
-    f_min, f_scale = (tf.constant(v, tf.float32) for v in (f_scaler.data_min, f_scaler.scale))
-    t_min, t_scale = (tf.constant(v, tf.float32)
-                      for v in (target_scaler.data_min, target_scaler.scale))
+    f_min, f_scale = MinMaxScaler.from_dict(manifest["scaler"]["features"]).affine()
+    t_min, t_scale = target_scaler.affine()
     offsets = tf.range(-seq_len + 1, 1, dtype=tf.int32)
 
     n_masks = _n_masks(manifest)

@@ -30,6 +30,12 @@ class MinMaxScaler:
         # A constant column maps to 0 instead of dividing by zero.
         return np.where(span > 0, span, 1.0)
 
+    def affine(self, dtype=np.float32):
+        """``(data_min, scale)`` as ``dtype`` arrays: a graph (tf.data, a SavedModel
+        signature) scales with ``(x - data_min) / scale`` and inverts with
+        ``x * scale + data_min``, the same numbers as ``transform``."""
+        return self.data_min.astype(dtype), self.scale.astype(dtype)
+
     def transform(self, x):
         x = np.asarray(x)
         return ((x - self.data_min) / self.scale).astype(np.float32)

@@ -33,6 +33,7 @@ import numpy as np
 
 import labquake_tf
 from labquake_tf.data.features import manifest_kind
+from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -229,14 +230,9 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
     import keras
     import tensorflow as tf
 
-    def affine(part):
-        d = manifest["scaler"][part]
-        lo, hi = np.asarray(d["min"], np.float32), np.asarray(d["max"], np.float32)
-        # Same rule as MinMaxScaler.scale: a constant column maps to 0.
-        return lo, np.where(hi - lo > 0, hi - lo, 1.0).astype(np.float32)
-
-    f_min, f_scale = affine("features")
-    t_min, t_scale = affine("targets")
+    # The training pipeline's numbers, so the graph scales exactly as the model was fit.
+    f_min, f_scale = MinMaxScaler.from_dict(manifest["scaler"]["features"]).affine()
+    t_min, t_scale = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).affine()
     spec = tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME)
     half = _half_width(manifest.get("intervals"), targets)
     net = model
