@@ -103,6 +103,7 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
         ends = tf.range(tf.maximum(n_context, seq_len - 1), tf.shape(mask)[0])
         return tf.boolean_mask(ends, tf.gather(mask, ends))
 
+    # The graph twin of windows.cut (tf.data cannot call numpy per record).
     def windows(x, y, mask, n_context):
         ends = window_ends(mask, n_context)
         return tf.data.Dataset.from_tensor_slices(

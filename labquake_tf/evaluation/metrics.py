@@ -45,6 +45,7 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, int
     """
     from labquake_tf.data.pipeline import load_manifest, split_arrays
     from labquake_tf.data.scaling import MinMaxScaler
+    from labquake_tf.data.windows import cut
 
     manifest = load_manifest(data_dir)
     seq_len = int(model.input_shape[1])
@@ -62,8 +63,7 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, int
     ends = ends[ends + len(context) >= seq_len - 1]
     if len(ends) == 0:
         raise ValueError(f"{data_dir}: split {split!r} has no labelled window of {seq_len} steps")
-    windows = np.lib.stride_tricks.sliding_window_view(x, seq_len, axis=0)  # (n, f, seq)
-    windows = np.ascontiguousarray(windows[ends + len(context) - seq_len + 1].transpose(0, 2, 1))
+    windows = cut(x, ends + len(context), seq_len)
     scaled = np.asarray(model.predict(windows, batch_size=512, verbose=0), np.float64)
     if scaled.shape[1] != len(names):
         raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")

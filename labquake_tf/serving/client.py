@@ -126,13 +126,13 @@ class Client:
     def predict_series(self, features, seq_len, batch_size=256, signature_name=None):
         """Predictions for every window of a long ``(n_steps, n_features)`` series: output
         ``i`` is for the window ending at step ``seq_len - 1 + i``."""
+        from labquake_tf.data.windows import cut
+
         features = np.asarray(features, np.float32)
         if features.ndim != 2 or len(features) < seq_len:
             raise ValueError(f"features must be (n_steps >= {seq_len}, n_features), "
                              f"got {features.shape}")
-        windows = np.lib.stride_tricks.sliding_window_view(features, seq_len, axis=0)
-        # sliding_window_view puts the window axis last: (n, n_features, seq_len).
-        return self.predict(windows.transpose(0, 2, 1), signature_name, batch_size=batch_size)
+        return self.predict(cut(features, None, seq_len), signature_name, batch_size=batch_size)
 
     def _predict_once(self, chunk, signature_name, format, named):
         if self._grpc:  # tensors travel as TensorProtos, named: ``format`` does not apply

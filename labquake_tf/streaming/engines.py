@@ -23,6 +23,7 @@ same steps.
 
 import numpy as np
 
+from labquake_tf.data.windows import cut
 from labquake_tf.models import decoder_blocks, head_length, is_streamable
 
 
@@ -61,8 +62,7 @@ class WindowedEngine:
         n_windows = len(x) - self.input_len + 1
         if n_windows <= 0:
             return np.zeros((0,), np.int64), np.zeros((0, self.n_targets), np.float32)
-        windows = np.lib.stride_tricks.sliding_window_view(x, self.input_len, axis=0)
-        windows = windows.transpose(0, 2, 1)  # (n_windows, input_len, n_features), a view
+        windows = cut(x, None, self.input_len)  # (n_windows, input_len, n_features), a view
         out = [self._call(np.ascontiguousarray(windows[i:i + self.batch_size])).numpy()
                for i in range(0, n_windows, self.batch_size)]
         ends = first + self.input_len - 1 + np.arange(n_windows)

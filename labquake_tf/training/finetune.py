@@ -385,6 +385,7 @@ def forward_windows(data_dir, seq_len):
     """
     from labquake_tf.data.pipeline import load_manifest, split_arrays
     from labquake_tf.data.scaling import MinMaxScaler
+    from labquake_tf.data import windows
 
     manifest = load_manifest(data_dir)
     arrays = split_arrays(data_dir, "train")
@@ -397,7 +398,6 @@ def forward_windows(data_dir, seq_len):
     names = manifest["target_names"]
     y = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).transform(
         np.stack([arrays["targets"][n] for n in names], axis=1))
-    windows = np.lib.stride_tricks.sliding_window_view(x, seq_len, axis=0)
     steps = np.arange(len(y))
     mask = arrays["label_mask"]
     if isinstance(mask, dict):  # one mask per target
@@ -408,8 +408,7 @@ def forward_windows(data_dir, seq_len):
         if len(ends) == 0:
             raise ValueError(f"{data_dir}: no {seq_len}-step window on one side of the "
                              "training split's middle event (use --calibration val)")
-        w = np.ascontiguousarray(windows[ends - seq_len + 1].transpose(0, 2, 1))
-        return w.astype(np.float32), y[ends].astype(np.float32)
+        return windows.cut(x, ends, seq_len).astype(np.float32), y[ends].astype(np.float32)
 
     return part(steps[labelled & (steps < cut)]), part(steps[labelled & (steps >= cut)])
 
