@@ -12,6 +12,15 @@ import os
 import pathlib
 
 
+# An exported SavedModel version dir (serving.export writes it, training.artifacts and
+# the readers find a model in it): the graph, and beside it in assets/ the Keras model,
+# the data manifest and the metadata, so fine-tuning and scoring can start from an export.
+SAVED_MODEL = "saved_model.pb"
+EXPORT_MODEL = "assets/model.keras"
+EXPORT_MANIFEST = "assets/manifest.json"
+EXPORT_METADATA = "assets/metadata.json"
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path`` (same suffix: writers pick the format by

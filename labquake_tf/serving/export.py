@@ -35,6 +35,7 @@ import labquake_tf
 from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
+from labquake_tf.files import EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -82,11 +83,10 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
     try:
         _archive(model, manifest, targets, seq_len, n_features, metadata).write_out(
             str(tmp), verbose=False)
-        assets = tmp / "assets"
-        assets.mkdir(exist_ok=True)
-        model.save(assets / "model.keras")
-        _write_json(assets / "manifest.json", manifest)
-        _write_json(assets / "metadata.json", metadata)
+        (tmp / EXPORT_MODEL).parent.mkdir(exist_ok=True)
+        model.save(tmp / EXPORT_MODEL)
+        _write_json(tmp / EXPORT_MANIFEST, manifest)
+        _write_json(tmp / EXPORT_METADATA, metadata)
         write_warmup(tmp / WARMUP_FILE, name, manifest, seq_len, n_features)
         if final.exists():  # force: swap the old version out only now
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=model_dir))
@@ -112,12 +112,12 @@ def versions(model_dir):
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.name.isdigit() and (p / "saved_model.pb").exists())
+                  if p.name.isdigit() and (p / SAVED_MODEL).exists())
 
 
 def read_metadata(version_dir):
     """The metadata JSON written beside an export."""
-    path = pathlib.Path(version_dir) / "assets" / "metadata.json"
+    path = pathlib.Path(version_dir) / EXPORT_METADATA
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a labquake_tf export")
     return json.loads(path.read_text())

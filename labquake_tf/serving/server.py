@@ -39,6 +39,7 @@ import numpy as np
 
 from labquake_tf.serving.batching import Batcher, QueueFullError
 from labquake_tf.serving.client import ServingError
+from labquake_tf.files import EXPORT_METADATA
 from labquake_tf.serving.export import DEFAULT_SIGNATURE, WARMUP_FILE, read_warmup, versions
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Servable:
         self.path = pathlib.Path(path)
         self._obj = tf.saved_model.load(str(path))  # keeps the variables alive
         self.signatures = {k: Signature(fn) for k, fn in self._obj.signatures.items()}
-        meta = self.path / "assets" / "metadata.json"
+        meta = self.path / EXPORT_METADATA
         self.feature_names = json.loads(meta.read_text()).get("feature_names") \
             if meta.exists() else None
         self._batchers = {}

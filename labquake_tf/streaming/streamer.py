@@ -65,11 +65,12 @@ def load(model_or_export, manifest=None):
     """``(model, manifest, metadata)`` from a Keras model + manifest, a run dir, a
     ``.keras`` file with ``manifest.json`` beside it, or an exported version dir."""
     if isinstance(model_or_export, (str, pathlib.Path)):
+        from labquake_tf.files import EXPORT_METADATA
         from labquake_tf.training.artifacts import load_pretrained
 
         path = pathlib.Path(model_or_export)
         model, manifest = load_pretrained(path)
-        meta_path = path / "assets" / "metadata.json"
+        meta_path = path / EXPORT_METADATA
         metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return model, manifest, metadata
     if manifest is None:

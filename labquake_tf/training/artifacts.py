@@ -10,6 +10,7 @@ import zipfile
 import keras
 
 from labquake_tf.errors import DataError
+from labquake_tf.files import EXPORT_MANIFEST, EXPORT_MODEL, SAVED_MODEL
 from labquake_tf.files import atomic_path, read_json, write_json  # noqa: F401  (their home before)
 
 from labquake_tf.errors import DataError
@@ -26,8 +27,8 @@ def model_files(path):
     path = pathlib.Path(path)
     if path.suffix == ".keras":
         return path, path.parent / "manifest.json"
-    if (path / "saved_model.pb").exists():  # an exported SavedModel version dir
-        return path / "assets" / "model.keras", path / "assets" / "manifest.json"
+    if (path / SAVED_MODEL).exists():  # an exported SavedModel version dir
+        return path / EXPORT_MODEL, path / EXPORT_MANIFEST
     if path.is_dir():
         return path / "model.keras", path / "manifest.json"
     raise FileNotFoundError(f"{path}: no run dir, .keras file or SavedModel version dir there")
@@ -44,7 +45,7 @@ def run_data_dir(path, manifest=None):
     """
     model_path, _ = model_files(path)
     base = model_path.parent
-    if base.name == "assets" and (base.parent / "saved_model.pb").exists():
+    if base.name == "assets" and (base.parent / SAVED_MODEL).exists():
         return None
     candidates = [base / "data"]
     config = base / "config.json"
