@@ -3,25 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from labquake_tf.models import build_tcn, decoder_blocks
+from labquake_tf.models import decoder_blocks
 from labquake_tf.training import TrainConfig, ensemble, load_pretrained
 from labquake_tf.training import finetune as ft
 from labquake_tf.training.trainer import save_model
-
-SEQ = 12
-
-
-@pytest.fixture(scope="module")
-def pretrained():
-    return build_tcn(16, filters=8, kernel_size=3, blocks=3, dropout=0.2)
-
-
-@pytest.fixture(scope="module")
-def windows():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, SEQ, 1)).astype("float32")
-    y = (x[:, -4:, 0].mean(axis=1, keepdims=True) * 0.3 + 0.5).astype("float32")
-    return (x[:64], y[:64]), (x[64:], y[64:])
+# The same tiny source model and windows as the fine-tuning tests (module-scoped fixtures).
+from tests.test_training_finetune import SEQ, pretrained, source_run, windows  # noqa: F401
 
 
 def test_ensemble_mean_is_the_mean_of_its_members_and_round_trips(pretrained, windows, tmp_path):
@@ -108,11 +95,8 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.evaluation import intervals
 
-    src = tmp_path / "src"
-    src.mkdir()
-    save_model(pretrained, src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
-                                                   "feature_names": ["logvar_ch1"]}))
+    src = source_run(pretrained, tmp_path / "src", dataset="p5198",
+                     feature_names=["logvar_ch1"])
     run = tmp_path / "ft"
     assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",
                  "--seq-len", "12", "--epochs", "2", "--ensemble", "3", "--coverage", "0.8",

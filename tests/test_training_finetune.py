@@ -24,6 +24,16 @@ def windows():
     return (x[:64], y[:64]), (x[64:], y[64:])
 
 
+def source_run(model, folder, **manifest):
+    """A pretrained run dir for ``finetune --from``: ``model.keras`` + ``manifest.json``."""
+    from labquake_tf.training.trainer import save_model
+
+    folder.mkdir()
+    save_model(model, folder / "model.keras")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 def _config(**kw):
     return TrainConfig(**{"epochs": 2, "batch_size": 16, "patience": 5, "verbose": 0, **kw})
 
@@ -107,13 +117,9 @@ def test_plain_path_freezes_the_decoder_and_cached_path_matches_it(pretrained, w
 
 def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, tmp_path):
     from labquake_tf.cli import main
-    from labquake_tf.training.trainer import save_model
 
-    src = tmp_path / "src"
-    src.mkdir()
-    save_model(pretrained, src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198", "target_names": [
-        "shear_stress"], "feature_names": ["logvar_ch1"]}))
+    src = source_run(pretrained, tmp_path / "src", dataset="p5198",
+                     target_names=["shear_stress"], feature_names=["logvar_ch1"])
     out = tmp_path / "ft"
     rc = main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
                "--blocks", "2", "--seq-len", "12", "--epochs", "2", "--out", str(out)])
@@ -159,14 +165,10 @@ def test_streamable_source_gives_a_streamable_finetune_model_and_cache():
 
 def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
     from labquake_tf.cli import run_command
-    from labquake_tf.training.trainer import save_model
 
-    src = tmp_path / "src"
-    src.mkdir()
-    save_model(pretrained, src / "model.keras")
     # one feature column, as p4581's, but another feature: a count check would let it through
-    (src / "manifest.json").write_text(json.dumps({"dataset": "x", "target_names": [
-        "shear_stress"], "feature_names": ["ae_rms"]}))
+    src = source_run(pretrained, tmp_path / "src", dataset="x",
+                     target_names=["shear_stress"], feature_names=["ae_rms"])
     out = tmp_path / "ft"
     with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
         run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
