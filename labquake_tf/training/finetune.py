@@ -207,6 +207,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
     """
     from labquake_tf.data import pipeline, prepare
+    from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.evaluation import intervals
     from labquake_tf.evaluation.figures import plot_history
     from labquake_tf.evaluation.metrics import evaluate_model
@@ -268,8 +269,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                         for s in ("train", "val"))
     selection = None
     if search:
-        scale = float(np.asarray(manifest["scaler"]["targets"]["max"])[0]
-                      - np.asarray(manifest["scaler"]["targets"]["min"])[0])
+        scale = float(MinMaxScaler.from_dict(manifest["scaler"]["targets"]).scale[0])
         choice, table = select.search(source, train_xy, val_xy, scale, config, blocks, seq_len)
         selection = {"chosen": choice, "candidates": table, "score": "val_rmse"}
         print(f"chose blocks={choice['blocks']}, seq_len={choice['seq_len']} on validation "
