@@ -84,9 +84,8 @@ def run_command(argv):
     module = importlib.import_module(module_name)
     parser = _Parser(prog=f"labquake {name}", description=help_)
     module.add_arguments(parser)
-    if "--verbose" not in parser._option_string_actions:  # tune has its own (Keras') --verbose
-        parser.add_argument("--verbose", action="store_true",
-                            help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
     args = parser.parse_args(rest)
     return module.run(args) or 0
 
