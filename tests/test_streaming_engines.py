@@ -92,3 +92,24 @@ def test_mixed_float16_model_streams_in_float32(streamable):
     # float32 arithmetic: the float32 model's numbers, not float16's
     np.testing.assert_allclose(out, streamable.predict(_windows(x, length), verbose=0), atol=1e-5)
     assert np.abs(out - mixed.predict(_windows(x, length), verbose=0)).max() < 0.05
+
+
+def test_incremental_engine_averages_an_ensembles_heads():
+    from labquake_tf.training.ensemble import add_heads, n_members
+
+    # its own model: add_heads shares the trunk, which _randomise then changes
+    keras.utils.set_random_seed(1)
+    single = build_tcn(10, n_features=2, n_targets=2, filters=6, kernel_size=3, blocks=3,
+                       streamable=True)
+    ensemble = _randomise(add_heads(single, 3, seed=4), seed=5)
+    assert n_members(ensemble) == 3
+    x = np.random.default_rng(6).normal(size=(120, 2)).astype("float32")
+    length = ensemble.input_shape[1]
+    expected = ensemble.predict(_windows(x, length), verbose=0)
+    engine = IncrementalEngine(ensemble, max_push=16)
+    assert len(engine.heads) == 3
+    ends, out = _push_randomly(engine, x, 7, 40)
+    np.testing.assert_array_equal(ends, np.arange(length - 1, len(x)))
+    # the members differ, so a single head could not pass for their mean
+    assert np.abs(IncrementalEngine(single).push(x)[1] - expected).max() > 1e-3
+    assert np.abs(out - expected).max() < 1e-5

@@ -158,20 +158,34 @@ class IncrementalEngine:
                 kernel, bias = (np.asarray(w, np.float32) for w in block.residual.get_weights())
                 residual = (kernel[0], bias)
             self.blocks.append((convs, residual))
-        conv = model.get_layer("head_conv")
-        kernel, self.head_b = (np.asarray(w, np.float32) for w in conv.get_weights())
-        if kernel.shape[0] != 2 or conv.dilation_rate != (1,):
-            raise NotStreamableError(f"{model.name}: head_conv is not the reference k=2 conv")
-        # Each decoder output h meets the head conv twice: as the left tap (h @ k0) of
+        # A fine-tuning ensemble has heads member0_head_conv, member1_..., averaged into
+        # "prediction"; a single model has one head with the plain names.
+        names = {layer.name for layer in model.layers}
+        n = 0
+        while f"member{n}_head_conv" in names:
+            n += 1
+        self.heads = [self._head(model, prefix)
+                      for prefix in ([f"member{i}_" for i in range(n)] or [""])]
+        # Each decoder output h meets every head conv twice: as the left tap (h @ k0) of
         # the pair it starts and the right tap (h @ k1) of the pair it ends.
-        self.head_w = np.ascontiguousarray(np.concatenate([kernel[0], kernel[1]], axis=1))
-        self.head_c = kernel.shape[2]
-        dense = model.get_layer("head_dense")
-        self.dense_w, self.dense_b = (np.asarray(w, np.float32) for w in dense.get_weights())
-        pred = model.get_layer("prediction")
-        self.pred_w, self.pred_b = (np.asarray(w, np.float32) for w in pred.get_weights())
-        self.n_targets = self.pred_w.shape[1]
+        self.head_w = np.ascontiguousarray(np.concatenate([hd[0] for hd in self.heads], axis=1))
+        self.head_c = self.heads[0][1].shape[0]
+        self.n_targets = self.heads[0][5].shape[0]
         self.reset()
+
+    @staticmethod
+    def _head(model, prefix):
+        """``(taps kernel [k0 | k1], conv bias, dense w, dense b, prediction w, b)``."""
+        conv = model.get_layer(f"{prefix}head_conv")
+        kernel, conv_b = (np.asarray(w, np.float32) for w in conv.get_weights())
+        if kernel.shape[0] != 2 or conv.dilation_rate != (1,):
+            raise NotStreamableError(f"{model.name}: {conv.name} is not the reference k=2 conv")
+        dense_w, dense_b = (np.asarray(w, np.float32)
+                            for w in model.get_layer(f"{prefix}head_dense").get_weights())
+        pred_w, pred_b = (np.asarray(w, np.float32)
+                          for w in model.get_layer(f"{prefix}prediction").get_weights())
+        return (np.concatenate([kernel[0], kernel[1]], axis=1), conv_b, dense_w, dense_b,
+                pred_w, pred_b)
 
     def reset(self):
         """Forget the stream: the next window ends ``input_len`` steps from now."""
@@ -180,13 +194,13 @@ class IncrementalEngine:
             for c in convs:
                 c.reset()
         # Tap products of the last seq_len decoder outputs, oldest first (a ring).
-        self._taps = np.zeros((self.seq_len + self.max_push, 2 * self.head_c), np.float32)
+        self._taps = np.zeros((self.seq_len + self.max_push, self.head_w.shape[1]), np.float32)
         self._tap_pos = 0
 
     def state_size(self):
         """Floats held between pushes (conv histories + head taps)."""
         return (sum(c.history * c.c_in for convs, _ in self.blocks for c in convs)
-                + self.seq_len * 2 * self.head_c)
+                + self.seq_len * self.head_w.shape[1])
 
     def push(self, steps):
         steps = _check_steps(steps, self.n_features)
@@ -207,7 +221,7 @@ class IncrementalEngine:
             y = _relu(conv2(_relu(conv1(h))))
             skip = h if residual is None else h @ residual[0] + residual[1]
             h = _relu(y + skip)
-        taps = h @ self.head_w  # (m, 2·C): [h @ k0, h @ k1]
+        taps = h @ self.head_w  # (m, heads·2C): per head [h @ k0, h @ k1]
         size = len(self._taps)
         idx = (self._tap_pos + np.arange(m)) % size
         self._taps[idx] = taps
@@ -222,17 +236,20 @@ class IncrementalEngine:
         # Ring rows of each window's seq_len decoder outputs, oldest first.
         last = (idx[done - first])[:, None]
         rows = (last - self.seq_len + 1 + np.arange(self.seq_len)[None, :]) % size
-        t = self._taps[rows]  # (j, S, 2C)
+        t_all = self._taps[rows]  # (j, S, heads·2C)
         c = self.head_c
-        # The reference head pads one zero step on each side: S + 1 conv outputs.
-        conv = np.empty((len(done), self.seq_len + 1, c), np.float32)
-        conv[:, 0] = t[:, 0, c:]
-        conv[:, 1:-1] = t[:, :-1, :c] + t[:, 1:, c:]
-        conv[:, -1] = t[:, -1, :c]
-        conv += self.head_b
-        flat = _relu(conv).reshape(len(done), -1)
-        y = _relu(flat @ self.dense_w + self.dense_b)
-        return done, y @ self.pred_w + self.pred_b
+        out = np.zeros((len(done), self.n_targets), np.float32)
+        for k, (_, conv_b, dense_w, dense_b, pred_w, pred_b) in enumerate(self.heads):
+            t = t_all[:, :, 2 * c * k:2 * c * (k + 1)]
+            # The reference head pads one zero step on each side: S + 1 conv outputs.
+            conv = np.empty((len(done), self.seq_len + 1, c), np.float32)
+            conv[:, 0] = t[:, 0, c:]
+            conv[:, 1:-1] = t[:, :-1, :c] + t[:, 1:, c:]
+            conv[:, -1] = t[:, -1, :c]
+            conv += conv_b
+            flat = _relu(conv).reshape(len(done), -1)
+            out += _relu(flat @ dense_w + dense_b) @ pred_w + pred_b
+        return done, out / len(self.heads)
 
 
 def _check_steps(steps, n_features):
