@@ -20,10 +20,13 @@ def _manifest(model):
                        "targets": {"min": [1.0, 0.0], "max": [2.0, 5.0]}}}
 
 
-def test_serving_step_through_the_rest_server_matches_predict(tmp_path):
+@pytest.mark.parametrize("members", [1, 3])  # a fine-tuning ensemble's heads branch
+def test_serving_step_through_the_rest_server_matches_predict(tmp_path, members):
+    from labquake_tf.training.ensemble import add_heads
+
     keras.utils.set_random_seed(0)
-    model = build_tcn(6, n_features=1, n_targets=2, filters=4, kernel_size=3, blocks=2,
-                      dropout=0.0, streamable=True)
+    model = add_heads(build_tcn(6, n_features=1, n_targets=2, filters=4, kernel_size=3,
+                                blocks=2, dropout=0.0, streamable=True), members)
     manifest = _manifest(model)
     path = export_model(model, manifest, "s", base_dir=tmp_path)
     meta = json.loads((path / "assets" / "metadata.json").read_text())

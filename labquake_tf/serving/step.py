@@ -38,6 +38,7 @@ def state_specs(model):
 def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
     """``(fn, input_signature)`` for ``ExportArchive.add_endpoint``: one step of the
     streamable ``model`` from raw features to physical units, states in and out."""
+    import keras
     import tensorflow as tf
 
     from labquake_tf.models import decoder_blocks, is_streamable
@@ -52,8 +53,8 @@ def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
                       for n, shape in specs.items()})
     blocks = decoder_blocks(model)
     norm = model.get_layer("input_norm")
-    crop = model.layers.index(model.get_layer("history_crop"))
-    head = model.layers[crop + 1:]
+    # A sub-model, not the layers after the crop as a chain: an ensemble's heads branch.
+    head = keras.Model(model.get_layer("history_crop").output, model.outputs[0])
     dtype = model.inputs[0].dtype
 
     def conv(layer, h, state, new, name):
@@ -77,11 +78,7 @@ def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
             h = tf.nn.relu(y + skip)
         window = tf.concat([tf.cast(inputs[HEAD_STATE][:, 1:], h.dtype), h], axis=1)
         new[HEAD_STATE] = tf.cast(window, tf.float32)
-        y = window
-        for layer in head:
-            y = layer(y, training=False) if "training" in layer.call.__code__.co_varnames \
-                else layer(y)
-        y = tf.cast(y, tf.float32) * t_scale + t_min
+        y = tf.cast(head(window, training=False), tf.float32) * t_scale + t_min
         return {**{t: y[:, i] for i, t in enumerate(targets)}, **new}
 
     return step, [signature]
