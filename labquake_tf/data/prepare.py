@@ -34,6 +34,7 @@ from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.readers import sha256
 from labquake_tf.data.record import channels_of
 from labquake_tf.errors import DataError, UsageError
+from labquake_tf.files import write_json
 
 DEFAULT_WINDOW_SECONDS = 5.12
 """Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
@@ -122,8 +123,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
             "splits": split_info, "processing": record.attrs,
             "sources": [{"path": record.source, "sha256": record.sha256}],
             "package_version": labquake_tf.__version__, "request": request}
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
+        write_json(os.path.join(tmp, "manifest.json"), manifest)
         _replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -35,7 +35,8 @@ import labquake_tf
 from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
-from labquake_tf.files import EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL
+from labquake_tf.files import (EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL,
+                               write_json)
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -85,8 +86,8 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
             str(tmp), verbose=False)
         (tmp / EXPORT_MODEL).parent.mkdir(exist_ok=True)
         model.save(tmp / EXPORT_MODEL)
-        _write_json(tmp / EXPORT_MANIFEST, manifest)
-        _write_json(tmp / EXPORT_METADATA, metadata)
+        write_json(tmp / EXPORT_MANIFEST, manifest)
+        write_json(tmp / EXPORT_METADATA, metadata)
         write_warmup(tmp / WARMUP_FILE, name, manifest, seq_len, n_features)
         if final.exists():  # force: swap the old version out only now
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=model_dir))
@@ -295,10 +296,6 @@ def _half_width(intervals, targets):
             np.asarray([p["offset"] for p in params], np.float32))
 
 
-def _write_json(path, obj):
-    path.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
-
-
 def _plain(obj):
     return obj.item() if hasattr(obj, "item") else str(obj)
 
@@ -319,8 +316,9 @@ def run(args):
     model, manifest = load_pretrained(args.model)
     extra = {"source": str(pathlib.Path(args.model).resolve())}
     config = pathlib.Path(args.model) / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("preset"):
-        extra["preset"] = json.loads(config.read_text())["preset"]
+    preset = json.loads(config.read_text()).get("preset") if config.exists() else None
+    if preset:
+        extra["preset"] = preset
     path = export_model(model, manifest, args.name, base_dir=args.base_dir,
                         version=args.version, force=args.force, extra_metadata=extra)
     print(f"exported {args.model} -> {path}")
