@@ -10,6 +10,8 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 
 
 # An exported SavedModel version dir (serving.export writes it, training.artifacts and
@@ -34,6 +36,30 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path, prefix=None):
+    """Yield a new empty folder beside ``path``; on success it takes ``path``'s place
+    (an existing ``path`` is moved aside first and removed after), on error it is
+    removed. Its name starts with a dot, so a TF Serving watching the parent, which
+    reads only integer-named folders, never sees it half-written."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}-", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from a server run as another user
+    try:
+        yield tmp
+        if path.exists():
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}-replaced-",
+                                                dir=path.parent))
+            os.replace(path, old / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path, text):

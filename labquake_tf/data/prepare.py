@@ -22,8 +22,6 @@ at the end, so a failed run leaves nothing half-written.
 import argparse
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -34,7 +32,7 @@ from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.readers import sha256
 from labquake_tf.data.record import channels_of
 from labquake_tf.errors import DataError, UsageError
-from labquake_tf.files import write_json
+from labquake_tf.files import atomic_dir, write_json
 
 DEFAULT_WINDOW_SECONDS = 5.12
 """Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
@@ -91,10 +89,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
                             "a larger share with --split")
     feature_scaler, target_scaler = splits.fit_scalers(record, parts["train"]["steps"], targets)
 
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
-    try:
+    with atomic_dir(os.path.abspath(out), prefix=".prepare-") as tmp:
         split_info = {}
         for name, part in parts.items():
             start, stop = part["steps"]
@@ -124,10 +119,6 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
             "sources": [{"path": record.source, "sha256": record.sha256}],
             "package_version": labquake_tf.__version__, "request": request}
         write_json(os.path.join(tmp, "manifest.json"), manifest)
-        _replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return manifest
 
 
@@ -216,15 +207,6 @@ def _existing(out, request, force):
     raise FileExistsError(f"{out}: not empty and not prepared from the same dataset and "
                           "options; choose another --out or pass --force")
 
-
-def _replace(tmp, out):
-    if os.path.exists(out):
-        old = tmp + ".old"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, out)
 
 
 def _write_split(tf, folder, name, record, start, stop, targets, seq_len, chunk_len,

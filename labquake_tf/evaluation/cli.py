@@ -25,12 +25,12 @@ loss curves when MODEL is a run dir with ``history.csv``).
 import contextlib
 import csv
 import pathlib
-import shutil
 import tempfile
 
 import numpy as np
 
 from labquake_tf.errors import DataError
+from labquake_tf.files import atomic_dir
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
 
@@ -92,9 +92,7 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
         data_manifest = load_manifest(data_dir)
         check_feature_names(manifest["feature_names"], data_manifest["feature_names"],
                             f"{model_path}", f"{data_dir}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with atomic_dir(out) as work:
             (work / "plots").mkdir()
             # the interval was calibrated for the run's own record only
             own = described == ((manifest.get("request") or {}).get("dataset")
@@ -113,10 +111,6 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
                           n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
             write_json(work / "metrics.json", result)
             _write_predictions(work / "predictions.csv", p)
-            shutil.rmtree(out, ignore_errors=True)
-            work.rename(out)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return result, out
 
 

@@ -24,10 +24,7 @@ no labquake_tf import is needed to serve it.
 
 import datetime
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -36,7 +33,7 @@ from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
 from labquake_tf.files import (EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL,
-                               write_json)
+                               atomic_dir, write_json)
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -77,11 +74,8 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
                                                   "prediction + new states out")
         metadata["stream"] = {"warmup_steps": seq_len,
                               "states": {n: list(s) for n, s in state_specs(model).items()}}
-    # TF Serving only watches integer-named dirs, so a dot-named sibling is invisible to
-    # it and the final rename is atomic on the same filesystem.
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the export from a server run as another user
-    try:
+    # force: the old version is swapped out only once the new one is complete
+    with atomic_dir(final, prefix=f".export-{version}-") as tmp:
         _archive(model, manifest, targets, seq_len, n_features, metadata).write_out(
             str(tmp), verbose=False)
         (tmp / EXPORT_MODEL).parent.mkdir(exist_ok=True)
@@ -89,16 +83,6 @@ def export_model(model, manifest, name, base_dir="saved_models", version=None, f
         write_json(tmp / EXPORT_MANIFEST, manifest)
         write_json(tmp / EXPORT_METADATA, metadata)
         write_warmup(tmp / WARMUP_FILE, name, manifest, seq_len, n_features)
-        if final.exists():  # force: swap the old version out only now
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=model_dir))
-            os.replace(final, old / "v")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

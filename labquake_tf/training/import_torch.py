@@ -15,8 +15,6 @@ a model without one rather than guess physical units.
 
 import hashlib
 import pathlib
-import shutil
-import tempfile
 
 import labquake_tf
 from labquake_tf.data import features as features_lib
@@ -61,7 +59,7 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
     Everything is checked and converted before anything is written; the run dir
     appears whole (temporary folder, then rename) or not at all.
     """
-    from labquake_tf.training.artifacts import write_json
+    from labquake_tf.files import atomic_dir, write_json
     from labquake_tf.training.trainer import save_model
 
     features_lib.check_kind(features)
@@ -109,18 +107,10 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
                    "tensors": len(used), "params": int(model.count_params())},
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    work.chmod(0o755)  # mkdtemp's 0700 is no run dir's mode
-    try:
+    with atomic_dir(out) as work:
         save_model(model, work / "model.keras")
         write_json(work / "manifest.json", manifest)
         write_json(work / "config.json", config)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return model, config
 
 
