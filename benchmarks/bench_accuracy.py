@@ -3,7 +3,7 @@
     LABQUAKE_DATA_DIR=/work/shared/data/dds python benchmarks/bench_accuracy.py
     ... --from saved_models/labquake-pretrain/1 --seeds 0,1,2 --jobs p4581:shear_stress,p5198:ttsf
 
-For each job and seed runs ``training.finetune.finetune`` with its defaults (the
+For each job and seed runs ``jobs.finetune.finetune`` with its defaults (the
 ensemble, the interval, the automatic blocks/window choice for TTsF/TTeF) and scores
 EVERY labelled step of the run's test split, read from the run's own prepared data
 (``RUN/data``): a window ends at each test step, its first steps taken from the
@@ -100,7 +100,7 @@ def score_run(run_dir):
 def one_run(args, dataset, target, seed, out):
     """Fine-tune with the defaults and one seed, then score every labelled test step."""
     from labquake_tf.training import TrainConfig
-    from labquake_tf.training.finetune import finetune
+    from labquake_tf.jobs.finetune import finetune
 
     run = out / f"{dataset}-{target}-seed{seed}"
     start = time.perf_counter()

@@ -1,7 +1,8 @@
 """The ``labquake`` command: one subcommand per pipeline step.
 
-Each subcommand lives in the module that does the work and exposes
-``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen module is
+Each subcommand is a module that exposes ``add_arguments(parser)`` and
+``run(args) -> int``: a job in ``labquake_tf.jobs`` when it composes several
+layers, else the one layer's own command module (``prepare``, ``export``, ...). Only the chosen module is
 imported, so ``labquake --help`` does not pay for importing TensorFlow.
 
 Errors: a user error (``labquake_tf.errors``, a missing or existing file, a
@@ -25,14 +26,14 @@ import traceback
 import warnings
 
 COMMANDS = {
-    "simulate": ("labquake_tf.simulate.cli", "generate a synthetic lab-quake record (HDF5)"),
+    "simulate": ("labquake_tf.jobs.simulate", "generate a synthetic lab-quake record (HDF5)"),
     "prepare": ("labquake_tf.data.prepare", "turn a dataset into TFRecord shards + manifest"),
-    "pretrain": ("labquake_tf.training.pretrain", "pretrain a TCN and export it"),
-    "finetune": ("labquake_tf.training.finetune", "fine-tune the first K blocks of a pretrained TCN"),
-    "import-torch": ("labquake_tf.training.import_torch", "a reference PyTorch TCN checkpoint (.pth) as a run dir"),
-    "evaluate": ("labquake_tf.evaluation.cli", "score a model in physical units, with plots"),
-    "transfer-matrix": ("labquake_tf.evaluation.transfer", "zero-shot / fine-tuned RMSE across datasets"),
-    "tune": ("labquake_tf.tuning.tune", "KerasTuner search over the TCN and its training"),
+    "pretrain": ("labquake_tf.jobs.pretrain", "pretrain a TCN and export it"),
+    "finetune": ("labquake_tf.jobs.finetune", "fine-tune the first K blocks of a pretrained TCN"),
+    "import-torch": ("labquake_tf.jobs.import_torch", "a reference PyTorch TCN checkpoint (.pth) as a run dir"),
+    "evaluate": ("labquake_tf.jobs.evaluate", "score a model in physical units, with plots"),
+    "transfer-matrix": ("labquake_tf.jobs.transfer_matrix", "zero-shot / fine-tuned RMSE across datasets"),
+    "tune": ("labquake_tf.jobs.tune", "KerasTuner search over the TCN and its training"),
     "export": ("labquake_tf.serving.export", "export a model as a TF Serving SavedModel"),
     "serving-config": ("labquake_tf.serving.config", "write a TF Serving models.config"),
     "serve": ("labquake_tf.serving.server", "serve SavedModels over TF Serving's REST and gRPC APIs"),

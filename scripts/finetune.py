@@ -1,6 +1,6 @@
 """Fine-tune a pretrained TCN: ``python scripts/finetune.py --from RUN --dataset p4581 ...``.
 
-Same options as ``labquake finetune``; see ``labquake_tf/training/finetune.py``.
+Same options as ``labquake finetune``; see ``labquake_tf/jobs/finetune.py``.
 """
 
 import sys

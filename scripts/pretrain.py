@@ -1,6 +1,6 @@
 """Pretrain a TCN and export it: ``python scripts/pretrain.py`` (defaults run on a laptop CPU).
 
-Same options as ``labquake pretrain``; see ``labquake_tf/training/pretrain.py``.
+Same options as ``labquake pretrain``; see ``labquake_tf/jobs/pretrain.py``.
 """
 
 import sys

@@ -22,11 +22,11 @@ import pathlib
 import sys
 import time
 
-from labquake_tf.evaluation.cli import evaluate
+from labquake_tf.jobs.evaluate import evaluate
+from labquake_tf.jobs.finetune import finetune
+from labquake_tf.jobs.pretrain import pretrain
 from labquake_tf.models import PRESETS
 from labquake_tf.training import TrainConfig
-from labquake_tf.training.finetune import finetune
-from labquake_tf.training.pretrain import pretrain
 
 SIZES = {
     # source preset, fine-tuning (blocks, seq_len); CPU: the small preset throughout

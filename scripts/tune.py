@@ -1,6 +1,6 @@
 """KerasTuner search over the TCN: ``python scripts/tune.py --data DIR [options]``.
 
-Same options as ``labquake tune``; see ``labquake_tf/tuning/tune.py``.
+Same options as ``labquake tune``; see ``labquake_tf/jobs/tune.py``.
 """
 
 import sys

@@ -88,8 +88,7 @@ def test_config_from_json_checks_names_too():
 def test_training_commands_share_the_flags():
     import argparse
 
-    from labquake_tf.training import finetune, pretrain
-    from labquake_tf.tuning import tune
+    from labquake_tf.jobs import finetune, pretrain, tune
 
     def flags(module):
         parser = argparse.ArgumentParser()

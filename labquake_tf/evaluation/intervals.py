@@ -3,7 +3,7 @@
 An interval is ``mean ± half``, with ``half = coef * spread + offset`` per target,
 ``spread`` the standard deviation of the ensemble members' predictions at that
 window, all in physical units. Two conformity scores, each calibrated on
-windows that neither fit the heads nor belong to test (``training.finetune``
+windows that neither fit the heads nor belong to test (``jobs.finetune``
 chooses them; never test):
 
 * ``constant``: score ``|y - mean|``; ``half = q`` (``coef=0``, ``offset=q``).

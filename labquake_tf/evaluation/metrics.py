@@ -1,7 +1,7 @@
 """Scores in physical units (MPa, s): predict every labelled window of a prepared split,
 invert the target scaler, score each target on its own.
 
-``labquake evaluate`` (``evaluation.cli``), the pretraining and fine-tuning jobs all
+``labquake evaluate`` (``jobs.evaluate``), the pretraining and fine-tuning jobs all
 score through ``evaluate_model``.
 """
 

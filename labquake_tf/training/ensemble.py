@@ -26,6 +26,9 @@ import numpy as np
 
 from labquake_tf.models import decoder_blocks, is_streamable
 from labquake_tf.training import cache
+from labquake_tf.training.finetune import batches
+from labquake_tf.training.strategy import get_strategy
+from labquake_tf.training.trainer import compile_model, count_steps
 
 DEFAULT_MEMBERS = 5
 """Five heads. On p4581 shear stress (seed 0) the validation RMSE of the mean of the
@@ -107,8 +110,6 @@ def fit_members(model, train_xy, val_xy, config, out_dir, use_cache=True):
     ``out_dir/members/i/``. ``model`` ends up trained (the members' layers are its
     layers).
     """
-    from labquake_tf.training.finetune import batches
-
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
     outs = member_outputs(model)
     if len(outs) > 1 and not use_cache:
@@ -142,9 +143,6 @@ def fit_head(model, train_ds, val_ds, config, out_dir=None):
     heads per fine-tune: the ensemble and its calibration twin). ``out_dir`` gets
     ``history.csv`` and ``tensorboard/``.
     """
-    from labquake_tf.training.strategy import get_strategy
-    from labquake_tf.training.trainer import compile_model, count_steps
-
     with get_strategy(config.strategy).scope():
         compile_model(model, config, config.steps_per_epoch or count_steps(train_ds))
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,

@@ -14,7 +14,13 @@ Test is never read.
 import dataclasses
 import warnings
 
+import keras
 import numpy as np
+
+from labquake_tf.models import decoder_blocks, head_length, input_length
+from labquake_tf.training import cache
+from labquake_tf.training import finetune as ft
+from labquake_tf.training.ensemble import fit_head
 
 BLOCKS = (2, 3, 4, None)
 """Candidate decoder depths; None stands for all of the pretrained model's blocks."""
@@ -45,9 +51,6 @@ def search(source, train_xy, val_xy, target_scale, config, blocks=None, seq_len=
     candidate; ``target_scale`` turns a scaled RMSE into physical units. Candidates
     train with ``config``'s seed and at most ``SEARCH_PATIENCE`` epochs of patience.
     """
-    from labquake_tf.models import decoder_blocks, head_length, input_length
-    from labquake_tf.training import finetune as ft
-
     n_blocks, source_len = len(decoder_blocks(source)), head_length(source)
     arch = ft.architecture(source)
     block_list, seq_list = candidates(n_blocks, source_len, blocks, seq_len)
@@ -83,16 +86,10 @@ def search(source, train_xy, val_xy, target_scale, config, blocks=None, seq_len=
 
 def _fit_head(model, train_xy, val_xy, config):
     """The candidate's head on cached activations, as the ensemble's heads train."""
-    import keras
-
-    from labquake_tf.training import cache
-    from labquake_tf.training.ensemble import fit_head
-    from labquake_tf.training.finetune import batches
-
     keras.utils.set_random_seed(config.seed)
     trunk, head = cache.split_at_head(model)
     x_train = cache.decoder_activations(trunk, train_xy[0], config.batch_size)
     x_val = cache.decoder_activations(trunk, val_xy[0], config.batch_size)
-    train_ds = batches(x_train, train_xy[1], config.batch_size, shuffle=True, seed=config.seed)
-    val_ds = batches(x_val, val_xy[1], config.batch_size)
+    train_ds = ft.batches(x_train, train_xy[1], config.batch_size, shuffle=True, seed=config.seed)
+    val_ds = ft.batches(x_val, val_xy[1], config.batch_size)
     return fit_head(head, train_ds, val_ds, config)["val_loss"]

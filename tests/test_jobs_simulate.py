@@ -2,7 +2,7 @@ import h5py
 import pytest
 
 from labquake_tf import cli
-from labquake_tf.simulate.cli import parse_overrides
+from labquake_tf.jobs.simulate import parse_overrides
 
 
 def test_simulate_writes_the_record_reports_cycles_and_plots(tmp_path, capsys):

@@ -29,10 +29,17 @@ import tempfile
 
 import numpy as np
 
+from labquake_tf.data import prepare
+from labquake_tf.data.features import manifest_kind
+from labquake_tf.data.pipeline import load_manifest
+from labquake_tf.data.record import check_feature_names
+from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.data.splits import parse_ratios
 from labquake_tf.errors import DataError
-from labquake_tf.files import atomic_dir
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
+from labquake_tf.files import atomic_dir, read_history, write_json
+from labquake_tf.training.artifacts import load_pretrained, model_files, run_data_dir
 
 
 @contextlib.contextmanager
@@ -43,12 +50,6 @@ def scoring_data(model_path, manifest, dataset=None, ratios=None):
     ``ratios`` None or the run's); otherwise ``dataset`` prepared like the run's
     request into a temporary folder, removed afterwards.
     """
-    from labquake_tf.data import prepare
-    from labquake_tf.data.record import check_feature_names
-    from labquake_tf.training.artifacts import run_data_dir
-
-    from labquake_tf.data.features import manifest_kind
-
     # A manifest without a request (an imported PyTorch model) still says the window,
     # targets and features: enough to prepare another dataset for it.
     request = manifest.get("request") or {
@@ -72,11 +73,6 @@ def scoring_data(model_path, manifest, dataset=None, ratios=None):
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     """The whole command: load, find or prepare the data, score, write ``out``; returns
     ``(metrics, out)``."""
-    from labquake_tf.data.pipeline import load_manifest
-    from labquake_tf.data.record import check_feature_names
-    from labquake_tf.training.artifacts import load_pretrained, model_files, write_json
-    from labquake_tf.training.trainer import read_history
-
     model, manifest = load_pretrained(model_path)
     for key in ("feature_names", "target_names"):
         if key not in manifest:
@@ -118,8 +114,6 @@ def _model_scalers(manifest):
     """The run's feature and target scalers, as it was trained; a model without them
     (imported from PyTorch, no ``scaler`` in its manifest) is scored with the data's
     own, fit on its training part."""
-    from labquake_tf.data.scaling import MinMaxScaler
-
     if "scaler" not in manifest:
         return {}
     targets = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
@@ -156,8 +150,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from labquake_tf.data.splits import parse_ratios
-
     ratios = parse_ratios(args.ratios) if args.ratios else None
     result, out = evaluate(args.model, args.dataset, args.split, args.out, ratios)
     for name, m in result["targets"].items():

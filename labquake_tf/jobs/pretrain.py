@@ -12,16 +12,22 @@ Defaults are CPU-sized (the ``small`` preset, 10 epochs: minutes on 2 cores);
 import dataclasses
 import pathlib
 import shutil
-import sys
 
 import tensorflow as tf
 
+from labquake_tf.data import pipeline, prepare
 from labquake_tf.data.splits import PRETRAIN_RATIOS
+from labquake_tf.evaluation import figures
+from labquake_tf.evaluation.metrics import evaluate_model
+from labquake_tf.models import PRESETS, build_tcn, input_length
+from labquake_tf.models.layers import choose_conv_impl
+from labquake_tf.serving.export import export_model
 from labquake_tf.training.artifacts import reuse_prepared, write_json
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.config import add_arguments as train_flags
 from labquake_tf.training.config import from_args as config_from_args
 from labquake_tf.training.strategy import get_strategy, is_chief
+from labquake_tf.training.trainer import resolve_jit_compile, train
 
 DEFAULTS = dict(dataset="synthetic-biaxial", preset="small", targets=("shear_stress",),
                 out="runs/pretrain", export_name="labquake-pretrain", epochs=10)
@@ -38,12 +44,6 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     config = config or TrainConfig(epochs=DEFAULTS["epochs"])
     # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow op.
     strategy = get_strategy(config.strategy)
-    from labquake_tf.data import pipeline, prepare
-    from labquake_tf.evaluation import figures
-    from labquake_tf.evaluation.metrics import evaluate_model
-    from labquake_tf.models import PRESETS, build_tcn, input_length
-    from labquake_tf.training.trainer import train
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     out = pathlib.Path(out)
@@ -89,8 +89,6 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
 
-    from labquake_tf.serving.export import export_model
-
     export = export_model(model, manifest, export_name, base_dir=export_dir,
                           extra_metadata={"run": str(out), "preset": preset})
     return model, {"run": str(out), "export": str(export), "metrics": scores,
@@ -99,16 +97,12 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
 
 def resolved(config, model_kwargs):
     """``config`` with ``jit_compile="auto"`` decided, so the run's config.json says what ran."""
-    from labquake_tf.training.trainer import resolve_jit_compile
-
     return dataclasses.replace(
         config, jit_compile=resolve_jit_compile(config.jit_compile, model_kwargs["filters"]))
 
 
 def execution(model_kwargs, config):
     """How this machine runs the model: device, XLA, conv implementation by input width."""
-    from labquake_tf.models.layers import choose_conv_impl
-
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     impl = model_kwargs.get("conv_impl", "auto")
     widths = sorted({model_kwargs["n_features"], model_kwargs["filters"]})
@@ -148,14 +142,3 @@ def run(args):
     if summary:
         print(f"run dir: {summary['run']}\nSavedModel: {summary['export']}")
     return 0
-
-
-def main(argv=None):
-    """``python scripts/pretrain.py`` / ``python -m labquake_tf.training.pretrain``."""
-    from labquake_tf.cli import main as cli_main
-
-    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

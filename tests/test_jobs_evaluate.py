@@ -7,7 +7,7 @@ import pytest
 
 from labquake_tf.cli import main, run_command
 from labquake_tf.data import prepare
-from labquake_tf.evaluation.cli import evaluate
+from labquake_tf.jobs.evaluate import evaluate
 from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.models import build_tcn
 from labquake_tf.serving.export import export_model

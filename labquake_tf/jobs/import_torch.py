@@ -18,7 +18,10 @@ import pathlib
 
 import labquake_tf
 from labquake_tf.data import features as features_lib
+from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.files import atomic_dir, read_json, write_json
 from labquake_tf.models import torch_import
+from labquake_tf.training.trainer import save_model
 
 
 def _sha256(path):
@@ -37,9 +40,6 @@ def _key_style(keys):
 
 def _scaler_from(data_dir, feature_names, targets):
     """The min-max scaler of a prepared data dir, restricted to this model's columns."""
-    from labquake_tf.data.scaling import MinMaxScaler
-    from labquake_tf.training.artifacts import read_json
-
     manifest = read_json(pathlib.Path(data_dir) / "manifest.json")
     if list(manifest.get("feature_names", [])) != list(feature_names):
         raise ValueError(f"{data_dir}: features {manifest.get('feature_names')} differ from the "
@@ -59,9 +59,6 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
     Everything is checked and converted before anything is written; the run dir
     appears whole (temporary folder, then rename) or not at all.
     """
-    from labquake_tf.files import atomic_dir, write_json
-    from labquake_tf.training.trainer import save_model
-
     features_lib.check_kind(features)
     out = pathlib.Path(out)
     if out.exists() and any(out.iterdir()) and not force:

@@ -3,7 +3,7 @@
 Writes the KerasTuner project (resumable), ``trials.csv`` / ``trials.md`` /
 ``score_vs_trial.png`` into the project dir, and exports the best model to
 ``saved_models/NAME/VERSION``. Run the same command with the ``KERASTUNER_*``
-variables set for a chief/worker search (see ``search.py``): workers only run
+variables set for a chief/worker search (see ``tuning/search.py``): workers only run
 trials; the chief writes the results.
 """
 
@@ -12,9 +12,12 @@ import time
 
 import keras
 
+from labquake_tf.data import prepare, splits
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.models import input_length
+from labquake_tf.serving.export import export_model
 from labquake_tf.training import config as config_lib
-from labquake_tf.training import get_strategy, set_precision
+from labquake_tf.training import finetune, get_strategy, load_pretrained, set_precision
 from labquake_tf.tuning import objective as objective_lib
 from labquake_tf.tuning import results, search
 from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
@@ -98,8 +101,6 @@ def run(args):
 
 def prepare_data(dataset, data_dir, space, args):
     """Shards long enough for the longest seq_len in the space (shorter ones reuse them)."""
-    from labquake_tf.data import prepare, splits
-
     ratios = splits.FINETUNE_RATIOS if args.pretrained else splits.PRETRAIN_RATIOS
     prepare.prepare(dataset, data_dir, seq_len=longest_window(space, args),
                     targets=args.targets, split=ratios, force=args.overwrite)
@@ -108,14 +109,10 @@ def prepare_data(dataset, data_dir, space, args):
 
 def longest_window(space, args):
     """The longest input a trial can read: a streamable model's carries its decoder's history."""
-    from labquake_tf.models import input_length
-
     seq_len = max(values(space["seq_len"]))
     kernel, blocks = max(values(space["kernel_size"])), max(values(space["blocks"]))
     streamable = getattr(args, "streamable", False)
     if args.pretrained:
-        from labquake_tf.training import finetune, load_pretrained
-
         arch = finetune.architecture(load_pretrained(args.pretrained)[0])
         kernel, blocks, streamable = arch["kernel_size"], args.blocks, arch["streamable"]
     return input_length(seq_len, kernel, blocks, streamable)
@@ -123,8 +120,6 @@ def longest_window(space, args):
 
 def export_best(tuner, hypermodel, name, args):
     """The best trial's best-epoch checkpoint, exported with the data manifest."""
-    from labquake_tf.serving.export import export_model
-
     best = tuner.oracle.get_best_trials(1)
     if not best:
         raise SystemExit(f"labquake tune: no trial in {tuner.project_dir} finished; nothing to export")

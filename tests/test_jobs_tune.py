@@ -190,7 +190,7 @@ def test_streamable_search_reads_the_decoder_history(data_dir):
     import argparse
 
     from labquake_tf.models import is_streamable
-    from labquake_tf.tuning.tune import longest_window
+    from labquake_tf.jobs.tune import longest_window
 
     hm = TCNHyperModel(data_dir, space=SPACE, config=TrainConfig(steps_per_epoch=2),
                        streamable=True)

@@ -1,0 +1,347 @@
+"""``labquake finetune``: prepare the target data, fine-tune heads on a pretrained
+decoder (``training.finetune``, ``training.ensemble``), calibrate their interval
+(``evaluation.intervals``), score, and write the run dir.
+"""
+
+import argparse
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+
+from labquake_tf import TARGETS
+from labquake_tf.data import pipeline, prepare, windows
+from labquake_tf.data.features import manifest_kind
+from labquake_tf.data.record import channels_of, check_feature_names
+from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.data.splits import parse_ratios
+from labquake_tf.errors import DataError
+from labquake_tf.evaluation import intervals
+from labquake_tf.evaluation.figures import plot_history
+from labquake_tf.evaluation.metrics import evaluate_model
+from labquake_tf.files import atomic_dir
+from labquake_tf.models import decoder_blocks, head_length, input_length
+from labquake_tf.training import config as config_lib
+from labquake_tf.training import ensemble, select
+from labquake_tf.training.artifacts import load_pretrained, reuse_prepared, write_json
+from labquake_tf.training.config import TrainConfig
+from labquake_tf.training.finetune import (DECODER_MODES, INPUT_NORM_MODES, adapt_input_norm,
+                                           architecture, build_finetune_model, trainable_fraction)
+from labquake_tf.training.strategy import get_strategy, set_precision
+from labquake_tf.training.trainer import save_model
+
+CALIBRATIONS = ("forward", "val")
+
+
+def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, seq_len=None,
+             decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True,
+             input_norm="auto", members=None, coverage=0.9, interval_score="auto",
+             search="auto", calibration="forward", data=None):
+    """The whole job: prepare ``dataset`` (or reuse the prepared ``data`` dir, which must
+    hold windows as long as any the job reads), build, fit, write a run dir.
+
+    ``members`` heads (default ``ensemble.DEFAULT_MEMBERS`` with a frozen decoder, 1
+    with a trainable one) are trained on one decoder pass and averaged; their interval
+    at ``coverage`` (``evaluation.intervals``) is stored in the run's ``manifest.json``
+    under ``intervals``. ``calibration="val"`` calibrates it on the final heads'
+    validation errors; ``"forward"`` (default) fits a second ensemble of the same
+    size on the earlier half of the training events (early-stopped on validation)
+    and calibrates on its errors on the later half. On a drifting record the
+    validation events, a few cycles right after training, understate the errors
+    on test, farther away (p4581: 90 % validation interval, 67 % test coverage);
+    forward errors come from events after those the heads learnt from, as on test.
+
+    ``search`` ("auto": for TTsF/TTeF with a frozen decoder) picks whichever of
+    ``blocks``/``seq_len`` is not given on the validation events (``training.select``);
+    the choice and every candidate's score land in ``config.json`` and
+    ``metrics.json`` (``selection``).
+
+    Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
+    """
+    config = config or TrainConfig()
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    coverage = intervals.check_coverage(coverage)
+    if interval_score not in ("auto", *intervals.SCORES):
+        raise ValueError(f"interval_score must be 'auto' or one of {intervals.SCORES}, "
+                         f"got {interval_score!r}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    if members is None:
+        members = ensemble.DEFAULT_MEMBERS if decoder != "trainable" else 1
+    members = ensemble.check_members(members)
+    if members > 1 and decoder == "trainable":
+        raise ValueError(f"--ensemble {members} needs a frozen decoder (the heads share it); "
+                         "use --ensemble 1 with --decoder trainable")
+    source, source_manifest = load_pretrained(pretrained)
+    arch = architecture(source)
+    use_cache = use_cache and decoder != "trainable"
+    if search == "auto":  # the search trains heads on the cached decoder: frozen only
+        search = target in select.TARGETS and decoder != "trainable"
+    search = bool(search) and not (blocks and seq_len)
+    n_source, source_len = len(decoder_blocks(source)), head_length(source)
+
+    def window_of(length, depth):
+        # The windows the model reads: seq_len, plus a streamable decoder's history.
+        return input_length(length, arch["kernel_size"], depth, arch["streamable"])
+
+    block_list, seq_list = select.candidates(n_source, source_len, blocks, seq_len)
+    prepared_len = (max(window_of(s, b) for s in seq_list for b in block_list) if search
+                    else window_of(seq_len or source_len, blocks or n_source))
+
+    # Features are matched by name: the target record is read with the source's channels.
+    names = source_manifest.get("feature_names")
+    if names is None:
+        raise DataError(f"{pretrained}: its manifest.json has no 'feature_names'")
+    prepare_options = dict(targets=[target], split=split, channels=channels_of(names),
+                           features=manifest_kind(source_manifest))
+    # The run dir appears whole when the job completes; a failure leaves nothing.
+    with atomic_dir(out_dir) as work:
+        if data is None:
+            data_dir = work / "data"
+            manifest = prepare.prepare(dataset, data_dir, seq_len=prepared_len,
+                                       **prepare_options)
+        else:
+            data_dir = pathlib.Path(data).resolve()
+            manifest = reuse_prepared(data_dir, prepared_len, [target])
+            dataset = manifest.get("request", {}).get("dataset", dataset)
+        check_feature_names(names, manifest["feature_names"], f"{pretrained}", f"{dataset}")
+        train_xy, val_xy = (_arrays(data_dir, s, config.batch_size, prepared_len)
+                            for s in ("train", "val"))
+        selection = None
+        if search:
+            scale = float(MinMaxScaler.from_dict(manifest["scaler"]["targets"]).scale[0])
+            choice, table = select.search(source, train_xy, val_xy, scale, config, blocks, seq_len)
+            selection = {"chosen": choice, "candidates": table, "score": "val_rmse"}
+            print(f"chose blocks={choice['blocks']}, seq_len={choice['seq_len']} on validation "
+                  f"(RMSE {min(r['val_rmse'] for r in table):.4g}) of {len(table)} candidates")
+            blocks, seq_len = choice["blocks"], choice["seq_len"]
+            if window_of(seq_len, blocks) != prepared_len:
+                if data is None:
+                    manifest = prepare.prepare(dataset, data_dir,
+                                               seq_len=window_of(seq_len, blocks), force=True,
+                                               **prepare_options)
+                else:  # a prepared dir given by the user is read, never rewritten
+                    manifest = reuse_prepared(data_dir, window_of(seq_len, blocks), [target])
+                train_xy, val_xy = (_arrays(data_dir, s, config.batch_size,
+                                            window_of(seq_len, blocks)) for s in ("train", "val"))
+        blocks = blocks or n_source
+        seq_len = seq_len or source_len
+
+        strategy = get_strategy(config.strategy)
+        set_precision(config.precision)
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            model = build_finetune_model(source, seq_len, blocks, decoder=decoder,
+                                         input_norm=input_norm)
+        norm_source = model.input_norm_source
+        if norm_source in ("refit", "adapt"):
+            adapt_input_norm(model, train_xy[0])
+        with strategy.scope():
+            model = ensemble.add_heads(model, members, seed=config.seed)
+        fraction = trainable_fraction(model)
+        print(f"fine-tuning {blocks} block(s) of {pretrained} on {dataset}/{target}: "
+              f"{fraction:.2%} of {model.count_params():,} parameters trainable "
+              f"(decoder {decoder}, {'cached' if use_cache else 'plain'} path, {members} head(s))")
+
+        history = ensemble.fit_members(model, train_xy, val_xy, config, work, use_cache)[0]
+        save_model(model, work / "model.keras")
+        cal_model, cal_xy, where = model, val_xy, "val"
+        if calibration == "forward":
+            early, late = forward_windows(data_dir, int(model.input_shape[1]))
+            with strategy.scope():
+                twin = build_finetune_model(source, seq_len, blocks, decoder=decoder,
+                                            input_norm=input_norm)
+            if twin.input_norm_source in ("refit", "adapt"):
+                adapt_input_norm(twin, early[0])
+            with strategy.scope():
+                cal_model = ensemble.add_heads(twin, members, seed=config.seed)
+            ensemble.fit_members(cal_model, early, val_xy, config, work / "forward", use_cache)
+            shutil.rmtree(work / "forward", ignore_errors=True)
+            cal_xy, where = late, "train, later half (heads fit on the earlier half)"
+        manifest["intervals"] = calibrate(cal_model, cal_xy, manifest, coverage, interval_score,
+                                          where=where)
+        summary = {"from": str(pretrained), "source_dataset": source_manifest.get("dataset"),
+                   "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
+                   "decoder": decoder, "split": list(split), "cached": use_cache,
+                   "input_norm": norm_source,
+                   "ensemble": members, "coverage": coverage, "calibration": calibration,
+                   "selection": selection,
+                   "trainable_fraction": fraction,
+                   "trainable_params": int(sum(np.prod(w.shape)
+                                               for w in model.trainable_weights)),
+                   "total_params": int(model.count_params()),
+                   "epochs_run": len(history.get("loss", []))}
+        write_json(work / "manifest.json", manifest)
+        write_json(work / "config.json",
+                   {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
+                                  **architecture(model)),
+                    "preset": None, "train": config.to_dict(), "finetune": summary,
+                    **({"data_dir": str(data_dir)} if data else {})})
+        (work / "plots").mkdir(exist_ok=True)
+        plot_history(history, work / "plots" / "loss.png")
+        summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / "plots",
+                                                title=dataset,
+                                                intervals=manifest["intervals"])[0]
+                              for s in ("val", "test")}
+        write_json(work / "metrics.json",
+                   {**summary["metrics"], **({"selection": selection} if selection else {})})
+    return model, summary
+
+
+def calibrate(model, val_xy, manifest, coverage=0.9, score="auto", where="val"):
+    """The ``intervals`` block of a run's manifest: split-conformal on the calibration
+    windows ``val_xy`` (scaled; ``where`` says which), in the targets' physical units."""
+    x_val, y_val = val_xy
+    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
+    mean, members = ensemble.predict_members(model, x_val)
+    mean = scaler.inverse_transform(mean)
+    spread = members.std(axis=0) * scaler.scale
+    y = scaler.inverse_transform(y_val)
+    chosen, report = intervals.choose(y, mean, spread, coverage)
+    if score == "auto":
+        # A normalized score calibrated on another ensemble's spread does not transfer:
+        # the forward twin, fit on half the events, disagrees more than the final heads
+        # (p5198 TTsF: 90 % on calibration, 70 % on test). An error size does.
+        score = chosen if where == "val" else "constant"
+    params = intervals.fit(y, mean, spread, coverage, score)
+    return {"method": "split-conformal", "coverage": coverage, "members": len(members),
+            "calibration": {"split": where, "n_windows": int(len(y))},
+            "score": score, "score_selection": report,
+            "score_rule": "lower cross-fitted interval score" if where == "val" else
+                          "constant: calibrated on a twin ensemble, whose spread is not the run's",
+            "targets": {name: {**p, "units": manifest.get("units", {}).get(name, "")}
+                        for name, p in zip(manifest["target_names"], params)}}
+
+
+def forward_windows(data_dir, seq_len):
+    """Scaled ``(early_xy, late_xy)`` windows of the training split, cut after the end of
+    its middle event: heads fit on the early part and scored on the late one err as
+    the run's heads do on test, on events after those they learnt from.
+
+    Late windows may read AE from before the cut (input is causal; labels are not
+    shared). Raises ValueError when the training part has fewer than two events.
+    """
+    manifest = pipeline.load_manifest(data_dir)
+    arrays = pipeline.split_arrays(data_dir, "train")
+    events = arrays["events"]
+    if len(events) < 2:
+        raise ValueError(f"{data_dir}: the training split has {len(events)} event(s); forward "
+                         "calibration needs two (use --calibration val)")
+    cut = int(events[len(events) // 2 - 1, 1]) + 1
+    x = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(arrays["features"])
+    names = manifest["target_names"]
+    y = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).transform(
+        np.stack([arrays["targets"][n] for n in names], axis=1))
+    steps = np.arange(len(y))
+    mask = arrays["label_mask"]
+    if isinstance(mask, dict):  # one mask per target
+        mask = np.all([mask[n] for n in names], axis=0)
+    labelled = np.asarray(mask, bool) & (steps >= seq_len - 1)
+
+    def part(ends):
+        if len(ends) == 0:
+            raise ValueError(f"{data_dir}: no {seq_len}-step window on one side of the "
+                             "training split's middle event (use --calibration val)")
+        return windows.cut(x, ends, seq_len).astype(np.float32), y[ends].astype(np.float32)
+
+    return part(steps[labelled & (steps < cut)]), part(steps[labelled & (steps >= cut)])
+
+
+def _arrays(data_dir, split, batch_size, seq_len=None):
+    """A split's windows as numpy: the input_norm statistics and the cache need them whole."""
+    xs, ys = [], []
+    for x, y in pipeline.iterate(pipeline.make_dataset(data_dir, split, seq_len=seq_len,
+                                                       batch_size=max(batch_size, 512))):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    if not xs:
+        raise ValueError(f"{data_dir}: split {split!r} has no windows")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def add_arguments(parser):
+    parser.add_argument("--from", dest="pretrained", required=True,
+                        help="pretrained run dir, .keras file or exported SavedModel version dir")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (e.g. p4581) or record path (or --data)")
+    parser.add_argument("--target", choices=TARGETS, default="shear_stress")
+    parser.add_argument("--blocks", type=int, default=None,
+                        help="decoder blocks to keep (default: all of the pretrained model's)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="window length in steps (default: the pretrained model's)")
+    parser.add_argument("--decoder", choices=DECODER_MODES, default="pretrained-frozen")
+    parser.add_argument("--split", default="0.5,0.1,0.4",
+                        help="train,val,test fractions of the events (default 0.5,0.1,0.4)")
+    parser.add_argument("--out", default=None, help="run dir (default runs/finetune-DATASET-TARGET)")
+    parser.add_argument("--input-norm", choices=INPUT_NORM_MODES, default="auto",
+                        help="the pretrained input normalisation: copied at the same window "
+                             "length, its last steps' for a shorter one, refitted for a longer "
+                             "one (auto); or force one")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run the frozen decoder every step instead of caching its output")
+    parser.add_argument("--search", choices=("auto", "on", "off"), default="auto",
+                        help="choose --blocks/--seq-len (those not given) on the validation "
+                             "events; auto: for ttsf/ttef with a frozen decoder")
+    parser.add_argument("--ensemble", type=_positive_int, default=None, metavar="N",
+                        help=f"heads trained on the one frozen decoder and averaged (default "
+                             f"{ensemble.DEFAULT_MEMBERS}; 1 with --decoder trainable)")
+    parser.add_argument("--coverage", type=_coverage, default=0.9,
+                        help="coverage of the split-conformal interval, in (0, 1) (default 0.9)")
+    parser.add_argument("--calibration", choices=CALIBRATIONS, default="forward",
+                        help="conformal calibration windows: forward (default: heads fit on "
+                             "the earlier half of the training events, scored on the later "
+                             "half) or val (the final heads on the validation events)")
+    parser.add_argument("--interval-score", choices=("auto", "constant", "normalized"),
+                        default="auto", help="conformity score: |error| (constant width) or "
+                        "|error| / member spread; auto: constant with --calibration forward, "
+                        "else the better of a cross-fit on the calibration windows")
+    parser.add_argument("--data", default=None,
+                        help="a prepared data dir (labquake prepare --targets TARGET) instead "
+                             "of preparing --dataset again")
+    config_lib.add_arguments(parser, verbose=2)
+
+
+def run(args):
+    if not (args.dataset or args.data):
+        raise SystemExit("labquake finetune: give --dataset NAME or --data PREPARED_DIR")
+    config = config_lib.from_args(args)
+    name = args.dataset or pathlib.Path(args.data).name
+    out = args.out or f"runs/finetune-{pathlib.Path(name).stem}-{args.target}"
+    _, summary = finetune(args.pretrained, args.dataset, out, target=args.target,
+                          blocks=args.blocks, seq_len=args.seq_len, decoder=args.decoder,
+                          split=parse_ratios(args.split), config=config,
+                          use_cache=not args.no_cache, input_norm=args.input_norm,
+                          members=args.ensemble, coverage=args.coverage,
+                          interval_score=args.interval_score,
+                          search={"on": True, "off": False}.get(args.search, "auto"),
+                          calibration=args.calibration, data=args.data)
+    test = summary["metrics"]["test"]
+    print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in _flat(test).items()))
+    return 0
+
+
+def _positive_int(text):
+    try:
+        return ensemble.check_members(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of heads, got {text!r}") from None
+
+
+def _coverage(text):
+    try:
+        return intervals.check_coverage(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _flat(metrics):
+    """The physical-unit RMSE/R2 of each target, for the one-line summary."""
+    out = {}
+    for name, m in metrics.get("targets", {}).items():
+        for key in ("rmse", "r2", "coverage", "width"):
+            if key in m:
+                out[f"{name}_{key}"] = m[key]
+    return out

@@ -1,0 +1,171 @@
+import json
+
+import numpy as np
+import pytest
+
+from labquake_tf.jobs import finetune as job
+from labquake_tf.training import ensemble, load_pretrained
+
+from tests.test_training_finetune import _head_params, pretrained, source_run  # noqa: F401
+
+
+def _hidden(folder):
+    """Dot-named entries: what a half-written run dir (files.atomic_dir) would leave."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, tmp_path):
+    from labquake_tf.cli import main
+
+    src = source_run(pretrained, tmp_path / "src", dataset="p5198",
+                     target_names=["shear_stress"], feature_names=["logvar_ch1"])
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
+               "--blocks", "2", "--seq-len", "12", "--epochs", "2", "--out", str(out)])
+    assert rc == 0
+    for name in ("model.keras", "manifest.json", "config.json", "metrics.json", "history.csv",
+                 "plots/loss.png", "plots/test_ttsf.png"):
+        assert (out / name).is_file(), name
+    assert _hidden(out.parent) == []  # no temporary folder left beside the run
+    config = json.loads((out / "config.json").read_text())["finetune"]
+    assert config["target"] == "ttsf" and config["blocks"] == 2 and config["cached"]
+    # both fixed: no search; a frozen decoder gets the default ensemble
+    assert config["selection"] is None and config["ensemble"] == 5
+    assert config["trainable_fraction"] == pytest.approx(
+        5 * _head_params(8, 12) / config["total_params"])  # five heads train
+    assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
+    test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
+    # Learnt, not just run: it beats predicting the mean, R2 > 0 with a margin (0.28 with
+    # per-target label masks, 0.63 before; an untrained head scores below 0), in seconds.
+    assert test["r2"] > 0.1 and test["rmse"] == pytest.approx(
+        test["rmse_scaled"] * _ttsf_span(out), rel=1e-5)
+
+
+def _ttsf_span(run):
+    scaler = json.loads((run / "manifest.json").read_text())["scaler"]["targets"]
+    return scaler["max"][0] - scaler["min"][0]
+
+
+def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
+    from labquake_tf.cli import run_command
+
+    # one feature column, as p4581's, but another feature: a count check would let it through
+    src = source_run(pretrained, tmp_path / "src", dataset="x",
+                     target_names=["shear_stress"], feature_names=["ae_rms"])
+    out = tmp_path / "ft"
+    with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
+        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
+              "--epochs", "1", "--out", str(out)])
+    assert not out.exists() and _hidden(out.parent) == []
+
+
+def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained, dds_dir,
+                                                                             tmp_path):
+    from labquake_tf.cli import run_command
+    from labquake_tf.training.trainer import save_model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(pretrained, src / "model.keras")
+    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198", "target_names": [
+        "shear_stress"], "feature_names": ["logvar_ch1"]}))
+    out = tmp_path / "ft"
+    with pytest.raises(ValueError, match="split 'val' has 293 steps, shorter than one window "
+                                         "of seq_len=400"):
+        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "400",
+              "--input-norm", "refit", "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("flag", [["--ensemble", "0"], ["--coverage", "1.0"],
+                                  ["--coverage", "0"], ["--coverage", "90"]])
+def test_finetune_cli_refuses_bad_ensemble_or_coverage(flag, tmp_path, capsys):
+    from labquake_tf.cli import main
+
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--from", str(tmp_path), "--dataset", "p4581", "--out", str(out), *flag])
+    assert rc == 2  # a usage error, before anything runs
+    assert flag[0] in capsys.readouterr().err
+    assert not out.exists() and _hidden(out.parent) == []
+
+
+def test_finetune_refuses_bad_options_before_writing(tmp_path):
+    for kwargs, match in (({"members": 0}, "--ensemble"), ({"coverage": 1.2}, "coverage"),
+                          ({"members": 3, "decoder": "trainable"}, "frozen decoder"),
+                          ({"interval_score": "wide"}, "interval_score")):
+        with pytest.raises(ValueError, match=match):
+            job.finetune(tmp_path / "nowhere", "p4581", tmp_path / "ft", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained, dds_dir,
+                                                                      tmp_path):
+    import tensorflow as tf
+
+    from labquake_tf.cli import main
+    from labquake_tf.data.pipeline import split_arrays
+    from labquake_tf.data.scaling import MinMaxScaler
+    from labquake_tf.evaluation import intervals
+
+    src = source_run(pretrained, tmp_path / "src", dataset="p5198",
+                     feature_names=["logvar_ch1"])
+    run = tmp_path / "ft"
+    assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",
+                 "--seq-len", "12", "--epochs", "2", "--ensemble", "3", "--coverage", "0.8",
+                 "--out", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    iv = manifest["intervals"]
+    assert iv["members"] == 3 and iv["coverage"] == 0.8
+    assert iv["calibration"]["split"].startswith("train, later half")  # the default: forward
+    assert set(iv["score_selection"]) <= set(intervals.SCORES)
+    assert iv["targets"]["shear_stress"]["offset"] > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        scores = metrics[split]["targets"]["shear_stress"]
+        assert 0 <= scores["coverage"] <= 1 and scores["width"] > 0
+        assert scores["interval_target"] == 0.8
+    assert json.loads((run / "config.json").read_text())["finetune"]["ensemble"] == 3
+    assert not (run / "forward").exists()
+
+    assert main(["export", str(run), "--name", "ens", "--base-dir", str(tmp_path / "sm")]) == 0
+    loaded = tf.saved_model.load(str(tmp_path / "sm" / "ens" / "1"))
+    arrays = split_arrays(run / "data", "test")
+    raw = np.lib.stride_tricks.sliding_window_view(arrays["features"][:60], 12, axis=0)
+    raw = np.ascontiguousarray(raw.transpose(0, 2, 1)).astype("float32")
+    out = loaded.signatures["serving_default"](ae_features=tf.constant(raw))
+    assert sorted(out) == ["shear_stress", "shear_stress_lower", "shear_stress_upper"]
+    mid, lo, hi = (out[k].numpy() for k in sorted(out))
+    assert np.all(lo <= mid) and np.all(mid <= hi) and np.all(hi - lo > 0)
+    # the same numbers as evaluation's interval from the run's model and manifest
+    model, _ = load_pretrained(run)
+    f_scaler = MinMaxScaler.from_dict(manifest["scaler"]["features"])
+    t_scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
+    mean, members = ensemble.predict_members(model, f_scaler.transform(raw))
+    lo_ref, hi_ref = intervals.bounds(t_scaler.inverse_transform(mean),
+                                      members.std(axis=0) * t_scaler.scale,
+                                      [iv["targets"]["shear_stress"]])
+    np.testing.assert_allclose(mid, t_scaler.inverse_transform(mean)[:, 0], atol=1e-5)
+    np.testing.assert_allclose(lo, lo_ref[:, 0], atol=1e-5)
+    np.testing.assert_allclose(hi, hi_ref[:, 0], atol=1e-5)
+
+
+def test_forward_windows_cut_the_training_split_after_its_middle_event(dds_dir, tmp_path):
+    from labquake_tf.data import prepare
+    from labquake_tf.data.pipeline import split_arrays
+
+    data = tmp_path / "data"
+    prepare.prepare("p4581", data, seq_len=8, targets=["shear_stress"], split=(0.5, 0.1, 0.4))
+    (x_early, y_early), (x_late, y_late) = job.forward_windows(data, 8)
+    train = split_arrays(data, "train")
+    events = train["events"]
+    cut = int(events[len(events) // 2 - 1, 1]) + 1
+    mask = train["label_mask"]["shear_stress"]  # one mask per target
+    assert len(y_early) == int(mask[7:cut].sum()) and len(y_late) == int(mask[cut:].sum())
+    assert x_early.shape == (len(y_early), 8, 1) and x_late.shape == (len(y_late), 8, 1)
+    # the first late window ends on the cut step and reads the 7 steps before it
+    from labquake_tf.data.scaling import MinMaxScaler
+    import json as _json
+
+    manifest = _json.loads((data / "manifest.json").read_text())
+    f = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(train["features"])
+    first_late = np.flatnonzero(mask[cut:])[0] + cut
+    np.testing.assert_array_equal(x_late[0, :, 0], f[first_late - 7:first_late + 1, 0])
