@@ -14,13 +14,26 @@ import shutil
 import tempfile
 
 
+# A run dir (the training jobs write it; evaluate, finetune --from, export read it) and a
+# prepared data dir (its manifest). Named once here so writers and readers agree.
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+DATA_FOLDER = "data"
+PLOTS_FOLDER = "plots"
+BACKUP_FOLDER = "backup"
+TENSORBOARD_FOLDER = "tensorboard"
+
 # An exported SavedModel version dir (serving.export writes it, training.artifacts and
 # the readers find a model in it): the graph, and beside it in assets/ the Keras model,
 # the data manifest and the metadata, so fine-tuning and scoring can start from an export.
 SAVED_MODEL = "saved_model.pb"
-EXPORT_MODEL = "assets/model.keras"
-EXPORT_MANIFEST = "assets/manifest.json"
-EXPORT_METADATA = "assets/metadata.json"
+ASSETS_FOLDER = "assets"
+EXPORT_MODEL = f"{ASSETS_FOLDER}/{MODEL_FILE}"
+EXPORT_MANIFEST = f"{ASSETS_FOLDER}/{MANIFEST_FILE}"
+EXPORT_METADATA = f"{ASSETS_FOLDER}/metadata.json"
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ import pytest
 
 from labquake_tf.cli import main, run_command
 from labquake_tf.data import prepare
-from labquake_tf.jobs.evaluate import evaluate
+from labquake_tf.data.pipeline import split_arrays
 from labquake_tf.evaluation.metrics import evaluate_model
+from labquake_tf.jobs.evaluate import evaluate
 from labquake_tf.models import build_tcn
 from labquake_tf.serving.export import export_model
 from labquake_tf.training.trainer import save_model
@@ -48,6 +49,15 @@ def test_evaluate_writes_metrics_predictions_and_plots(run_dir, tmp_path, capsys
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["n_windows"] > 100
+    # The windows scored are the test split's: each ends at a step labelled for some target,
+    # inside the split's time range, and every such step is scored, once.
+    test = split_arrays(run_dir / "data", "test")
+    info = json.loads((run_dir / "data" / "manifest.json").read_text())["splits"]["test"]
+    labelled = np.any([test["label_mask"][name] for name in TARGETS], axis=0)
+    times = np.array([float(r["time"]) for r in rows])
+    # (predictions.csv holds 6 decimals)
+    assert info["t_start"] - 1e-6 <= times.min() and times.max() <= info["t_end"] + 1e-6
+    np.testing.assert_allclose(times, test["time"][labelled], atol=1e-6)
     for name in TARGETS:
         labelled = [r for r in rows if r[f"{name}_true"] != ""]
         true = np.array([float(r[f"{name}_true"]) for r in labelled])
@@ -204,3 +214,47 @@ def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, dds_dir,
         m = metrics["targets"][name]
         assert m["coverage"] == pytest.approx(inside.mean(), abs=2 / len(labelled))
         assert m["width"] == pytest.approx(0.1, rel=1e-4) and m["interval_target"] == 0.9
+
+
+def test_evaluate_scores_a_prepared_dir_given_with_data(run_dir, tmp_path, capsys):
+    # the run's own data given explicitly: the same scores as finding it
+    own, _ = evaluate(run_dir, out=tmp_path / "own")
+    given, _ = evaluate(run_dir, out=tmp_path / "given", data=run_dir / "data")
+    assert given["data"] == str(run_dir / "data")
+    assert given["targets"] == own["targets"]
+    # another prepared dir: scored as it is, with its split, under the run's scalers
+    other = tmp_path / "other"
+    prepare.prepare("p4581", other, seq_len=20, targets=TARGETS, split="0.5,0.1,0.4")
+    assert main(["evaluate", str(run_dir), "--data", str(other), "--out",
+                 str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["data"] == str(other) and metrics["split_ratios"] == pytest.approx([0.5, 0.1, 0.4])
+    manifest = json.loads((other / "manifest.json").read_text())
+    for name in TARGETS:  # every labelled test step of the given dir
+        assert metrics["targets"][name]["n_labelled"] == manifest["splits"]["test"]["n_labelled"][name]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target_names": ["shear_stress"]}, r"prepared for targets \['shear_stress'\], .* predicts "
+                                         r"\['shear_stress', 'ttsf', 'ttef'\]; prepare it with "
+                                         r"--targets shear_stress ttsf ttef"),
+    ({"target_names": ["ttef", "ttsf", "shear_stress"]}, "prepared for targets"),  # order counts
+    ({"seq_len": 8}, "prepared for windows of 8 steps, .* reads 16; prepare it again with "
+                     "--seq-len 16"),
+    ({"feature_names": ["std_ch1"]}, r"feature names differ.*logvar_ch1.*std_ch1"),
+])
+def test_evaluate_data_that_does_not_fit_the_run_is_named(run_dir, tmp_path, change, message):
+    data = tmp_path / "data"
+    shutil.copytree(run_dir / "data", data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ValueError, match=message) as err:
+        run_command(["evaluate", str(run_dir), "--data", str(data), "--out", str(tmp_path / "e")])
+    assert str(data) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
+
+
+def test_evaluate_data_excludes_dataset_and_ratios(run_dir, tmp_path, capsys):
+    for extra in (["--dataset", "p5198"], ["--ratios", "0.5,0.1,0.4"]):
+        assert main(["evaluate", str(run_dir), "--data", str(run_dir / "data"), *extra]) == 2
+        assert "--data" in capsys.readouterr().err

@@ -15,7 +15,6 @@ them per target).
 """
 
 import itertools
-import json
 import os
 
 import numpy as np
@@ -23,6 +22,7 @@ import tensorflow as tf
 
 from labquake_tf.data.readers import sha256
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.files import MANIFEST_FILE, read_json
 
 SHUFFLE_BUFFER = 20_000
 
@@ -40,14 +40,11 @@ _SPEC = {
 
 
 def load_manifest(data_dir):
-    path = os.path.join(data_dir, "manifest.json")
+    """A prepared data dir's manifest, checked for the fields every reader needs."""
+    path = os.path.join(data_dir, MANIFEST_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no manifest (run `labquake prepare` first)")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    manifest = read_json(path)
     missing = [k for k in ("feature_names", "target_names", "seq_len", "scaler", "splits")
                if k not in manifest]
     if missing:

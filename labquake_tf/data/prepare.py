@@ -32,7 +32,7 @@ from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.readers import sha256
 from labquake_tf.data.record import channels_of
 from labquake_tf.errors import DataError, UsageError
-from labquake_tf.files import atomic_dir, write_json
+from labquake_tf.files import MANIFEST_FILE, atomic_dir, read_json, write_json
 
 DEFAULT_WINDOW_SECONDS = 5.12
 """Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
@@ -118,7 +118,7 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
             "splits": split_info, "processing": record.attrs,
             "sources": [{"path": record.source, "sha256": record.sha256}],
             "package_version": labquake_tf.__version__, "request": request}
-        write_json(os.path.join(tmp, "manifest.json"), manifest)
+        write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
     return manifest
 
 
@@ -198,8 +198,7 @@ def _existing(out, request, force):
     if not os.path.isdir(out) or not os.listdir(out) or force:
         return None
     try:
-        with open(os.path.join(out, "manifest.json")) as f:
-            manifest = json.load(f)
+        manifest = read_json(os.path.join(out, MANIFEST_FILE))
     except (OSError, ValueError):
         manifest = {}
     if manifest.get("request") == json.loads(json.dumps(request)):

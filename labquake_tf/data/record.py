@@ -5,6 +5,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from labquake_tf.errors import DataError
+
 
 @dataclasses.dataclass
 class Record:
@@ -69,8 +71,6 @@ def check_feature_names(expected, got, expected_from="the model", got_from="the 
     must not be fed channel 1. Raises ``ValueError`` naming both lists."""
     expected, got = list(expected), list(got)
     if expected != got:
-        from labquake_tf.errors import DataError
-
         raise DataError(f"feature names differ: {expected_from} takes {expected}, "
                          f"{got_from} has {got}")
 

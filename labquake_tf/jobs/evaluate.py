@@ -14,6 +14,11 @@ run's window, targets, channels and processing options (split 5:1:4 unless
 inverted with the model's own TARGET scaler, exactly as the model was trained
 and as its export serves. Features are matched by name: a mismatch is an error.
 
+``--data DIR`` scores on a prepared data dir given explicitly (``labquake
+prepare``, another run's ``RUN/data``), as it is: it must hold the run's features
+and targets in windows at least as long as the model's; the interval is scored
+only when it is the run's own data (same scalers and splits).
+
 Writes ``OUT/metrics.json`` (per target: RMSE, MAE, R² in physical units and
 scaled, on every labelled step of the split by that target's own mask; the
 calibrated interval's coverage and mean width when the run has one and the data
@@ -38,18 +43,26 @@ from labquake_tf.data.splits import parse_ratios
 from labquake_tf.errors import DataError
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.files import atomic_dir, read_history, write_json
+from labquake_tf.errors import UsageError
+from labquake_tf.files import (ASSETS_FOLDER, DATA_FOLDER, HISTORY_FILE, METRICS_FILE,
+                               PLOTS_FOLDER, atomic_dir, read_history, write_json)
 from labquake_tf.training.artifacts import load_pretrained, model_files, run_data_dir
 
 
 @contextlib.contextmanager
-def scoring_data(model_path, manifest, dataset=None, ratios=None):
+def scoring_data(model_path, manifest, dataset=None, ratios=None, data=None):
     """Yield ``(data_dir, description)``: the prepared data to score the run on.
 
-    The run's own data when ``dataset`` is None or the run's own record (and
-    ``ratios`` None or the run's); otherwise ``dataset`` prepared like the run's
-    request into a temporary folder, removed afterwards.
+    ``data``, a prepared dir given explicitly, as it is. Else the run's own data
+    when ``dataset`` is None or the run's own record (and ``ratios`` None or the
+    run's); otherwise ``dataset`` prepared like the run's request into a temporary
+    folder, removed afterwards.
     """
+    if data is not None:
+        theirs = load_manifest(data)
+        yield pathlib.Path(data), (theirs.get("request", {}).get("dataset")
+                                   or theirs.get("dataset") or pathlib.Path(data).name)
+        return
     # A manifest without a request (an imported PyTorch model) still says the window,
     # targets and features: enough to prepare another dataset for it.
     request = manifest.get("request") or {
@@ -63,16 +76,24 @@ def scoring_data(model_path, manifest, dataset=None, ratios=None):
         yield data, request.get("dataset") or manifest.get("dataset")
         return
     with tempfile.TemporaryDirectory(prefix=".labquake-eval-") as tmp:
-        data = pathlib.Path(tmp) / "data"
+        data = pathlib.Path(tmp) / DATA_FOLDER
         prepared = prepare.prepare_like(request, data, None if own else dataset, ratios)
         check_feature_names(manifest["feature_names"], prepared["feature_names"],
                             f"{model_path}", f"{dataset or request['dataset']}")
         yield data, dataset or request["dataset"]
 
 
-def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
+def evaluate(model_path, dataset=None, split="test", out=None, ratios=None, data=None):
     """The whole command: load, find or prepare the data, score, write ``out``; returns
-    ``(metrics, out)``."""
+    ``(metrics, out)``.
+
+    ``data``: a prepared data dir to score on instead (``labquake prepare``, or another
+    run's ``RUN/data``); it must hold the run's features and targets, in windows at
+    least as long as the model's.
+    """
+    if data is not None and (dataset is not None or ratios is not None):
+        raise UsageError("--data is a prepared dir: its dataset and split are fixed; "
+                         "give --dataset/--ratios or --data, not both")
     model, manifest = load_pretrained(model_path)
     for key in ("feature_names", "target_names"):
         if key not in manifest:
@@ -80,34 +101,53 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None):
     manifest.setdefault("seq_len", int(model.input_shape[1]))
     # beside a run's model; never inside an export, which TF Serving reads
     base = pathlib.Path(model_files(model_path)[0]).parent
-    if base.name == "assets":
+    if base.name == ASSETS_FOLDER:
         base = pathlib.Path("runs") / base.parent.parent.name
-    name = dataset or manifest.get("dataset") or "data"
+    name = (pathlib.Path(data).resolve().name if data is not None
+            else dataset or manifest.get("dataset") or "data")
     out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(name)).stem}-{split}")
-    with scoring_data(model_path, manifest, dataset, ratios) as (data_dir, described):
+    with scoring_data(model_path, manifest, dataset, ratios, data) as (data_dir, described):
         data_manifest = load_manifest(data_dir)
         check_feature_names(manifest["feature_names"], data_manifest["feature_names"],
                             f"{model_path}", f"{data_dir}")
+        if data is not None:
+            check_matches_run(data_dir, data_manifest, model_path, manifest,
+                              int(model.input_shape[1]))
         with atomic_dir(out) as work:
-            (work / "plots").mkdir()
+            (work / PLOTS_FOLDER).mkdir()
             # the interval was calibrated for the run's own record only
-            own = described == ((manifest.get("request") or {}).get("dataset")
-                                or manifest.get("dataset"))
+            own = (described == ((manifest.get("request") or {}).get("dataset")
+                                 or manifest.get("dataset")) if data is None
+                   else all(data_manifest.get(k) == manifest.get(k) for k in ("scaler", "splits")))
             result, p = evaluate_model(
-                model, data_dir, split, work / "plots", title=f"{described}/{split}",
+                model, data_dir, split, work / PLOTS_FOLDER, title=f"{described}/{split}",
                 intervals=manifest.get("intervals") if own else None,
                 **_model_scalers(manifest))
-            history = base / "history.csv"
+            history = base / HISTORY_FILE
             if history.exists():
-                figures.plot_history(read_history(history), work / "plots" / "loss.png")
+                figures.plot_history(read_history(history), work / PLOTS_FOLDER / "loss.png")
             result.update(model=str(model_path), dataset=str(described),
                           split_ratios=list(data_manifest.get("request", {}).get("split", [])),
                           data=str(data_dir) if ".labquake-eval-" not in str(data_dir)
                           else "prepared again from the run's request",
                           n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
-            write_json(work / "metrics.json", result)
+            write_json(work / METRICS_FILE, result)
             _write_predictions(work / "predictions.csv", p)
     return result, out
+
+
+def check_matches_run(data_dir, data_manifest, model_path, manifest, window):
+    """A prepared dir given with ``--data`` holds the run's targets, in its order (its
+    outputs are read by position), and windows of the ``window`` steps the model reads
+    (a shorter context would drop the split's first labelled steps)."""
+    ours, theirs = list(manifest["target_names"]), list(data_manifest["target_names"])
+    if ours != theirs:
+        raise DataError(f"{data_dir}: prepared for targets {theirs}, {model_path} predicts "
+                        f"{ours}; prepare it with --targets {' '.join(ours)}")
+    if int(data_manifest["seq_len"]) < window:
+        raise DataError(f"{data_dir}: prepared for windows of {data_manifest['seq_len']} "
+                        f"steps, {model_path} reads {window}; prepare it again with "
+                        f"--seq-len {window}")
 
 
 def _model_scalers(manifest):
@@ -141,6 +181,9 @@ def add_arguments(parser):
     parser.add_argument("--dataset", default=None,
                         help="dataset name or record path to score zero-shot (default: the "
                              "run's own prepared data)")
+    parser.add_argument("--data", default=None,
+                        help="a prepared data dir to score on (labquake prepare, or another "
+                             "run's RUN/data), with the run's features and targets")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--ratios", default=None,
                         help="train,val,test event ratios (default: the run's own split on "
@@ -151,7 +194,7 @@ def add_arguments(parser):
 
 def run(args):
     ratios = parse_ratios(args.ratios) if args.ratios else None
-    result, out = evaluate(args.model, args.dataset, args.split, args.out, ratios)
+    result, out = evaluate(args.model, args.dataset, args.split, args.out, ratios, args.data)
     for name, m in result["targets"].items():
         line = (f"{name}: RMSE {m['rmse']:.4g} {m['units']}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}"
                 f" (scaled RMSE {m['rmse_scaled']:.4g})")

@@ -20,7 +20,7 @@ from labquake_tf.errors import DataError
 from labquake_tf.evaluation import intervals
 from labquake_tf.evaluation.figures import plot_history
 from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.files import atomic_dir
+from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, MODEL_FILE, PLOTS_FOLDER, atomic_dir)
 from labquake_tf.models import decoder_blocks, head_length, input_length
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import ensemble, select
@@ -99,7 +99,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     # The run dir appears whole when the job completes; a failure leaves nothing.
     with atomic_dir(out_dir) as work:
         if data is None:
-            data_dir = work / "data"
+            data_dir = work / DATA_FOLDER
             manifest = prepare.prepare(dataset, data_dir, seq_len=prepared_len,
                                        **prepare_options)
         else:
@@ -146,7 +146,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
               f"(decoder {decoder}, {'cached' if use_cache else 'plain'} path, {members} head(s))")
 
         history = ensemble.fit_members(model, train_xy, val_xy, config, work, use_cache)[0]
-        save_model(model, work / "model.keras")
+        save_model(model, work / MODEL_FILE)
         cal_model, cal_xy, where = model, val_xy, "val"
         if calibration == "forward":
             early, late = forward_windows(data_dir, int(model.input_shape[1]))
@@ -173,19 +173,19 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                                                for w in model.trainable_weights)),
                    "total_params": int(model.count_params()),
                    "epochs_run": len(history.get("loss", []))}
-        write_json(work / "manifest.json", manifest)
-        write_json(work / "config.json",
+        write_json(work / MANIFEST_FILE, manifest)
+        write_json(work / CONFIG_FILE,
                    {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
                                   **architecture(model)),
                     "preset": None, "train": config.to_dict(), "finetune": summary,
                     **({"data_dir": str(data_dir)} if data else {})})
-        (work / "plots").mkdir(exist_ok=True)
-        plot_history(history, work / "plots" / "loss.png")
-        summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / "plots",
+        (work / PLOTS_FOLDER).mkdir(exist_ok=True)
+        plot_history(history, work / PLOTS_FOLDER / "loss.png")
+        summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / PLOTS_FOLDER,
                                                 title=dataset,
                                                 intervals=manifest["intervals"])[0]
                               for s in ("val", "test")}
-        write_json(work / "metrics.json",
+        write_json(work / METRICS_FILE,
                    {**summary["metrics"], **({"selection": selection} if selection else {})})
     return model, summary
 

@@ -19,7 +19,7 @@ import pathlib
 import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data.scaling import MinMaxScaler
-from labquake_tf.files import atomic_dir, read_json, write_json
+from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json, write_json)
 from labquake_tf.models import torch_import
 from labquake_tf.training.trainer import save_model
 
@@ -40,7 +40,7 @@ def _key_style(keys):
 
 def _scaler_from(data_dir, feature_names, targets):
     """The min-max scaler of a prepared data dir, restricted to this model's columns."""
-    manifest = read_json(pathlib.Path(data_dir) / "manifest.json")
+    manifest = read_json(pathlib.Path(data_dir) / MANIFEST_FILE)
     if list(manifest.get("feature_names", [])) != list(feature_names):
         raise ValueError(f"{data_dir}: features {manifest.get('feature_names')} differ from the "
                          f"imported model's {list(feature_names)} (see --features)")
@@ -105,9 +105,9 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
     }
 
     with atomic_dir(out) as work:
-        save_model(model, work / "model.keras")
-        write_json(work / "manifest.json", manifest)
-        write_json(work / "config.json", config)
+        save_model(model, work / MODEL_FILE)
+        write_json(work / MANIFEST_FILE, manifest)
+        write_json(work / CONFIG_FILE, config)
     return model, config
 
 

@@ -19,6 +19,7 @@ from labquake_tf.data import pipeline, prepare
 from labquake_tf.data.splits import PRETRAIN_RATIOS
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
+from labquake_tf.files import CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, PLOTS_FOLDER
 from labquake_tf.models import PRESETS, build_tcn, input_length
 from labquake_tf.models.layers import choose_conv_impl
 from labquake_tf.serving.export import export_model
@@ -56,7 +57,7 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     window = input_length(model_kwargs["seq_len"], model_kwargs["kernel_size"],
                           model_kwargs["blocks"], model_kwargs.get("streamable", False))
     if data is None:
-        data_dir = work / "data"
+        data_dir = work / DATA_FOLDER
         manifest = prepare.prepare(dataset, data_dir, seq_len=window,
                                    targets=list(targets), split=split)
     else:
@@ -66,8 +67,8 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     model_kwargs.update(n_features=len(manifest["feature_names"]), n_targets=len(targets))
     config = resolved(config, model_kwargs)
     work.mkdir(parents=True, exist_ok=True)
-    write_json(work / "manifest.json", manifest)
-    write_json(work / "config.json", {"model": model_kwargs, "preset": preset,
+    write_json(work / MANIFEST_FILE, manifest)
+    write_json(work / CONFIG_FILE, {"model": model_kwargs, "preset": preset,
                                       "dataset": dataset, "train": config.to_dict(),
                                       "execution": execution(model_kwargs, config),
                                       **({"data_dir": str(data_dir)} if data else {})})
@@ -82,10 +83,10 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
         shutil.rmtree(work, ignore_errors=True)
         return model, {}
 
-    (work / "plots").mkdir(exist_ok=True)
-    figures.plot_history(history, work / "plots" / "loss.png")
-    scores, _ = evaluate_model(model, data_dir, "test", work / "plots")
-    write_json(work / "metrics.json", scores)
+    (work / PLOTS_FOLDER).mkdir(exist_ok=True)
+    figures.plot_history(history, work / PLOTS_FOLDER / "loss.png")
+    scores, _ = evaluate_model(model, data_dir, "test", work / PLOTS_FOLDER)
+    write_json(work / METRICS_FILE, scores)
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
 

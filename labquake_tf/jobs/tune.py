@@ -14,6 +14,7 @@ import keras
 
 from labquake_tf.data import prepare, splits
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.files import DATA_FOLDER
 from labquake_tf.models import input_length
 from labquake_tf.serving.export import export_model
 from labquake_tf.training import config as config_lib
@@ -70,7 +71,7 @@ def run(args):
     project = pathlib.Path(args.project_dir or
                            f"tuning/{pathlib.Path(args.dataset).stem}-{args.tuner}")
     space = load_space(args.space)
-    data_dir = args.data or prepare_data(args.dataset, project / "data", space, args)
+    data_dir = args.data or prepare_data(args.dataset, project / DATA_FOLDER, space, args)
     hyper_kwargs = dict(space=space, targets=args.targets, config=config,
                         physical_rmse=args.objective == "val_rmse_phys", seed=args.seed,
                         streamable=getattr(args, "streamable", False))

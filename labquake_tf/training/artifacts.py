@@ -9,11 +9,11 @@ import zipfile
 
 import keras
 
+import labquake_tf.models  # noqa: F401  registers the custom layers for deserialisation
 from labquake_tf.errors import DataError
-from labquake_tf.files import EXPORT_MANIFEST, EXPORT_MODEL, SAVED_MODEL
+from labquake_tf.files import (ASSETS_FOLDER, CONFIG_FILE, DATA_FOLDER, EXPORT_MANIFEST,
+                               EXPORT_MODEL, MANIFEST_FILE, MODEL_FILE, SAVED_MODEL)
 from labquake_tf.files import atomic_path, read_json, write_json  # noqa: F401  (their home before)
-
-from labquake_tf.errors import DataError
 
 
 def save_model(model, path):
@@ -26,11 +26,11 @@ def model_files(path):
     """``(model.keras, manifest.json)`` paths for any kind of pretrained artefact."""
     path = pathlib.Path(path)
     if path.suffix == ".keras":
-        return path, path.parent / "manifest.json"
+        return path, path.parent / MANIFEST_FILE
     if (path / SAVED_MODEL).exists():  # an exported SavedModel version dir
         return path / EXPORT_MODEL, path / EXPORT_MANIFEST
     if path.is_dir():
-        return path / "model.keras", path / "manifest.json"
+        return path / MODEL_FILE, path / MANIFEST_FILE
     raise FileNotFoundError(f"{path}: no run dir, .keras file or SavedModel version dir there")
 
 
@@ -45,18 +45,18 @@ def run_data_dir(path, manifest=None):
     """
     model_path, _ = model_files(path)
     base = model_path.parent
-    if base.name == "assets" and (base.parent / SAVED_MODEL).exists():
+    if base.name == ASSETS_FOLDER and (base.parent / SAVED_MODEL).exists():
         return None
-    candidates = [base / "data"]
-    config = base / "config.json"
+    candidates = [base / DATA_FOLDER]
+    config = base / CONFIG_FILE
     if config.exists():
         recorded = read_json(config).get("data_dir")
         if recorded:
             candidates.append(pathlib.Path(recorded))
     for data in candidates:
-        if (data / "manifest.json").exists():
+        if (data / MANIFEST_FILE).exists():
             if manifest is not None:
-                theirs = read_json(data / "manifest.json")
+                theirs = read_json(data / MANIFEST_FILE)
                 for key in ("scaler", "splits", "feature_names"):
                     if key in manifest and theirs.get(key) != manifest[key]:
                         raise DataError(f"{data}: its manifest's {key!r} differs from the "
@@ -76,8 +76,6 @@ def load_pretrained(path):
     for p in (model_path, manifest_path):
         if not p.exists():
             raise FileNotFoundError(f"{path}: {p.name} missing (looked for {p})")
-    import labquake_tf.models  # noqa: F401  registers the custom layers for deserialisation
-
     if not zipfile.is_zipfile(model_path):  # keras would call it "File not found"
         raise DataError(f"{model_path}: not a Keras model (a .keras file is a zip archive; "
                         "this one is damaged or something else)")
@@ -93,7 +91,7 @@ def reuse_prepared(data_dir, seq_len, targets):
     describe the model's outputs) and windows of at least ``seq_len`` steps; the
     manifest's ``seq_len`` becomes the model's.
     """
-    manifest = read_json(pathlib.Path(data_dir) / "manifest.json")
+    manifest = read_json(pathlib.Path(data_dir) / MANIFEST_FILE)
     if list(targets) != list(manifest["target_names"]):
         raise ValueError(f"{data_dir}: prepared for targets {manifest['target_names']}, the "
                          f"run trains {list(targets)}; prepare it with --targets "

@@ -24,6 +24,7 @@ import pathlib
 import keras
 import numpy as np
 
+from labquake_tf.files import HISTORY_FILE, TENSORBOARD_FOLDER
 from labquake_tf.models import decoder_blocks, is_streamable
 from labquake_tf.training import cache
 from labquake_tf.training.finetune import batches
@@ -150,9 +151,9 @@ def fit_head(model, train_ds, val_ds, config, out_dir=None):
                  keras.callbacks.TerminateOnNaN()]
     if out_dir is not None:
         pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-        callbacks += [keras.callbacks.CSVLogger(str(pathlib.Path(out_dir) / "history.csv")),
+        callbacks += [keras.callbacks.CSVLogger(str(pathlib.Path(out_dir) / HISTORY_FILE)),
                       # scalars only: writing the graph costs seconds per head
-                      keras.callbacks.TensorBoard(str(pathlib.Path(out_dir) / "tensorboard"),
+                      keras.callbacks.TensorBoard(str(pathlib.Path(out_dir) / TENSORBOARD_FOLDER),
                                                   write_graph=False)]
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
                         steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,

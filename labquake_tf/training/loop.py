@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from labquake_tf.files import read_history, read_history_rows
+from labquake_tf.files import (BACKUP_FOLDER, HISTORY_FILE, MODEL_FILE, TENSORBOARD_FOLDER,
+                               read_history, read_history_rows)
 from labquake_tf.files import write_history as _write_history
 from labquake_tf.training.artifacts import save_model
 from labquake_tf.training.resume import ResumeMismatch
@@ -52,7 +53,8 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
         wait_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         best_weights = [tf.Variable(w, trainable=False) for w in model.get_weights()]
     # Every worker saves (saving may need collectives); only the chief's copy is kept.
-    backup_dir = out_dir / "backup" if chief else out_dir / f".backup-worker{_task_id(strategy)}"
+    backup_dir = (out_dir / BACKUP_FOLDER if chief
+                  else out_dir / f".backup-worker{_task_id(strategy)}")
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var,
                             wait=wait_var, best_weights=best_weights),
@@ -64,11 +66,11 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
         backup_dir.mkdir(parents=True, exist_ok=True)
         (backup_dir / "signature.json").write_text(json.dumps(signature, sort_keys=True, default=str))
     start = int(epoch_var.numpy())
-    history = read_history_rows(out_dir / "history.csv", before_epoch=start) if start else []
+    history = read_history_rows(out_dir / HISTORY_FILE, before_epoch=start) if start else []
 
     monitor = "val_loss" if val_ds is not None else "loss"
     best, wait = float(best_var.numpy()), int(wait_var.numpy())
-    writer = tf.summary.create_file_writer(str(out_dir / "tensorboard")) if chief else None
+    writer = tf.summary.create_file_writer(str(out_dir / TENSORBOARD_FOLDER)) if chief else None
     for epoch in range(start, config.epochs):
         if config.verbose and chief:
             print(f"Epoch {epoch + 1}/{config.epochs}")
@@ -99,8 +101,8 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
             wait += 1
         if chief:
             if improved:
-                save_model(model, out_dir / "model.keras")
-            _write_history(out_dir / "history.csv", history)
+                save_model(model, out_dir / MODEL_FILE)
+            _write_history(out_dir / HISTORY_FILE, history)
             with writer.as_default(step=epoch):
                 for key, value in logs.items():
                     tf.summary.scalar(key, value)
@@ -118,9 +120,9 @@ def fit_distributed(model, train_ds, val_ds, config, out_dir, strategy, steps_pe
     if math.isfinite(best):
         model.set_weights([w.numpy() for w in best_weights])
     if chief:
-        save_model(model, out_dir / "model.keras")
+        save_model(model, out_dir / MODEL_FILE)
     shutil.rmtree(backup_dir, ignore_errors=True)
-    return read_history(out_dir / "history.csv") if chief else _columns(history)
+    return read_history(out_dir / HISTORY_FILE) if chief else _columns(history)
 
 
 def _steps(model, optimizer, strategy):

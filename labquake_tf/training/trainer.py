@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from labquake_tf.models.layers import resolve_conv_impls
 from labquake_tf.files import read_history, read_history_rows, write_history  # noqa: F401
+from labquake_tf.files import BACKUP_FOLDER, HISTORY_FILE, MODEL_FILE, TENSORBOARD_FOLDER
 from labquake_tf.training import resume
 from labquake_tf.training.artifacts import save_model  # noqa: F401  (callers import it here)
 from labquake_tf.training.loop import fit_distributed
@@ -125,22 +126,22 @@ def run_signature(model, train_ds, config, data_signature=None):
 
 
 def _fit(model, train_ds, val_ds, config, out_dir, signature):
-    backup = out_dir / "backup"
+    backup = out_dir / BACKUP_FOLDER
     resume.check_signature(backup, signature)
     done = resume.resumed_epoch(backup)
     # CSVLogger appends, so a resumed run keeps its first epochs; rows past the
     # backup (an epoch logged just before the kill) and a finished run's rows go.
-    _truncate_history(out_dir / "history.csv", done)
+    _truncate_history(out_dir / HISTORY_FILE, done)
     monitor = "val_loss" if val_ds is not None else "loss"
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(out_dir / "model.keras"), monitor=monitor, save_best_only=True)
+        str(out_dir / MODEL_FILE), monitor=monitor, save_best_only=True)
     stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
                                              restore_best_weights=True)
     callbacks = [
         checkpoint, stopping,
         # Scalars only: writing the graph costs seconds per run.
-        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out_dir / TENSORBOARD_FOLDER), write_graph=False),
+        keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
         keras.callbacks.TerminateOnNaN(),
         # Last: it restores the state the callbacks above reset, and saves what they updated.
         resume.RunBackup(backup, signature, [checkpoint, stopping]),
@@ -150,8 +151,8 @@ def _fit(model, train_ds, val_ds, config, out_dir, signature):
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=config.verbose)
     # EarlyStopping restored the best weights (also across a resume); saving them
     # again makes model.keras hold them whatever the checkpoint last wrote.
-    save_model(model, out_dir / "model.keras")
-    return read_history(out_dir / "history.csv")
+    save_model(model, out_dir / MODEL_FILE)
+    return read_history(out_dir / HISTORY_FILE)
 
 
 def _truncate_history(path, epochs):
