@@ -44,6 +44,17 @@ def dds_dir():
     return found[0].parent
 
 
+@pytest.fixture(scope="session")
+def sim_record(tmp_path_factory):
+    """A simulated DDS-like record (HDF5 log-variance features, 150 s, about 25 stick-slip
+    cycles; seconds to make): for tests that need a lab-quake record, not the public one."""
+    from labquake_tf.simulate import generate
+
+    out = tmp_path_factory.mktemp("sim") / "sim-dds.h5"
+    return pathlib.Path(generate(preset="dds", duration=150.0, seed=0, out=str(out),
+                                 spinup=20.0, hop=0.05, window=0.1))
+
+
 def pytest_terminal_summary(terminalreporter):
     skipped = [r for r in terminalreporter.stats.get("skipped", [])
                if "public DDS records not available" in str(r.longrepr)]

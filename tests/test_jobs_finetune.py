@@ -45,21 +45,21 @@ def _ttsf_span(run):
     return scaler["max"][0] - scaler["min"][0]
 
 
-def test_finetune_matches_features_by_name(pretrained, dds_dir, tmp_path):
+def test_finetune_matches_features_by_name(pretrained, sim_record, tmp_path):
     from labquake_tf.cli import run_command
 
-    # one feature column, as p4581's, but another feature: a count check would let it through
+    # one feature column, as the record's, but another feature: a count check would let it through
     src = source_run(pretrained, tmp_path / "src", dataset="x",
                      target_names=["shear_stress"], feature_names=["ae_rms"])
     out = tmp_path / "ft"
     with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
-        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "12",
-              "--epochs", "1", "--out", str(out)])
+        run_command(["finetune", "--from", str(src), "--dataset", str(sim_record),
+                     "--seq-len", "12", "--epochs", "1", "--out", str(out)])
     assert not out.exists() and _hidden(out.parent) == []
 
 
-def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained, dds_dir,
-                                                                             tmp_path):
+def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained,
+                                                                             sim_record, tmp_path):
     from labquake_tf.cli import run_command
     from labquake_tf.training.trainer import save_model
 
@@ -69,10 +69,10 @@ def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pret
     (src / "manifest.json").write_text(json.dumps({"dataset": "p5198", "target_names": [
         "shear_stress"], "feature_names": ["logvar_ch1"]}))
     out = tmp_path / "ft"
-    with pytest.raises(ValueError, match="split 'val' has 293 steps, shorter than one window "
-                                         "of seq_len=400"):
-        run_command(["finetune", "--from", str(src), "--dataset", "p4581", "--seq-len", "400",
-              "--input-norm", "refit", "--out", str(out)])
+    with pytest.raises(ValueError, match=r"sim-dds.h5: split 'val' has \d+ steps, shorter than "
+                                         r"one window of seq_len=400"):
+        run_command(["finetune", "--from", str(src), "--dataset", str(sim_record), "--seq-len",
+                     "400", "--input-norm", "refit", "--out", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
@@ -97,7 +97,7 @@ def test_finetune_refuses_bad_options_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained, dds_dir,
+def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained, sim_record,
                                                                       tmp_path):
     import tensorflow as tf
 
@@ -109,7 +109,7 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     src = source_run(pretrained, tmp_path / "src", dataset="p5198",
                      feature_names=["logvar_ch1"])
     run = tmp_path / "ft"
-    assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",
+    assert main(["finetune", "--from", str(src), "--dataset", str(sim_record), "--blocks", "2",
                  "--seq-len", "12", "--epochs", "2", "--ensemble", "3", "--coverage", "0.8",
                  "--out", str(run)]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
@@ -148,12 +148,13 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     np.testing.assert_allclose(hi, hi_ref[:, 0], atol=1e-5)
 
 
-def test_forward_windows_cut_the_training_split_after_its_middle_event(dds_dir, tmp_path):
+def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_record, tmp_path):
     from labquake_tf.data import prepare
     from labquake_tf.data.pipeline import split_arrays
 
     data = tmp_path / "data"
-    prepare.prepare("p4581", data, seq_len=8, targets=["shear_stress"], split=(0.5, 0.1, 0.4))
+    prepare.prepare(sim_record, data, seq_len=8, targets=["shear_stress"],
+                    split=(0.5, 0.1, 0.4))
     (x_early, y_early), (x_late, y_late) = job.forward_windows(data, 8)
     train = split_arrays(data, "train")
     events = train["events"]

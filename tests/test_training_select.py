@@ -16,7 +16,7 @@ def test_candidates_hold_what_the_user_fixed():
 
 
 def test_finetune_chooses_blocks_and_window_on_validation_and_records_them(
-        dds_dir, tmp_path, monkeypatch):
+        sim_record, tmp_path, monkeypatch):
     from labquake_tf.cli import main
 
     monkeypatch.setattr(select, "BLOCKS", (1, None))
@@ -27,7 +27,7 @@ def test_finetune_chooses_blocks_and_window_on_validation_and_records_them(
     (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
                                                    "feature_names": ["logvar_ch1"]}))
     run = tmp_path / "ft"
-    assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--target", "ttsf",
+    assert main(["finetune", "--from", str(src), "--dataset", str(sim_record), "--target", "ttsf",
                  "--epochs", "2", "--ensemble", "2", "--out", str(run)]) == 0
     selection = json.loads((run / "config.json").read_text())["finetune"]["selection"]
     table = selection["candidates"]
