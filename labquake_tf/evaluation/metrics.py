@@ -9,7 +9,12 @@ import pathlib
 
 import numpy as np
 
+from labquake_tf.data.pipeline import load_manifest, split_arrays
+from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.data.windows import cut
 from labquake_tf.evaluation import events, figures
+from labquake_tf.evaluation import intervals as conformal
+from labquake_tf.training.ensemble import predict_members
 
 EVENT_TARGETS = ("ttsf", "ttef")
 
@@ -43,10 +48,6 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, int
     outputs inverted as the model was trained. With ``intervals`` (a run manifest's
     block) also ``lower`` and ``upper`` (n, n_targets).
     """
-    from labquake_tf.data.pipeline import load_manifest, split_arrays
-    from labquake_tf.data.scaling import MinMaxScaler
-    from labquake_tf.data.windows import cut
-
     manifest = load_manifest(data_dir)
     seq_len = int(model.input_shape[1])
     names = manifest["target_names"]
@@ -80,9 +81,6 @@ def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, int
 
 def interval_bounds(model, windows, intervals, scaler, names):
     """A run's calibrated interval (``manifest["intervals"]``) around its prediction."""
-    from labquake_tf.evaluation import intervals as conformal
-    from labquake_tf.training.ensemble import predict_members
-
     mean, members = predict_members(model, windows)
     params = [intervals["targets"][n] for n in names]
     return conformal.bounds(scaler.inverse_transform(mean), members.std(axis=0) * scaler.scale,
@@ -106,8 +104,6 @@ def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_sca
     (``n_labelled`` per target in the result). With ``intervals`` each target also
     gets the interval's ``coverage`` and mean ``width``.
     """
-    from labquake_tf.evaluation.intervals import summary
-
     p = predict(model, data_dir, split, feature_scaler, target_scaler, intervals)
     result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
     for name in p["names"]:
@@ -121,7 +117,7 @@ def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_sca
         if "lower" in p:
             i, m = p["names"].index(name), p["mask"][:, p["names"].index(name)]
             band = (p["lower"][m, i], p["upper"][m, i])
-            result["targets"][name].update(summary(true, *band),
+            result["targets"][name].update(conformal.summary(true, *band),
                                            interval_target=intervals["coverage"])
         if name in EVENT_TARGETS:
             result["events"][name] = events.event_scores(time, true, pred)
