@@ -31,7 +31,8 @@ def keras_bench(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from labquake_tf.data import pipeline, prepare
+    from labquake_tf.data import prepare
+    from labquake_tf.jobs.finetune import _arrays
     from labquake_tf.models import PRESETS, build_tcn
     from labquake_tf.training import TrainConfig
     from labquake_tf.training import finetune as ft
@@ -43,7 +44,7 @@ def keras_bench(args):
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     prepare.prepare(args.dataset, tmp / "data", seq_len=seq_len, targets=[args.target],
                     split=(0.5, 0.1, 0.4))
-    train_xy, val_xy = (ft._arrays(pipeline, tmp / "data", s, 512) for s in ("train", "val"))
+    train_xy, val_xy = (_arrays(tmp / "data", s, 512) for s in ("train", "val"))
     source = build_tcn(**{**kwargs, "seq_len": seq_len})
     model = ft.build_finetune_model(source, seq_len, args.blocks or kwargs["blocks"])
     ft.adapt_input_norm(model, train_xy[0])

@@ -1,9 +1,11 @@
 """labquake_tf: predict laboratory earthquakes from acoustic emission.
 
-The package reads as a pipeline: ``data`` (records -> features, targets, event
-splits, TFRecord shards) -> ``simulate`` (a physics-based source of records) ->
-``models`` (the TCN) -> ``training`` (pretraining, fine-tuning) -> ``evaluation``
--> ``tuning`` -> ``serving`` (SavedModel export, REST client and server).
+The package reads as layers, lowest first; imports flow only down (CONTRIBUTING.md,
+"Layers"): ``errors``, ``files`` -> ``simulate`` (a physics-based source of records)
+-> ``data`` (records -> features, targets, event splits, TFRecord shards) ->
+``models`` (the TCN) -> ``training`` -> ``evaluation`` -> ``tuning`` -> ``serving``
+(SavedModel export, REST/gRPC client and server) -> ``streaming`` -> ``jobs`` (the
+commands that compose them: pretrain, finetune, evaluate, tune, ...) -> ``cli``.
 
 Submodules are imported lazily so ``import labquake_tf`` stays cheap.
 """

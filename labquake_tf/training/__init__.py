@@ -1,7 +1,9 @@
-"""Training: strategy and precision, the training loop, pretraining and fine-tuning jobs.
+"""Training: strategy and precision, the training loop and its resume, the fine-tune
+model (``finetune``) and its ensemble of heads (``ensemble``, ``select``).
 
 ``train(build_fn, train_ds, val_ds, TrainConfig(...), out_dir)`` is the whole
-API most callers need; ``load_pretrained`` reads back what a job left.
+API most callers need; ``load_pretrained`` reads back what a job left. The
+pretraining and fine-tuning jobs themselves are in ``labquake_tf.jobs``.
 """
 
 from labquake_tf.training.artifacts import load_pretrained
