@@ -36,7 +36,7 @@ def test_import_torch_writes_a_run_dir_and_nothing_on_bad_input(tmp_path, capsys
                      "--targets", "shear_stress", "ttsf", "ttef"])
 
 
-def test_an_imported_model_fine_tunes_on_std_features_and_exports(dds_dir, tmp_path):
+def test_an_imported_model_fine_tunes_on_std_features_and_exports(sim_record, tmp_path):
     from labquake_tf.models import decoder_blocks
     from labquake_tf.serving.export import export_model, read_metadata
 
@@ -46,14 +46,15 @@ def test_an_imported_model_fine_tunes_on_std_features_and_exports(dds_dir, tmp_p
     with pytest.raises(ValueError, match="no 'scaler' field.*imported PyTorch model"):
         export_model(imported, manifest, "imp", base_dir=tmp_path / "saved")
 
-    # scored zero-shot on p4581's std features (scaler fit on p4581's train part)
-    assert main(["evaluate", str(src), "--dataset", "p4581", "--out", str(tmp_path / "ev")]) == 0
+    # scored zero-shot on a record's std features (scaler fit on its train part)
+    assert main(["evaluate", str(src), "--dataset", str(sim_record), "--out",
+                 str(tmp_path / "ev")]) == 0
     result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert result["n_windows"] > 500 and np.isfinite(result["targets"]["shear_stress"]["rmse"])
 
     # the paper's recipe at fixture size: fewer blocks, a longer window, a fresh head
     out = tmp_path / "ft"
-    assert main(["finetune", "--from", str(src), "--dataset", "p4581", "--blocks", "2",
+    assert main(["finetune", "--from", str(src), "--dataset", str(sim_record), "--blocks", "2",
                  "--seq-len", "12", "--epochs", "1", "--out", str(out)]) == 0
     model, ft_manifest = load_pretrained(out)
     assert ft_manifest["feature_names"] == ["std_ch1"] and ft_manifest["feature_kind"] == "std"

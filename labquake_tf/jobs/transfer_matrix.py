@@ -39,15 +39,18 @@ def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, 
     rows = []
     for source, run in runs.items():
         for dataset in targets:
+            # a record path names its cell by the file's stem: one folder, inside out_dir
+            cell = f"{pathlib.Path(source).stem}-{pathlib.Path(dataset).stem}"
             # The diagonal is the run's own test split, read from its own prepared data.
             result, _ = evaluate(run, None if dataset == source else dataset, "test",
-                                 out_dir / "zero-shot" / f"{source}-{dataset}")
+                                 out_dir / "zero-shot" / cell)
             rows.append(transfer.row(source, dataset, "zero-shot", result, target))
             if dataset == source:
                 continue
-            _, summary = finetune(run, dataset, out_dir / "fine-tuned" / f"{source}-{dataset}",
-                                  target=target, blocks=blocks, seq_len=seq_len, config=config)
-            rows.append(transfer.row(source, dataset, "fine-tuned", summary["metrics"]["test"], target))
+            _, summary = finetune(run, dataset, out_dir / "fine-tuned" / cell, target=target,
+                                  blocks=blocks, seq_len=seq_len, config=config)
+            rows.append(transfer.row(source, dataset, "fine-tuned", summary["metrics"]["test"],
+                                     target))
     transfer.write_tables(rows, out_dir)
     return rows
 
