@@ -29,19 +29,20 @@ def make_run(run, dataset, targets=TARGETS, seq_len=16, split="0.7,0.1,0.2", **o
 
 
 @pytest.fixture(scope="module")
-def run_dir(dds_dir, tmp_path_factory):
+def run_dir(sim_record, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    make_run(run, "p4581")
+    make_run(run, str(sim_record))
     (run / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.6\n1,0.2,0.3\n")
     return run
 
 
-def test_evaluate_writes_metrics_predictions_and_plots(run_dir, tmp_path, capsys):
+def test_evaluate_writes_metrics_predictions_and_plots(run_dir, sim_record, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", str(run_dir), "--split", "test", "--out", str(out)]) == 0
     assert "shear_stress: RMSE" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["dataset"] == "p4581" and metrics["split_ratios"] == pytest.approx([0.7, 0.1, 0.2])
+    assert metrics["dataset"] == str(sim_record)
+    assert metrics["split_ratios"] == pytest.approx([0.7, 0.1, 0.2])
     assert metrics["data"] == str(run_dir / "data")  # the run's own shards, not re-prepared
     assert set(metrics["targets"]) == set(TARGETS) and set(metrics["events"]) == {"ttsf", "ttef"}
     assert metrics["targets"]["shear_stress"]["units"].startswith("MPa")
@@ -78,12 +79,12 @@ def test_evaluate_writes_metrics_predictions_and_plots(run_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize("kind", ["file", "simulated-seed-7"])
-def test_a_run_is_scored_on_its_own_split_and_so_is_its_export(kind, dds_dir, tmp_path):
+def test_a_run_is_scored_on_its_own_split_and_so_is_its_export(kind, request, tmp_path):
     """Named by a path, or a simulated record (named synthetic-dds whatever its seed):
     evaluate must never re-prepare the registry's record of that name."""
     if kind == "file":
         record = tmp_path / "mine.csv"
-        shutil.copy(dds_dir / "p4581.csv", record)
+        shutil.copy(request.getfixturevalue("dds_dir") / "p4581.csv", record)
         split = "0.7,0.1,0.2"  # not the 5:1:4 an unknown dataset would get
     else:
         record = tmp_path / "sim7.h5"
@@ -122,19 +123,29 @@ def test_a_run_dir_without_its_data_is_an_error_and_writes_nothing(run_dir, tmp_
     assert not (tmp_path / "eval").exists() and not list(tmp_path.glob(".eval-*"))
 
 
-def test_zero_shot_uses_the_models_scalers(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def other_record(tmp_path_factory):
+    """Another simulated experiment (seed 1) to score the run on zero-shot."""
+    from labquake_tf.simulate import generate
+
+    out = tmp_path_factory.mktemp("other") / "other.h5"
+    return str(generate(preset="dds", duration=150.0, seed=1, out=str(out), spinup=20.0,
+                        hop=0.05, window=0.1))
+
+
+def test_zero_shot_uses_the_models_scalers(run_dir, other_record, tmp_path):
     from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.training.artifacts import load_pretrained
 
-    result, out = evaluate(run_dir, "p5198", out=tmp_path / "zs")
+    result, out = evaluate(run_dir, other_record, out=tmp_path / "zs")
     assert result["split_ratios"] == pytest.approx([0.5, 0.1, 0.4])
     model, manifest = load_pretrained(run_dir)
     with open(out / "predictions.csv") as f:
         row = next(csv.DictReader(f))
-    # Re-derive the first prediction from p5198's test split with the MODEL's scalers.
+    # Re-derive the first prediction from the other record's test split with the MODEL's scalers.
     from labquake_tf.data import pipeline
-    with_own = tmp_path / "p5198"
-    prepare.prepare("p5198", with_own, seq_len=16, targets=TARGETS, split="0.5,0.1,0.4")
+    with_own = tmp_path / "other"
+    prepare.prepare(other_record, with_own, seq_len=16, targets=TARGETS, split="0.5,0.1,0.4")
     arrays = pipeline.split_arrays(with_own, "test")
     x = np.concatenate([arrays["context"], arrays["features"]])[:16]
     fs = MinMaxScaler.from_dict(manifest["scaler"]["features"])
@@ -157,7 +168,7 @@ def test_evaluate_refuses_a_model_that_does_not_fit_the_targets(run_dir, tmp_pat
         run_command(["evaluate", str(tmp_path / "missing")])
 
 
-def test_a_feature_name_mismatch_is_named(run_dir, tmp_path):
+def test_a_feature_name_mismatch_is_named(run_dir, dds_dir, tmp_path):
     run = tmp_path / "ch2"
     shutil.copytree(run_dir, run)
     manifest = json.loads((run / "manifest.json").read_text())
@@ -190,7 +201,7 @@ def test_zero_shot_on_a_record_too_short_for_the_window_writes_nothing(run_dir, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.npz"]
 
 
-def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, dds_dir, tmp_path, capsys):
+def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, tmp_path, capsys):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     half = {"score": "constant", "q": 0.05, "eps": 0.0, "coef": 0.0, "offset": 0.05}
     manifest["intervals"] = {"method": "split-conformal", "coverage": 0.9, "members": 1,
@@ -216,7 +227,7 @@ def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, dds_dir,
         assert m["width"] == pytest.approx(0.1, rel=1e-4) and m["interval_target"] == 0.9
 
 
-def test_evaluate_scores_a_prepared_dir_given_with_data(run_dir, tmp_path, capsys):
+def test_evaluate_scores_a_prepared_dir_given_with_data(run_dir, sim_record, tmp_path, capsys):
     # the run's own data given explicitly: the same scores as finding it
     own, _ = evaluate(run_dir, out=tmp_path / "own")
     given, _ = evaluate(run_dir, out=tmp_path / "given", data=run_dir / "data")
@@ -224,7 +235,7 @@ def test_evaluate_scores_a_prepared_dir_given_with_data(run_dir, tmp_path, capsy
     assert given["targets"] == own["targets"]
     # another prepared dir: scored as it is, with its split, under the run's scalers
     other = tmp_path / "other"
-    prepare.prepare("p4581", other, seq_len=20, targets=TARGETS, split="0.5,0.1,0.4")
+    prepare.prepare(str(sim_record), other, seq_len=20, targets=TARGETS, split="0.5,0.1,0.4")
     assert main(["evaluate", str(run_dir), "--data", str(other), "--out",
                  str(tmp_path / "e")]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
