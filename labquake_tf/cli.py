@@ -2,8 +2,9 @@
 
 Each subcommand is a module that exposes ``add_arguments(parser)`` and
 ``run(args) -> int``: a job in ``labquake_tf.jobs`` when it composes several
-layers, else the one layer's own command module (``prepare``, ``export``, ...). Only the chosen module is
-imported, so ``labquake --help`` does not pay for importing TensorFlow.
+layers, else the one layer's own command module (``prepare``, ``export``, ...).
+Only the chosen module is imported, so ``labquake --help`` does not pay for
+importing TensorFlow.
 
 Errors: a user error (``labquake_tf.errors``, a missing or existing file, a
 message our own code raised) ends in one line on stderr, ``labquake CMD: error:

@@ -20,7 +20,8 @@ from labquake_tf.errors import DataError
 from labquake_tf.evaluation import intervals
 from labquake_tf.evaluation.figures import plot_history
 from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, MODEL_FILE, PLOTS_FOLDER, atomic_dir)
+from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
+                               PLOTS_FOLDER, atomic_dir)
 from labquake_tf.models import decoder_blocks, head_length, input_length
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import ensemble, select

@@ -19,7 +19,8 @@ import pathlib
 import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data.scaling import MinMaxScaler
-from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json, write_json)
+from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json,
+                               write_json)
 from labquake_tf.models import torch_import
 from labquake_tf.training.trainer import save_model
 
