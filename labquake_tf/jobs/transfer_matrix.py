@@ -17,6 +17,7 @@ inputs with the source's feature scaler and inverts with the source's target sca
 
 import pathlib
 
+from labquake_tf import TARGETS
 from labquake_tf.evaluation import transfer
 from labquake_tf.jobs.evaluate import evaluate
 from labquake_tf.jobs.finetune import finetune
@@ -62,7 +63,7 @@ def add_arguments(parser):
                         help="use existing source models instead: NAME=RUN_DIR,... "
                              "(NAME is the dataset it trained on)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
-    parser.add_argument("--target", default="shear_stress", choices=("shear_stress", "ttsf", "ttef"))
+    parser.add_argument("--target", default="shear_stress", choices=TARGETS)
     parser.add_argument("--preset", default="small", help="TCN preset of the source models")
     parser.add_argument("--epochs", type=int, default=30, help="source pretraining epochs")
     parser.add_argument("--finetune-epochs", type=int, default=30)
