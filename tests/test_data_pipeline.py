@@ -70,17 +70,18 @@ def test_prepare_p4581_end_to_end(p4581_dir):
 
 
 @pytest.mark.parametrize("split,seq_len,names", [("train", None, None), ("test", 7, ["ttsf"])])
-def test_windows_match_direct_numpy_windowing(p4581_dir, split, seq_len, names):
-    manifest = pipeline.load_manifest(p4581_dir)
-    arrays = pipeline.split_arrays(p4581_dir, split)
+def test_windows_match_direct_numpy_windowing(synthetic_dir, split, seq_len, names):
+    manifest = pipeline.load_manifest(synthetic_dir)
+    arrays = pipeline.split_arrays(synthetic_dir, split)
     seq = seq_len or manifest["seq_len"]
     x_ref, y_ref = _numpy_windows(arrays, manifest, seq, names or manifest["target_names"])
-    ds = pipeline.make_dataset(p4581_dir, split, seq_len=seq_len, targets=names, batch_size=100)
+    ds = pipeline.make_dataset(synthetic_dir, split, seq_len=seq_len, targets=names,
+                               batch_size=100)
     x, y = _collect(ds)
     assert x.shape == x_ref.shape == (len(x_ref), seq, 1)
     # The length is known up front (Keras ends epochs on it) and is the real one.
     assert int(ds.cardinality()) == -(-len(x_ref) // 100)
-    dropped = pipeline.make_dataset(p4581_dir, split, seq_len=seq_len, targets=names,
+    dropped = pipeline.make_dataset(synthetic_dir, split, seq_len=seq_len, targets=names,
                                     batch_size=100, drop_remainder=True)
     assert int(dropped.cardinality()) == len(x_ref) // 100 == sum(1 for _ in dropped)
     np.testing.assert_allclose(x, x_ref, atol=1e-6)
@@ -209,10 +210,11 @@ def test_nan_in_shard_features_is_named(synthetic_dir, tmp_path):
         _collect(pipeline.make_dataset(out, "val"))
 
 
-def test_prepare_std_features_carry_their_kind(p4581_dir, tmp_path):
+def test_prepare_std_features_carry_their_kind(synthetic_dir, tmp_path):
     out = tmp_path / "std"
-    assert cli.main(["prepare", "--dataset", "p4581", "--out", str(out), "--features", "std"]) == 0
-    std, logvar = (pipeline.load_manifest(d) for d in (out, p4581_dir))
+    assert cli.main(["prepare", "--dataset", "synthetic-dds", "--out", str(out), "--seq-len",
+                     "64", "--features", "std"]) == 0
+    std, logvar = (pipeline.load_manifest(d) for d in (out, synthetic_dir))
     assert std["feature_names"] == ["std_ch1"] and std["feature_kind"] == "std"
     assert std["units"]["features"] == "AE standard deviation"
     assert logvar["feature_kind"] == "logvar" and logvar["feature_names"] == ["logvar_ch1"]
