@@ -133,11 +133,11 @@ BAD_RECORDS = {
                    for s in (".csv", ".h5", ".npz")},
     "too short to split": {
         ".csv": (lambda d: _write_csv(d / "r.csv", _columns(450)),
-                 ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1"]),
+                 ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1 (evaluate: --ratios 2,1,1)"]),
         ".h5": (lambda d: _write_h5(d / "r.h5", _columns(450)),
-                ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1"]),
+                ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1 (evaluate: --ratios 2,1,1)"]),
         ".npz": (lambda d: _write_npz(d / "r.npz", _columns(450)),
-                 ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1"]),
+                 ["4 stick-slip event(s)", "needs 6 events", "--split 2,1,1 (evaluate: --ratios 2,1,1)"]),
     },
     "text in a number column": {
         ".csv": (lambda d: _write_csv(d / "r.csv", _columns(), edit=_set_cell("Var_Ch1", "abc")),

@@ -65,8 +65,11 @@ def split_by_events(events, n_steps, ratios=PRETRAIN_RATIOS):
     if min(counts) < 1:
         shares = ",".join(f"{r:.2g}" for r in parse_ratios(ratios))
         need = min_events(ratios)
-        fix = (f"--split {_fitting_split(len(events))} splits {len(events)}"
-               if len(events) >= len(SPLIT_NAMES) else "a longer record is the only fix")
+        fix = "a longer record is the only fix"
+        if len(events) >= len(SPLIT_NAMES):
+            fitting = _fitting_split(len(events))
+            # evaluate names its ratios --ratios (its --split picks the part to score).
+            fix = f"--split {fitting} (evaluate: --ratios {fitting}) splits {len(events)}"
         raise DataError(f"{len(events)} stick-slip event(s) cannot be split {shares} with at "
                         f"least one event per part: that split needs {need} events "
                         f"({fix})")
