@@ -94,15 +94,15 @@ def test_raw_hdf5_and_stdin_frames(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose([r["ttsf"] for r in _lines(tmp_path / "s.jsonl")], expected,
                                atol=1e-4)
     stdin(ae.tobytes()[:-3])  # truncated last frame
-    assert main(args) == 2
+    assert main(args) == 1
     assert "stdin ended inside a frame: 1 trailing byte(s) of a 4-byte frame" in capsys.readouterr().err
     buf = io.BytesIO()
     np.save(buf, ae.astype(np.float32))
     stdin(buf.getvalue())  # a .npy stream whose dtype differs from --dtype
-    assert main(args) == 2
+    assert main(args) == 1
     assert "header says dtype float32 and 2 channel(s), but --dtype int16" in capsys.readouterr().err
     stdin(np.full(4000, 3e25, np.float32).tobytes())  # e.g. other bytes read as float32
-    assert main(args + ["--dtype", "float32", "--channels", "1"]) == 2
+    assert main(args + ["--dtype", "float32", "--channels", "1"]) == 1
     assert "is --dtype float32 (and --channels 1) right?" in capsys.readouterr().err
 
 
@@ -110,12 +110,12 @@ def test_reference_model_refused_by_the_incremental_engine(tmp_path, capsys):
     _run_dir(tmp_path / "run", streamable=False)
     rc = main(["stream", "--model", str(tmp_path / "run"), "--input", "p4581", "--engine",
                "incremental", "--quiet"])
-    assert rc == 2
+    assert rc == 1
     assert "not a streamable TCN" in capsys.readouterr().err
     assert main(["stream", "--model", str(tmp_path / "run")]) == 2  # argparse: one line, exit 2
     assert "the following arguments are required: --input" in capsys.readouterr().err
     _run_dir(tmp_path / "fast", dt=0.01)
-    assert main(["stream", "--model", str(tmp_path / "fast"), "--input", "p4581"]) == 2
+    assert main(["stream", "--model", str(tmp_path / "fast"), "--input", "p4581"]) == 1
     assert "steps every 0.1 s, but the model was trained on 0.01 s steps" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.splits import parse_ratios
-from labquake_tf.errors import DataError
+from labquake_tf.errors import DataError, UsageError
 from labquake_tf.evaluation import intervals
 from labquake_tf.evaluation.figures import plot_history
 from labquake_tf.evaluation.metrics import evaluate_model
@@ -73,7 +73,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
         members = ensemble.DEFAULT_MEMBERS if decoder != "trainable" else 1
     members = ensemble.check_members(members)
     if members > 1 and decoder == "trainable":
-        raise ValueError(f"--ensemble {members} needs a frozen decoder (the heads share it); "
+        raise UsageError(f"--ensemble {members} needs a frozen decoder (the heads share it); "
                          "use --ensemble 1 with --decoder trainable")
     source, source_manifest = load_pretrained(pretrained)
     arch = architecture(source)

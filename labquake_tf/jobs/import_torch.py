@@ -19,6 +19,7 @@ import pathlib
 import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.errors import UsageError
 from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json,
                                write_json)
 from labquake_tf.models import torch_import
@@ -77,7 +78,7 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
     targets = list(targets)
     unknown = [t for t in targets if t not in labquake_tf.TARGETS]
     if unknown or len(targets) != arch["n_targets"] or len(set(targets)) != len(targets):
-        raise ValueError(f"--targets {targets}: need {arch['n_targets']} distinct name(s) "
+        raise UsageError(f"--targets {targets}: need {arch['n_targets']} distinct name(s) "
                          f"from {list(labquake_tf.TARGETS)} for {checkpoint}'s fc2 outputs")
     feature_names = [f"{features}_ch{c}" for c in range(1, arch["n_features"] + 1)]
     scaler = None

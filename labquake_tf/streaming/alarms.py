@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from labquake_tf.errors import UsageError
+
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
@@ -27,14 +29,14 @@ class Alarm:
     def parse(cls, spec, names=None):
         m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*", spec)
         if not m:
-            raise ValueError(f"alarm {spec!r}: expected NAME<VALUE, NAME<=VALUE, NAME>VALUE "
+            raise UsageError(f"alarm {spec!r}: expected NAME<VALUE, NAME<=VALUE, NAME>VALUE "
                              "or NAME>=VALUE, e.g. 'ttsf<1.0'")
         try:
             threshold = float(m.group(3))
         except ValueError:
-            raise ValueError(f"alarm {spec!r}: {m.group(3)!r} is not a number") from None
+            raise UsageError(f"alarm {spec!r}: {m.group(3)!r} is not a number") from None
         if names is not None and m.group(1) not in names:
-            raise ValueError(f"alarm {spec!r}: the model predicts {list(names)}, "
+            raise UsageError(f"alarm {spec!r}: the model predicts {list(names)}, "
                              f"not {m.group(1)!r}")
         return cls(m.group(1), m.group(2), threshold)
 

@@ -19,6 +19,8 @@ import time as time_lib
 
 import numpy as np
 
+from labquake_tf.errors import UsageError
+
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
@@ -52,14 +54,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"labquake stream: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
     from labquake_tf.streaming import sources
     from labquake_tf.streaming.alarms import Alarm
     from labquake_tf.streaming.streamer import Streamer, load
@@ -71,7 +65,7 @@ def _run(args):
     if args.split:
         split = (manifest.get("splits") or {}).get(args.split)
         if not split or "t_start" not in split:
-            raise ValueError(f"--split {args.split}: the model's manifest has no such split "
+            raise UsageError(f"--split {args.split}: the model's manifest has no such split "
                              f"with times (splits: {sorted(manifest.get('splits') or {})})")
         emit_from = float(split["t_start"])
         # Warm up on the steps before the split, as the offline windows do.
@@ -79,7 +73,7 @@ def _run(args):
         end = float(split["t_end"]) if end is None else end
     if args.input == "-":
         if args.sample_rate is None:
-            raise ValueError("--input - (raw frames on stdin) needs --sample-rate")
+            raise UsageError("--input - (raw frames on stdin) needs --sample-rate")
         source = sources.stdin_source(sys.stdin.buffer, args.dtype, args.channels,
                                       args.sample_rate, chunk)
     else:

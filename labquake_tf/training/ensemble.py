@@ -24,6 +24,7 @@ import pathlib
 import keras
 import numpy as np
 
+from labquake_tf.errors import UsageError
 from labquake_tf.files import HISTORY_FILE, TENSORBOARD_FOLDER
 from labquake_tf.models import decoder_blocks, is_streamable
 from labquake_tf.training import cache
@@ -46,7 +47,7 @@ single fine-tune of seed s, and runs with seeds 0..999 share no member."""
 def check_members(n):
     """``n`` as a positive int, or ValueError naming ``--ensemble``."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"--ensemble must be a positive number of heads, got {n!r}")
+        raise UsageError(f"--ensemble must be a positive number of heads, got {n!r}")
     return int(n)
 
 
