@@ -70,7 +70,7 @@ def wait_for(condition, seconds=10):
         time.sleep(0.005)
 
 
-def test_oversized_requests_run_alone_and_queue_overflow_is_refused():
+def test_oversized_requests_are_split_and_queue_overflow_is_refused():
     gate = threading.Event()
     model = Recorder(gate)
     batcher = Batcher(model, max_batch_size=2, batch_timeout_micros=0, num_batch_threads=1,
@@ -79,8 +79,11 @@ def test_oversized_requests_run_alone_and_queue_overflow_is_refused():
     threads = [threading.Thread(target=batcher, args=(two,)) for _ in range(2)]
     try:
         gate.set()
-        out = batcher({"x": np.ones((5, 2), np.float32)})  # > max_batch_size: one call of 5
-        assert out["sum"].tolist() == [2.0] * 5 and model.sizes == [5]
+        # > max_batch_size: max_batch_size pieces, answers in order, per-row outputs joined
+        x = np.arange(10, dtype=np.float32).reshape(5, 2)
+        out = batcher({"x": x})
+        assert out["sum"].tolist() == [1.0, 5.0, 9.0, 13.0, 17.0] and model.sizes == [2, 2, 1]
+        assert out["constant"] == 7  # not per row: one copy, not three
         gate.clear()
         model.entered.clear()
         threads[0].start()  # the batch thread takes it and holds inside the model
@@ -94,7 +97,7 @@ def test_oversized_requests_run_alone_and_queue_overflow_is_refused():
         for t in threads:
             t.join(10)
         batcher.close()
-    assert model.sizes == [5, 2, 2]
+    assert model.sizes == [2, 2, 1, 2, 2]
 
 
 def test_errors_reach_every_caller_of_the_batch_and_shapes_do_not_mix():
@@ -147,3 +150,31 @@ def test_batched_answers_are_bitwise_the_unbatched_ones(servers):
     direct = fn(ae_features=tf.constant(np.concatenate(windows)))
     np.testing.assert_array_equal(np.concatenate([g["ttsf"] for g in got]),
                                   direct["ttsf"].numpy())
+
+
+def test_a_request_over_max_batch_size_is_split_and_answers_as_unbatched(servers):
+    plain, batched = servers
+    windows = raw_windows(37, seed=5)  # 16 + 16 + 5 rows, each piece padded to 16, 16, 8
+    batcher = batched.registry.get()._batchers["serving_default"]
+    calls_before = batcher.batches
+    got = Client(batched.url, "tiny", retries=0).predict(windows)
+    want = Client(plain.url, "tiny").predict(windows)
+    assert batcher.batches - calls_before == 3
+    for name in TARGETS:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("batching,sizes", [
+    ({"max_batch_size": 16, "allowed_batch_sizes": [4, 8, 16]}, {4, 8, 16}),
+    ({"max_batch_size": 5}, {1, 2, 3, 4, 5})])
+def test_warmup_runs_every_batch_size_the_batcher_can_form(tmp_path_factory, monkeypatch,
+                                                           batching, sizes):
+    from labquake_tf.serving.server import Signature
+
+    base = shared_export(tmp_path_factory)[1].parent
+    seen, run = [], Signature.run
+    monkeypatch.setattr(Signature, "run", lambda self, feeds: seen.append(
+        len(next(iter(feeds.values())))) or run(self, feeds))
+    with Server(base, port=None, batching={"batch_timeout_micros": 0, **batching}):
+        pass
+    assert set(seen) == sizes  # the records' own sizes (1, 8) arrive padded, or as they are

@@ -209,6 +209,14 @@ BAD_BODIES = [
     (post(b'{"instances": "\xff\xfe"}'), 400, "not UTF-8"),
     (post(b'{"instances": [' + b"9" * 5000 + b"]}"), 400, "JSON Parse error"),
     (b"GARBAGE\r\n\r\n", 400, "Bad request"),
+    (post(GOOD_BYTES).replace(b"Host: x\r\n", b"Host: x\r\nContent-Length: 3\r\n"), 400,
+     "bad Content-Length"),  # two lengths: which one ends the body is not ours to guess
+    (b"PUT /v1/models/tiny:predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 501,
+     "Unsupported method"),
+    (b"GET /v1/models/tiny HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431,
+     "Too many headers"),
+    (b"GET /v1/models/tiny HTTP/1.1\r\nX-A: " + b"b" * 70000 + b"\r\n\r\n", 431,
+     "Line too long"),
 ]
 
 
@@ -220,6 +228,21 @@ def test_bad_bodies_get_tf_serving_errors_not_500(server, data, code, message):
     if code == 413 or "content-length" in message.lower():
         assert "connection: close" in head  # the stream is out of step: never reused
     assert call(server, "POST", "/v1/models/tiny:predict", GOOD)[0] == 200
+
+
+def test_keep_alive_http_1_0_and_expect_100_continue_as_http_says(server):
+    with socket.create_connection(server.httpd.server_address[:2], timeout=30) as sock:
+        # curl sends Expect: 100-continue with bodies over 1 KB and waits a second for it.
+        sock.sendall(post(b"", {"Content-Length": str(len(GOOD_BYTES)),
+                                "Expect": "100-continue"}))
+        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(GOOD_BYTES + post(GOOD_BYTES))  # and a second request, kept alive
+        reply = b""
+        while reply.count(b"HTTP/1.1 200 OK") < 2:
+            reply += sock.recv(65536)
+    # HTTP/1.0 closes after the answer (raw() reads until the server closes).
+    status, head, _ = raw(server, post(GOOD_BYTES).replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert status == 200 and "connection: close" in head
 
 
 def test_256_clients_with_and_without_keep_alive_all_answered_exactly(server):

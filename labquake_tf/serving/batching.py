@@ -56,24 +56,39 @@ class Batcher:
 
     def __call__(self, feeds):
         rows = len(next(iter(feeds.values())))
-        if rows > self.max_batch_size:
-            # TF Serving splits these (enable_large_batch_splitting); running one alone
-            # gives the same answers without holding up the queue's smaller requests.
-            return self.run(feeds)
-        task = _Task(feeds, rows)
+        # Larger requests go in max_batch_size pieces, as TF Serving's
+        # enable_large_batch_splitting does; each piece batches like any request.
+        step = self.max_batch_size
+        tasks = [_Task({k: v[i:i + step] for k, v in feeds.items()} if rows > step else feeds,
+                       min(step, rows - i)) for i in range(0, max(rows, 1), step)]
         with self._cv:
             if self._closed:  # the version is being unloaded: finish this one directly
                 return self.run(feeds)
-            if self._queued_rows + rows > self.max_queued_rows:
+            # (An empty queue takes any request: one larger than the whole queue still runs.)
+            if self._queued_rows and self._queued_rows + rows > self.max_queued_rows:
                 raise QueueFullError("The batch scheduling queue to which this task was "
                                      "submitted is full")
-            self._queue.append(task)
+            self._queue.extend(tasks)
             self._queued_rows += rows
-            self._cv.notify()
-        task.done.acquire()
-        if task.error is not None:
-            raise task.error
-        return task.result
+            self._cv.notify(len(tasks))
+        for task in tasks:
+            task.done.acquire()
+        for task in tasks:
+            if task.error is not None:
+                raise task.error
+        if len(tasks) == 1:
+            return tasks[0].result
+        return {k: np.concatenate([t.result[k] for t in tasks])
+                if all(np.ndim(t.result[k]) and len(t.result[k]) == t.rows for t in tasks)
+                else tasks[0].result[k] for k in tasks[0].result}
+
+    def sizes(self, most=128):
+        """The batch sizes this batcher runs the model with (``allowed_batch_sizes``, else
+        every size up to ``max_batch_size``, at most ``most`` of them), for warmup: a
+        shape TF has not run yet costs a few ms more the first time."""
+        if self.allowed:
+            return [s for s in self.allowed if s <= self.max_batch_size]
+        return list(range(1, min(self.max_batch_size, most) + 1))
 
     def _take(self):
         """The next batch (a list of tasks with one key), or None once closed and drained."""

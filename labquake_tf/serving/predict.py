@@ -1,6 +1,7 @@
-"""``labquake predict``: stream a record's windows through a REST server, write CSV + plot.
+"""``labquake predict``: stream a record's windows through a server, write CSV + plot.
 
     labquake predict --server http://localhost:8501 --model p4581 --input p5198
+    labquake predict --server grpc://localhost:8500 --model p4581 --input p5198
 
 The server may be TF Serving or ``labquake serve``; the window length comes from
 the model's ``serving_default`` signature and its feature NAMES from its
@@ -112,7 +113,9 @@ def _bound_of(name, outputs):
 
 
 def add_arguments(parser):
-    parser.add_argument("--server", required=True, help="REST base URL, e.g. http://localhost:8501")
+    parser.add_argument("--server", required=True,
+                        help="REST or gRPC base URL, e.g. http://localhost:8501 or "
+                             "grpc://localhost:8500")
     parser.add_argument("--model", required=True, help="model name on the server")
     parser.add_argument("--version", type=int, default=None, help="default: the newest")
     parser.add_argument("--input", required=True,
