@@ -32,14 +32,16 @@ import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = ["shear_stress", "ttsf", "ttef"]
-# No allowed_batch_sizes: padding buys fixed shapes (TPU, XLA) and costs a CPU compute
-# (measured: 64 clients ~15% slower with 8/16/32/64 than without).
-BATCHING = """max_batch_size { value: 64 }
-batch_timeout_micros { value: 1000 }
-num_batch_threads { value: 2 }
-max_enqueued_batches { value: 100 }
+# TF Serving's recipe for CPU-only servers (batching/README.md, "CPU-only: One Approach"):
+# num_batch_threads = cores, batch_timeout_micros 0 (a batch is whatever queued while the
+# last one ran; a timeout only adds waiting at low load), a large max_batch_size (64: the
+# most windows that can be queued here). No allowed_batch_sizes: padding buys fixed shapes
+# (TPU, XLA) and costs a CPU compute (measured: 64 clients ~15% slower with 8/16/32/64).
+BATCHING = f"""max_batch_size {{ value: 64 }}
+batch_timeout_micros {{ value: 0 }}
+num_batch_threads {{ value: {os.cpu_count() or 1} }}
+max_enqueued_batches {{ value: 100 }}
 """
-
 
 def manifest(seq_len):
     from labquake_tf.data.scaling import MinMaxScaler
@@ -143,7 +145,7 @@ def load(spec):
     start = threading.Barrier(spec["clients"] + 1)
 
     def worker(i):
-        mine = []
+        mine, answers = [], []
         call = _RawGRPC(spec["url"], spec["model"], windows, channel) if channel else \
             _RawREST(spec["url"], spec["model"], windows, spec["keepalive"])
         start.wait()
@@ -151,11 +153,8 @@ def load(spec):
             k = (i * 7 + j) % len(windows)
             t0 = time.perf_counter()
             try:
-                out = call(k)
+                answers.append((k, call(k)))
                 mine.append((time.perf_counter() - t0) * 1e3)
-                if not np.allclose(out, expected[k], rtol=1e-5, atol=1e-5):
-                    with lock:
-                        wrong[0] += 1
             except Exception as e:  # counted: the point is that there are none
                 if getattr(call, "sock", None) is not None:
                     call.sock.close()
@@ -166,16 +165,23 @@ def load(spec):
                         errors.append(repr(e)[:200])
         with lock:
             times.extend(mine)
+            outputs.extend(answers)
+    outputs = []
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(spec["clients"])]
     for t in threads:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    # Checked once the clock has stopped: the server shares the cores with this process,
+    # and np.allclose per answer would cost it more than parsing the answer does.
+    wrong[0] = sum(not np.allclose(out, expected[k], rtol=1e-5, atol=1e-5)
+                   for k, out in outputs)
     return {**summary(times, wall), "n": len(times) + failures[0], "failures": failures[0],
-            "wrong": wrong[0], "errors": errors}
+            "wrong": wrong[0], "errors": errors,
+            "client_cpu_ms": round(cpu * 1e3 / max(len(times), 1), 3)}
 
 
 def run_load(url, model, data, clients, per_client, keepalive=True, rows=1):
@@ -224,11 +230,13 @@ class ServeProcess:
 
 def first_request(base, data, warmup, repeats, steady):
     """Latency of the first request once the server says the version is AVAILABLE, and
-    the p50 of the ``steady`` requests after it, on a fresh server each time."""
+    the p50 of the ``steady`` requests after it, on a fresh server each time; for
+    reference, the p50 on a new connection each, and on a new connection after the
+    server idled 50 ms (as it has when the first request comes)."""
     from labquake_tf.serving import Client
 
     windows = np.load(data)["windows"]
-    firsts, p50s, fresh = [], [], []
+    firsts, p50s, fresh, idle = [], [], [], []
     for _ in range(repeats):
         server = ServeProcess(base, "--enable_model_warmup", str(warmup).lower())
         try:
@@ -249,6 +257,14 @@ def first_request(base, data, warmup, repeats, steady):
                 client.predict(windows[i % len(windows):][:1])
                 times.append((time.perf_counter() - t0) * 1e3)
             fresh.append(float(np.percentile(times, 50)))
+            times = []
+            for i in range(20):  # and what it comes after: a server idle since start-up
+                client.close()
+                time.sleep(0.05)
+                t0 = time.perf_counter()
+                client.predict(windows[i % len(windows):][:1])
+                times.append((time.perf_counter() - t0) * 1e3)
+            idle.append(float(np.percentile(times, 50)))
         finally:
             server.close()
     return {"warmup": warmup, "first_ms": [round(f, 1) for f in firsts],
@@ -256,7 +272,40 @@ def first_request(base, data, warmup, repeats, steady):
             "new_connection_p50_ms": round(float(np.median(fresh)), 2),
             "first_over_p50": round(float(np.median(firsts) / np.median(p50s)), 1),
             "first_over_new_connection_p50": round(float(np.median(firsts) / np.median(fresh)),
-                                                   1)}
+                                                   1),
+            "after_idle_p50_ms": round(float(np.median(idle)), 2),
+            "first_over_after_idle_p50": round(float(np.median(firsts) / np.median(idle)), 1)}
+
+
+def overhead_floor(tmp, windows, apis, rounds, requests):
+    """1-client p50 per API with a model that costs next to nothing (one slice of the
+    input per output): what serving adds to a model call, server and client together."""
+    import tensorflow as tf
+
+    class Floor(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, *windows.shape[1:]], tf.float32)])
+        def serve(self, ae_features):
+            return {t: ae_features[:, 0, 0] for t in TARGETS}
+
+    module = Floor()
+    tf.saved_model.save(module, str(tmp / "floor" / "1"),
+                        signatures={"serving_default": module.serve})
+    np.savez(tmp / "floor.npz", windows=windows,
+             expected=np.stack([windows[:, 0, 0]] * len(TARGETS), axis=1))
+    server = ServeProcess(tmp / "floor")
+    try:
+        out = {}
+        for _ in range(rounds):
+            for api in apis:
+                url = server.rest if api == "rest" else server.grpc
+                out.setdefault(api, []).append(run_load(url, "floor", tmp / "floor.npz", 1,
+                                                        requests))
+    finally:
+        server.close()
+    return {api: {"p50_ms": float(np.median([d["p50_ms"] for d in done])),
+                  "client_cpu_ms": float(np.median([d["client_cpu_ms"] for d in done])),
+                  "failures": sum(d["failures"] + d["wrong"] for d in done)}
+            for api, done in out.items()}
 
 
 def main(argv=None):
@@ -329,7 +378,7 @@ def main(argv=None):
                         if not done:
                             continue
                         cell = {k: float(np.median([d[k] for d in done]))
-                                for k in ("req_per_s", "p50_ms", "p99_ms")}
+                                for k in ("req_per_s", "p50_ms", "p99_ms", "client_cpu_ms")}
                         cell.update({k: sum(d[k] for d in done)
                                      for k in ("n", "failures", "wrong")},
                                     errors=[e for d in done for e in d["errors"]][:3],
@@ -342,10 +391,13 @@ def main(argv=None):
                               f"  {cell['req_per_s']:>7.0f} req/s  p50 {cell['p50_ms']:>7.2f} ms  "
                               f"p99 {cell['p99_ms']:>7.2f} ms  "
                               f"failures {cell['failures']}/{cell['n']}"
-                              f"  wrong {cell['wrong']}", flush=True)
+                              f"  wrong {cell['wrong']}  client CPU "
+                              f"{cell['client_cpu_ms']:.3f} ms/req", flush=True)
             finally:
                 for server in servers.values():
                     server.close()
+            results["floor"] = overhead_floor(tmp, windows, args.apis.split(","), args.rounds,
+                                              args.requests)
         results["first_request"] = [first_request(path.parent, tmp / "data.npz", w,
                                                   args.first_repeats, 200) for w in (False, True)]
     results["load_after"] = os.getloadavg()[0]
@@ -362,7 +414,8 @@ def main(argv=None):
         print(f"first request, warmup {'on ' if f['warmup'] else 'off'}: {f['first_ms']} ms "
               f"(steady p50 {f['steady_p50_ms']} ms: {f['first_over_p50']}x; on a new "
               f"connection each {f['new_connection_p50_ms']} ms: "
-              f"{f['first_over_new_connection_p50']}x)")
+              f"{f['first_over_new_connection_p50']}x; new connection after 50 ms idle "
+              f"{f['after_idle_p50_ms']} ms: {f['first_over_after_idle_p50']}x)")
     worst = max((r["failures"] + r["wrong"] for r in results["cells"]), default=0)
     print(f"failures + wrong answers, worst cell: {worst}")
     on, off = cell("rest", 64, True), cell("rest", 64, False)
@@ -371,6 +424,9 @@ def main(argv=None):
     on, off = cell("grpc", 64, True), cell("grpc", 64, False)
     if on and off:
         print(f"gRPC 64 clients, batching on/off: {on['req_per_s'] / off['req_per_s']:.1f}x")
+    for api, f in results.get("floor", {}).items():
+        print(f"{api} 1 client, a model that costs nothing: p50 {f['p50_ms']} ms (client CPU "
+              f"{f['client_cpu_ms']} ms/req, failures {f['failures']})")
     for suffix in ("", " x256 windows"):
         rest, grpc_ = cell("rest" + suffix, 1, False), cell("grpc" + suffix, 1, False)
         if rest and grpc_:

@@ -560,13 +560,6 @@ class Server:
             self.models[m["name"]] = ModelRegistry(
                 m["name"], m["base_path"], labels=m.get("labels"), policy=m.get("policy"),
                 batching=batching, warmup=warmup)
-        try:
-            for registry in self.models.values():
-                if not registry.refresh():
-                    raise _nothing_loaded(registry)
-        except BaseException:
-            self._close_models()
-            raise
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
         from labquake_tf.serving.metrics import Metrics
@@ -575,20 +568,29 @@ class Server:
         self.httpd = self.grpc = None
         self.grpc_port = None
         self.host = host
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._threads = []
         try:
+            # The ports first: a busy one fails before the models load. Nothing is answered
+            # until every version is loaded and warmed up, so the last thing before the first
+            # request is the warmup, not the gRPC start-up: TF's threads go cold within a few
+            # idle ms (bench_serving measures a request after 50 ms idle).
             if port is not None:
                 self.httpd = _HTTPServer((host, port), _Handler)
                 self.httpd.owner = self
             if grpc_port is not None:
-                self._start_grpc(host, grpc_port, grpc_threads)
+                self._bind_grpc(host, grpc_port, grpc_threads)
+            for registry in self.models.values():
+                if not registry.refresh():
+                    raise _nothing_loaded(registry)
+            if self.grpc is not None:
+                self.grpc.start()
         except BaseException:
             self.close()
             raise
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._threads = []
 
-    def _start_grpc(self, host, port, threads):
+    def _bind_grpc(self, host, port, threads):
         from concurrent import futures
 
         import grpc
@@ -607,7 +609,6 @@ class Server:
             self.grpc_port = 0
         if not self.grpc_port:
             raise OSError(f"could not bind the gRPC port {host}:{port} (in use?)")
-        self.grpc.start()
 
     @property
     def registry(self):
@@ -665,7 +666,8 @@ class Server:
 
     def serve_forever(self):
         """Serve from this thread until interrupted (``labquake serve``)."""
-        self.start()
+        if not self._threads_started():
+            self.start()
         try:
             while any(t.is_alive() for t in self._threads):
                 time.sleep(0.5)
@@ -828,7 +830,7 @@ def server_from_args(args):
 def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_tf_threads(args.tf_threads)
-    server = server_from_args(args)
-    print(server.describe(), flush=True)
+    server = server_from_args(args).start()
+    print(server.describe(), flush=True)  # once it answers: scripts wait for this line
     server.serve_forever()
     return 0
