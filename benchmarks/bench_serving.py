@@ -112,7 +112,7 @@ class _RawGRPC:
     def __init__(self, url, model, windows, channel):
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-        from labquake_tf.serving.grpc_api import to_tensor_proto
+        from labquake_tf.serving.tensors import to_tensor_proto
 
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         self.requests = []

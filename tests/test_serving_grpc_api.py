@@ -10,7 +10,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from test_serving_export import TARGETS, raw_windows, shared_export
 
-from labquake_tf.serving.grpc_api import to_ndarray, to_tensor_proto
+from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
 from labquake_tf.serving.server import Server
 
 

@@ -18,6 +18,8 @@ import urllib.parse
 
 import numpy as np
 
+from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
+
 
 # gRPC status code name -> the HTTP status TF Serving's REST API gives the same error.
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
@@ -295,8 +297,6 @@ class _Grpc:
 
     def predict(self, feeds, signature_name=None):
         from tensorflow_serving.apis import predict_pb2
-
-        from labquake_tf.serving.grpc_api import to_ndarray, to_tensor_proto
 
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature_name)

@@ -34,6 +34,7 @@ from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
 from labquake_tf.files import (EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL,
                                atomic_dir, write_json)
+from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
 
 DEFAULT_SIGNATURE = "serving_default"
 SCALED_SIGNATURE = "serving_scaled"
@@ -116,7 +117,6 @@ def write_warmup(path, model_name, manifest, seq_len, n_features, batches=WARMUP
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    from labquake_tf.serving.grpc_api import to_tensor_proto
 
     lo = np.asarray(manifest["scaler"]["features"]["min"], np.float32)
     hi = np.asarray(manifest["scaler"]["features"]["max"], np.float32)
@@ -144,7 +144,6 @@ def read_warmup(version_dir, limit=1000):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from labquake_tf.serving.grpc_api import to_ndarray
 
     requests = []
     for i, record in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
