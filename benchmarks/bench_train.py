@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py --preset small --torch-python /path/to/torch-venv/bin/python
     python benchmarks/bench_train.py --filters 128 --seq-len 128 --kernel 8 --blocks 5 ...  # medium
-    python benchmarks/bench_train.py --preset paper --batch 4 --steps 1 --warmup 1 --repeats 1
+    python benchmarks/bench_train.py --preset paper --batch 8 --steps 2 --warmup 1 --repeats 3
 
 Measures the step ``labquake pretrain`` runs (``training.compile_model``: MSE, global
 gradient clipping, AdamW on the cosine schedule) on one in-memory batch, so input I/O is
@@ -11,10 +11,18 @@ path is timed: each ``WeightNormConv1D`` implementation (``--conv-impls``), eage
 XLA-compiled (``paths_samples_per_s``), then the default (``keras_samples_per_s``: what
 ``labquake pretrain`` picks with no flag, ``auto_conv_impl`` / ``auto_jit_compile``).
 The rules in ``models.layers.choose_conv_impl`` and ``training.trainer.choose_jit_compile``
-come from these numbers. With ``--torch-python`` the same model and step in PyTorch
-(``benchmarks/torch_tcn.py``) run in that interpreter: ``default_over_torch`` and
-``best_path_over_torch``. Prints one JSON line. Timings on a shared machine vary by
-several x; compare ratios from one run.
+come from these numbers.
+
+With ``--torch-python`` the same model and step in PyTorch (``benchmarks/torch_tcn.py``,
+same trainable parameter count, checked) run in that interpreter as a persistent worker
+(``--serve``), timed at 1 thread and at all cores in the SAME round-robin as the Keras
+paths (each round every timer once, the order rotating), so load that comes and goes on
+a shared machine hits both alike. Reported: the best of the rounds for each
+(``default_over_torch``, ``best_path_over_torch``, against torch's best thread count),
+and the ratio in each round against torch's best in that round, as median and range
+(``default_over_torch_by_round``, ``paths_over_torch_by_round``): the figure to quote.
+``--intra-op`` / ``--inter-op`` set TensorFlow's thread pools; ``TF_ENABLE_ONEDNN_OPTS``
+in the environment is recorded (``onednn``). Prints one JSON line.
 """
 
 import argparse
@@ -48,50 +56,97 @@ def model_kwargs(args):
 
 
 def keras_step(kwargs, args, jit_compile, conv_impl="auto"):
-    """A compiled model and its warmed-up ``time_it(steps) -> samples/s``."""
+    """A compiled model and its warmed-up ``time_it(steps=args.steps) -> samples/s``."""
     keras.utils.set_random_seed(0)
     model = build_tcn(**kwargs, conv_impl=conv_impl)
     if args.frozen_decoder:
         for layer in [model.get_layer("input_norm"), *decoder_blocks(model)]:
             layer.trainable = False
     compile_model(model, TrainConfig(jit_compile=jit_compile), steps_per_epoch=100)
+    trainable_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch, kwargs["seq_len"], kwargs["n_features"])).astype("float32")
     y = rng.normal(size=(args.batch, kwargs["n_targets"])).astype("float32")
     data = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
     model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0, shuffle=False)
+    # Timed: the compiled step ``fit`` runs per batch, on one persistent iterator, as
+    # torch_tcn.py times its step; ``fit``'s own set-up per call (about 30 ms) is what an
+    # epoch pays once, and would weigh on a few timed steps.
+    iterator = iter(data)
+    train_function = model.make_train_function()
+    float(train_function(iterator)["loss"])
 
-    def time_it():
+    def time_it(steps=args.steps):
         start = time.perf_counter()
-        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
-        return args.steps * args.batch / (time.perf_counter() - start)
+        for _ in range(steps):
+            logs = train_function(iterator)
+        float(logs["loss"])
+        return steps * args.batch / (time.perf_counter() - start)
 
+    time_it.trainable_params = trainable_params
     return time_it
 
 
 def round_robin(timers, repeats):
-    """Best samples/s of each timer over ``repeats`` rounds, the timers interleaved in
-    each round: on a shared machine, load that comes and goes then hits every path alike."""
-    best = dict.fromkeys(timers, 0.0)
-    for _ in range(repeats):
-        for name, time_it in timers.items():
-            best[name] = max(best[name], time_it())
-    return {name: round(v, 1) for name, v in best.items()}
+    """Samples/s of every timer in each of ``repeats`` rounds: ``[{name: samples/s}]``.
+
+    Each round runs every timer once, starting one place further along the list each
+    round, so on a shared machine load that comes and goes hits every path (the PyTorch
+    peer included) alike, and none is always first or last."""
+    names = list(timers)
+    # One untimed step each first: the first call in a process runs many times slower
+    # (measured up to 20x on the tiny preset), whichever path comes first.
+    for time_it in timers.values():
+        time_it(1)
+    rounds = []
+    for r in range(repeats):
+        shift = r % len(names)
+        rounds.append({name: round(timers[name](), 1) for name in names[shift:] + names[:shift]})
+    return rounds
 
 
-def torch_samples_per_s(kwargs, args, threads):
-    command = [args.torch_python, str(TORCH_SCRIPT), "--seq-len", kwargs["seq_len"],
-               "--n-features", kwargs["n_features"], "--n-targets", kwargs["n_targets"],
-               "--filters", kwargs["filters"], "--kernel", kwargs["kernel_size"],
-               "--blocks", kwargs["blocks"], "--dropout", kwargs["dropout"],
-               "--batch", args.batch, "--steps", args.steps, "--warmup", args.warmup,
-               "--repeats", args.repeats, "--threads", threads] + (["--frozen-decoder"] if args.frozen_decoder else [])
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True,
-                          timeout=args.torch_timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"{TORCH_SCRIPT.name} failed under {args.torch_python}:\n"
-                           f"{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def summarize(values):
+    """Median and range of per-round figures (what load does to them)."""
+    values = sorted(values)
+    n = len(values)
+    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return {"median": round(median, 2), "min": round(values[0], 2), "max": round(values[-1], 2)}
+
+
+class TorchWorker:
+    """``torch_tcn.py --serve`` in ``python``: built and warmed up once, then timed on
+    request, so its timings interleave with the Keras paths' in one round-robin."""
+
+    def __init__(self, python, kwargs, args):
+        command = [python, str(TORCH_SCRIPT), "--serve", "--seq-len", kwargs["seq_len"],
+                   "--n-features", kwargs["n_features"], "--n-targets", kwargs["n_targets"],
+                   "--filters", kwargs["filters"], "--kernel", kwargs["kernel_size"],
+                   "--blocks", kwargs["blocks"], "--dropout", kwargs["dropout"],
+                   "--batch", args.batch, "--warmup", args.warmup]
+        command += ["--frozen-decoder"] if args.frozen_decoder else []
+        self.process = subprocess.Popen([str(c) for c in command], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.info = self._read()
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            raise RuntimeError(f"{TORCH_SCRIPT.name} --serve failed:\n"
+                               f"{self.process.stderr.read()[-2000:]}")
+        return json.loads(line)
+
+    def timer(self, steps, threads):
+        def time_it(steps=steps):
+            self.process.stdin.write(json.dumps({"steps": steps, "threads": threads}) + "\n")
+            self.process.stdin.flush()
+            return self._read()["samples_per_s"]
+        return time_it
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def main(argv=None):
@@ -116,10 +171,17 @@ def main(argv=None):
     p.add_argument("--no-xla", action="store_true", help="skip the jit_compile=True runs")
     p.add_argument("--conv-impls", default="conv,im2col,taps",
                    help="comma-separated WeightNormConv1D implementations to time")
-    p.add_argument("--torch-python", help="a python with torch: also time benchmarks/torch_tcn.py")
-    p.add_argument("--torch-timeout", type=float, default=1800)
+    p.add_argument("--torch-python", help="a python with torch: also time benchmarks/torch_tcn.py, "
+                   "interleaved with the Keras paths")
+    p.add_argument("--intra-op", type=int, default=0,
+                   help="tf.config.threading intra-op threads (0: TensorFlow's default)")
+    p.add_argument("--inter-op", type=int, default=0,
+                   help="tf.config.threading inter-op threads (0: TensorFlow's default)")
     args = p.parse_args(argv)
 
+    # Before any op runs: TensorFlow fixes its thread pools at the first one.
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     set_precision(args.precision)
     kwargs = model_kwargs(args)
     gpus = tf.config.list_physical_devices("GPU")
@@ -127,7 +189,11 @@ def main(argv=None):
     result = {"preset": args.preset, "model": kwargs, "batch": args.batch,
               "frozen_decoder": args.frozen_decoder, "precision": args.precision,
               "device": f"{len(gpus)} GPU" if gpus else f"CPU x{os.cpu_count()}",
+              "tensorflow": tf.__version__,
+              "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+              "tf_threads": {"intra_op": args.intra_op, "inter_op": args.inter_op},
               "steps": args.steps, "repeats": args.repeats,
+              "loadavg_start": [round(v, 2) for v in os.getloadavg()],
               "auto_jit_compile": choose_jit_compile(kwargs["filters"], device)}
     result["auto_conv_impl"] = sorted({choose_conv_impl(kwargs["kernel_size"], c, 2, device,
                                                         result["auto_jit_compile"])
@@ -139,20 +205,44 @@ def main(argv=None):
         timers[impl] = keras_step(kwargs, args, jit_compile=False, conv_impl=impl)
         if not args.no_xla:
             timers[f"{impl}+xla"] = keras_step(kwargs, args, jit_compile=True, conv_impl=impl)
-    timers["default"] = keras_step(kwargs, args, jit_compile=result["auto_jit_compile"])
-    paths = round_robin(timers, args.repeats)
-    result["keras_samples_per_s"] = paths.pop("default")
-    result["paths_samples_per_s"] = paths
+    timers["default"] = keras_step(kwargs, args, jit_compile="auto")
+    result["trainable_params"] = timers["default"].trainable_params
+    worker = None
     if args.torch_python:
+        worker = TorchWorker(args.torch_python, kwargs, args)
+        if worker.info["trainable_params"] != result["trainable_params"]:
+            raise RuntimeError(f"the PyTorch model has {worker.info['trainable_params']} "
+                               f"trainable parameters, the Keras one {result['trainable_params']}: "
+                               "not the same model")
         # PyTorch's OpenMP threads spin-wait and collapse when other processes share the
         # cores, so it is timed with 1 thread and with all cores, and its best is compared.
-        runs = [torch_samples_per_s(kwargs, args, n) for n in sorted({1, os.cpu_count()})]
-        result["torch"] = runs[0]["framework"]
-        result["torch_samples_per_s_by_threads"] = {r["threads"]: r["samples_per_s"] for r in runs}
-        torch_best = max(r["samples_per_s"] for r in runs)
+        for n in sorted({1, os.cpu_count()}):
+            timers[f"torch@{n}"] = worker.timer(args.steps, n)
+    try:
+        rounds = round_robin(timers, args.repeats)
+    finally:
+        if worker is not None:
+            worker.close()
+    result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    best = {name: max(r[name] for r in rounds) for name in timers}
+    result["keras_samples_per_s"] = best.pop("default")
+    torch_names = [name for name in best if name.startswith("torch@")]
+    result["paths_samples_per_s"] = {k: v for k, v in best.items() if k not in torch_names}
+    result["rounds"] = rounds
+    if worker is not None:
+        result["torch"] = worker.info["framework"]
+        result["torch_samples_per_s_by_threads"] = {n.split("@")[1]: best[n] for n in torch_names}
+        torch_best = max(best[n] for n in torch_names)
+        paths = result["paths_samples_per_s"]
         result.update(torch_samples_per_s=torch_best,
                       default_over_torch=round(result["keras_samples_per_s"] / torch_best, 2),
                       best_path_over_torch=round(max(paths.values()) / torch_best, 2))
+        # Per round, against torch's best thread count in that same round.
+        per_round = [r["default"] / max(r[n] for n in torch_names) for r in rounds]
+        result["default_over_torch_by_round"] = summarize(per_round)
+        result["paths_over_torch_by_round"] = {
+            name: summarize([r[name] / max(r[n] for n in torch_names) for r in rounds])
+            for name in paths}
     print(json.dumps(result))
     return 0
 

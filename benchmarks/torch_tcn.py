@@ -2,12 +2,20 @@
 
 Runs in its own virtualenv (torch is not a package dependency): the same architecture as
 ``labquake_tf.models.build_tcn`` (BatchNorm1d over time, weight-normed causal dilated
-convs, 1x1 residual, Conv1d(64, 2, padding=1) head) and the same step (MSE, gradient
-clipping, AdamW). Prints one JSON line.
+convs, dropout, 1x1 residual, Conv1d(64, 2, padding=1) head; the same trainable
+parameter count, which ``bench_train.py`` checks) and the same step (float32, MSE,
+``clip_grad_norm_`` at 1.0, AdamW) on one in-memory batch.
+
+One-shot: prints one JSON line (best of ``--repeats``). ``--serve``: builds and warms up
+once, prints a ready line (``{"framework", "trainable_params", ...}``), then answers
+each stdin line ``{"steps": N, "threads": T}`` with ``{"samples_per_s", "seconds", ...}``
+after N steps on T intra-op threads: ``bench_train.py`` interleaves these with its Keras
+paths so load on a shared machine hits both alike.
 """
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -45,7 +53,7 @@ class TCN(nn.Module):
         return self.head(self.decoder(self.norm(x).transpose(1, 2)))
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser()
     for name, default in [("seq-len", 64), ("n-features", 1), ("n-targets", 1),
                           ("filters", 32), ("kernel", 4), ("blocks", 4), ("batch", 128),
@@ -56,10 +64,13 @@ def main():
     p.add_argument("--frozen-decoder", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", action="store_true", help="float16 autocast with loss scaling")
-    args = p.parse_args()
+    p.add_argument("--serve", action="store_true",
+                   help="answer {steps, threads} JSON lines on stdin (see the module doc)")
+    return p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+def make_step(args):
+    """The model and its training step (returns the loss tensor, not synchronised)."""
     torch.manual_seed(0)
     model = TCN(args.seq_len, args.n_features, args.n_targets, args.filters, args.kernel,
                 args.blocks, args.dropout).to(args.device)
@@ -84,18 +95,54 @@ def main():
         scaler.update()
         return loss
 
+    return model, params, step
+
+
+def time_steps(step, steps, batch):
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()  # waits for the last step (CUDA is asynchronous)
+    seconds = time.perf_counter() - start
+    return seconds, steps * batch / seconds
+
+
+def serve(args, params, step):
+    # Warm up at every thread count the caller may ask for (allocator, oneDNN primitives).
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        for _ in range(args.warmup):
+            step()
+    print(json.dumps({"ready": True, "framework": f"torch {torch.__version__}",
+                      "device": args.device, "amp": args.amp,
+                      "trainable_params": sum(p.numel() for p in params),
+                      "max_threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        threads = int(request.get("threads", 0)) or torch.get_num_threads()
+        torch.set_num_threads(threads)
+        seconds, samples_per_s = time_steps(step, int(request["steps"]), args.batch)
+        print(json.dumps({"threads": torch.get_num_threads(), "steps": int(request["steps"]),
+                          "seconds": round(seconds, 4),
+                          "samples_per_s": round(samples_per_s, 1)}), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, params, step = make_step(args)
+    if args.serve:
+        return serve(args, params, step)
     for _ in range(args.warmup):
         step()
-    best = 0.0
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            loss = step()
-        loss.item()
-        best = max(best, args.steps * args.batch / (time.perf_counter() - start))
+    best = max(time_steps(step, args.steps, args.batch)[1] for _ in range(args.repeats))
     print(json.dumps({"framework": f"torch {torch.__version__}",
                       "threads": torch.get_num_threads(), "device": args.device,
-                      "amp": args.amp, "samples_per_s": round(best, 1)}))
+                      "amp": args.amp, "trainable_params": sum(p.numel() for p in params),
+                      "samples_per_s": round(best, 1)}))
 
 
 if __name__ == "__main__":
