@@ -180,8 +180,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     # Before any op runs: TensorFlow fixes its thread pools at the first one.
-    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    if args.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    if args.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     set_precision(args.precision)
     kwargs = model_kwargs(args)
     gpus = tf.config.list_physical_devices("GPU")
