@@ -2,13 +2,14 @@
 
     python benchmarks/bench_train.py --preset small --torch-python /path/to/torch-venv/bin/python
     python benchmarks/bench_train.py --filters 128 --seq-len 128 --kernel 8 --blocks 5 ...  # medium
-    python benchmarks/bench_train.py --preset paper --batch 8 --steps 2 --warmup 1 --repeats 3
+    python benchmarks/bench_train.py --preset paper --batch 8 --steps 2 --warmup 1 --repeats 3 \
+        --paths conv,im2col,im2col+xla
 
 Measures the step ``labquake pretrain`` runs (``training.compile_model``: MSE, global
 gradient clipping, AdamW on the cosine schedule) on one in-memory batch, so input I/O is
 not timed; the first ``--warmup`` steps (tracing, XLA compilation) are excluded. Every
-path is timed: each ``WeightNormConv1D`` implementation (``--conv-impls``), eager and
-XLA-compiled (``paths_samples_per_s``), then the default (``keras_samples_per_s``: what
+path is timed: each ``WeightNormConv1D`` implementation, eager and XLA-compiled
+(``--paths``, ``paths_samples_per_s``), then the default (``keras_samples_per_s``: what
 ``labquake pretrain`` picks with no flag, ``auto_conv_impl`` / ``auto_jit_compile``).
 The rules in ``models.layers.choose_conv_impl`` and ``training.trainer.choose_jit_compile``
 come from these numbers.
@@ -39,13 +40,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from labquake_tf.models import PRESETS, build_tcn, decoder_blocks  # noqa: E402
-from labquake_tf.models.layers import choose_conv_impl  # noqa: E402
+from labquake_tf.models.layers import WeightNormConv1D, choose_conv_impl  # noqa: E402
 from labquake_tf.training.trainer import choose_jit_compile  # noqa: E402
 from labquake_tf.training.config import TrainConfig  # noqa: E402
 from labquake_tf.training.strategy import set_precision  # noqa: E402
 from labquake_tf.training.trainer import compile_model  # noqa: E402
 
 TORCH_SCRIPT = pathlib.Path(__file__).with_name("torch_tcn.py")
+PATHS = [f"{impl}{xla}" for impl in WeightNormConv1D.CONV_IMPLS[1:] for xla in ("", "+xla")]
 
 
 def model_kwargs(args):
@@ -101,7 +103,8 @@ def round_robin(timers, repeats):
     rounds = []
     for r in range(repeats):
         shift = r % len(names)
-        rounds.append({name: round(timers[name](), 1) for name in names[shift:] + names[:shift]})
+        rounds.append({name: float(f"{timers[name]():.4g}")
+                       for name in names[shift:] + names[:shift]})
     return rounds
 
 
@@ -168,9 +171,9 @@ def main(argv=None):
                    help="train only the head (input_norm and decoder frozen)")
     p.add_argument("--precision", default="float32",
                    choices=["float32", "mixed_float16", "mixed_bfloat16"])
-    p.add_argument("--no-xla", action="store_true", help="skip the jit_compile=True runs")
-    p.add_argument("--conv-impls", default="conv,im2col,taps",
-                   help="comma-separated WeightNormConv1D implementations to time")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help="comma-separated paths to time besides the default: a "
+                        "WeightNormConv1D implementation, +xla for the XLA-compiled step")
     p.add_argument("--torch-python", help="a python with torch: also time benchmarks/torch_tcn.py, "
                    "interleaved with the Keras paths")
     p.add_argument("--intra-op", type=int, default=0,
@@ -203,10 +206,11 @@ def main(argv=None):
     # Every path, so the choice in choose_conv_impl / choose_jit_compile can be checked,
     # and the default training step: what `labquake pretrain` runs with no flag.
     timers = {}
-    for impl in args.conv_impls.split(","):
-        timers[impl] = keras_step(kwargs, args, jit_compile=False, conv_impl=impl)
-        if not args.no_xla:
-            timers[f"{impl}+xla"] = keras_step(kwargs, args, jit_compile=True, conv_impl=impl)
+    for path in args.paths.split(","):
+        impl, xla = path.removesuffix("+xla"), path.endswith("+xla")
+        if impl not in WeightNormConv1D.CONV_IMPLS[1:]:
+            p.error(f"--paths: unknown path {path!r}; choose from {', '.join(PATHS)}")
+        timers[path] = keras_step(kwargs, args, jit_compile=xla, conv_impl=impl)
     timers["default"] = keras_step(kwargs, args, jit_compile="auto")
     result["trainable_params"] = timers["default"].trainable_params
     worker = None

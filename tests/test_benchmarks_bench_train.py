@@ -80,7 +80,7 @@ def test_bench_interleaves_the_torch_worker_and_reports_ratios(bench, stub_pytho
                                                                 capsys):
     monkeypatch.setenv("STUB_PARAMS", str(tiny_params()))
     assert bench.main(["--preset", "tiny", "--steps", "1", "--warmup", "1", "--repeats", "2",
-                       "--conv-impls", "conv", "--no-xla",
+                       "--paths", "conv",
                        "--torch-python", str(stub_python)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     threads = sorted({1, os.cpu_count()})
@@ -101,4 +101,4 @@ def test_bench_refuses_a_torch_model_of_another_size(bench, stub_python, monkeyp
     monkeypatch.setenv("STUB_PARAMS", "12")
     with pytest.raises(RuntimeError, match="not the same model"):
         bench.main(["--preset", "tiny", "--steps", "1", "--warmup", "1", "--repeats", "1",
-                    "--conv-impls", "conv", "--no-xla", "--torch-python", str(stub_python)])
+                    "--paths", "conv", "--torch-python", str(stub_python)])
