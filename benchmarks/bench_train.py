@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from labquake_tf.models import PRESETS, build_tcn, decoder_blocks  # noqa: E402
-from labquake_tf.models.layers import WeightNormConv1D, choose_conv_impl  # noqa: E402
+from labquake_tf.models.layers import WeightNormConv1D, conv_impl_plan  # noqa: E402
 from labquake_tf.training.trainer import choose_jit_compile  # noqa: E402
 from labquake_tf.training.config import TrainConfig  # noqa: E402
 from labquake_tf.training.strategy import set_precision  # noqa: E402
@@ -200,9 +200,8 @@ def main(argv=None):
               "steps": args.steps, "repeats": args.repeats,
               "loadavg_start": [round(v, 2) for v in os.getloadavg()],
               "auto_jit_compile": choose_jit_compile(kwargs["filters"], device)}
-    result["auto_conv_impl"] = sorted({choose_conv_impl(kwargs["kernel_size"], c, 2, device,
-                                                        result["auto_jit_compile"])
-                                       for c in (kwargs["n_features"], kwargs["filters"])})
+    result["auto_conv_impl"] = conv_impl_plan(kwargs["kernel_size"], kwargs["blocks"], device,
+                                              result["auto_jit_compile"])
     # Every path, so the choice in choose_conv_impl / choose_jit_compile can be checked,
     # and the default training step: what `labquake pretrain` runs with no flag.
     timers = {}

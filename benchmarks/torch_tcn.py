@@ -126,7 +126,7 @@ def serve(args, params, step):
         seconds, samples_per_s = time_steps(step, int(request["steps"]), args.batch)
         print(json.dumps({"threads": torch.get_num_threads(), "steps": int(request["steps"]),
                           "seconds": round(seconds, 4),
-                          "samples_per_s": round(samples_per_s, 1)}), flush=True)
+                          "samples_per_s": float(f"{samples_per_s:.4g}")}), flush=True)
 
 
 def main(argv=None):
@@ -142,7 +142,7 @@ def main(argv=None):
     print(json.dumps({"framework": f"torch {torch.__version__}",
                       "threads": torch.get_num_threads(), "device": args.device,
                       "amp": args.amp, "trainable_params": sum(p.numel() for p in params),
-                      "samples_per_s": round(best, 1)}))
+                      "samples_per_s": float(f"{best:.4g}")}))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from labquake_tf.models import build_from_preset
+from labquake_tf.models import PRESETS, build_from_preset
 from labquake_tf.training import TrainConfig, train
 
 
@@ -154,10 +154,32 @@ def test_resuming_with_another_model_or_data_is_refused(tmp_path, monkeypatch):
 def test_compile_fixes_the_conv_implementation_and_the_xla_choice():
     from labquake_tf.training import compile_model
 
+    # CPU, by width (bench_train.py): XLA from 512 filters, its dilated convs as im2col.
     wide = build_from_preset("tiny", filters=512, kernel_size=8, blocks=2)
     compile_model(wide, TrainConfig(jit_compile="auto"), steps_per_epoch=1)
-    assert wide.jit_compile is False  # XLA measured slower on CPU
+    assert wide.jit_compile is True
     convs = [wide.get_layer("decoder_block_1").conv1, wide.get_layer("decoder_block_0").conv1]
-    assert [c.resolved_impl for c in convs] == ["im2col", "conv"]  # 8 x 512 deep vs 1 channel
+    assert [c.resolved_impl for c in convs] == ["im2col", "conv"]  # dilation 2 vs 1
+    narrow = compile_model(build_from_preset("tiny"), TrainConfig(jit_compile="auto"),
+                           steps_per_epoch=1)
+    assert narrow.jit_compile is False
+    assert {layer.resolved_impl for layer in narrow._flatten_layers()
+            if hasattr(layer, "resolved_impl")} == {"conv"}
     forced = compile_model(small_model(), TrainConfig(jit_compile="on"), steps_per_epoch=1)
     assert forced.jit_compile is True
+
+
+@pytest.mark.parametrize("jit", ["on", "off"])
+def test_conv_impl_plan_is_what_compile_fixes(jit):
+    # The plan a run's config records before building is what compile_model then fixes.
+    from labquake_tf.models.layers import WeightNormConv1D, conv_impl_plan
+    from labquake_tf.training import compile_model
+
+    model = compile_model(build_from_preset("tiny"), TrainConfig(jit_compile=jit),
+                          steps_per_epoch=1)
+    fixed = {str(layer.dilation_rate): layer.resolved_impl for layer in model._flatten_layers()
+             if isinstance(layer, WeightNormConv1D)}
+    plan = conv_impl_plan(PRESETS["tiny"]["kernel_size"], PRESETS["tiny"]["blocks"], "CPU",
+                          xla=model.jit_compile)
+    assert plan == fixed == ({"1": "conv", "2": "im2col", "4": "im2col"} if jit == "on"
+                             else {"1": "conv", "2": "conv", "4": "conv"})

@@ -17,7 +17,7 @@ class WeightNormConv1D(keras.layers.Layer):
 
     CONV_IMPLS = ("auto", "conv", "im2col", "taps")
     """How the dilated causal conv runs (same result, different kernels):
-    conv: ``ops.conv`` (TF on CPU: SpaceToBatch + Conv2D for dilation > 1);
+    conv: ``ops.conv`` (TF: SpaceToBatch + Conv2D for dilation > 1);
     im2col: the k shifted copies concatenated, one matmul;
     taps: one matmul per tap, summed (no k-fold copy of the input);
     auto: ``choose_conv_impl``, by device type and width."""
@@ -89,27 +89,51 @@ def _sum(terms):
     return total
 
 
-IM2COL_MIN_DEPTH = 4096
-"""CPU: kernel taps x input channels from which im2col beats the plain conv (measured
-about 4x at the paper's 8 x 512; at 8 x 128 the plain conv is 3x faster)."""
-
-
 def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=False):
-    """The conv implementation measured fastest for this shape, device type and compiler.
+    """The conv implementation measured fastest for this device type and compiler.
 
-    ``benchmarks/bench_train.py`` (training step, batch 128, 2 shared CPU cores, paths
-    timed round-robin), samples/s at 128 filters, kernel 8, 5 blocks, 128 steps: conv
-    134.7, im2col 42.3, taps 52.8; under XLA 66.7 / 63.3 / 59.0. At 32 filters the plain
-    conv is also ahead of im2col and taps. So on CPU the plain conv, up to the paper's
-    width (``IM2COL_MIN_DEPTH``), where one matmul over the k shifted copies wins. GPUs:
-    cuDNN's conv (not measured here). ``xla`` is accepted so a measured XLA-specific
-    choice has a place; none is made today. ``device``: "CPU"/"GPU", default: visible.
+    CPU, measured with ``benchmarks/bench_train.py`` (training step, float32, 2 CPU cores
+    shared with other jobs; every path and the PyTorch peer timed in one rotating
+    round-robin): median over the rounds of samples/s / PyTorch's best thread count in
+    the same round (> 1: faster than PyTorch).
+
+    ===============================  =====  =====  ======  ==========  ====  ========
+    width (batch)                    conv   +xla   im2col  im2col+xla  taps  taps+xla
+    ===============================  =====  =====  ======  ==========  ====  ========
+    small, 32/64/4/4 (128)           1.14   0.99   0.56    1.19        0.62  1.06
+    medium, 128/128/8/5 (128)        1.27   0.88   0.58    1.04        0.59  0.96
+    finetune-paper, 512/70/8/5 (32)  1.05   --     0.88    1.04        --    1.01
+    paper, 512/512/8/9 (8)           0.90   0.07   0.90    1.07        --    --
+    paper, 512/512/8/9 (32)          1.34   --     1.24    1.60        --    --
+    ===============================  =====  =====  ======  ==========  ====  ========
+
+    (filters/steps/kernel/blocks.) Eager, TensorFlow's dilated conv (SpaceToBatch +
+    oneDNN's conv) is the fastest or as fast at every width. Under XLA the dilated conv
+    is slow on CPU (13x at paper width) and one matmul over the k shifted copies (im2col)
+    is the fastest at every width. So on CPU: im2col for dilated convs in an
+    XLA-compiled step, else the plain conv (whether XLA runs: ``training.trainer.
+    choose_jit_compile``). Folding time into the batch by hand (what SpaceToBatch does)
+    timed the same as ``conv`` per layer, so it is not an implementation here. GPUs:
+    cuDNN's conv; not measured (no GPU in the session that set these rules).
+    ``device``: "CPU"/"GPU", default: the visible one. Commands (``--torch-python
+    TORCH_PY`` on each): ``--preset small --steps 20 --repeats 5``; ``--filters 128
+    --seq-len 128 --kernel 8 --blocks 5 --steps 6 --warmup 2 --repeats 5``; ``--preset
+    finetune-paper --batch 32 --steps 2 --warmup 1 --repeats 3``; ``--preset paper
+    --batch 8 --steps 2 --warmup 1 --repeats 3`` (``--batch 32 --steps 1``).
     """
+    del kernel_size, channels  # the measured choice does not depend on them
     if device is None:
         device = keras.distribution.list_devices()[0].split(":")[0].upper()
-    if device != "CPU" or dilation_rate == 1 or kernel_size * channels < IM2COL_MIN_DEPTH:
-        return "conv"
-    return "im2col"
+    if device == "CPU" and xla and dilation_rate > 1:
+        return "im2col"
+    return "conv"
+
+
+def conv_impl_plan(kernel_size, blocks, device=None, xla=False, conv_impl="auto"):
+    """``{dilation: implementation}`` of a TCN's causal convs (block i dilates 2**i), as
+    ``resolve_conv_impls`` will fix them: what a run's config records before it builds."""
+    return {str(2 ** i): conv_impl if conv_impl != "auto" else
+            choose_conv_impl(kernel_size, None, 2 ** i, device, xla) for i in range(blocks)}
 
 
 def resolve_conv_impls(model, xla, device=None):

@@ -58,15 +58,28 @@ def resolve_jit_compile(jit_compile, filters, device=None):
     return choose_jit_compile(filters, device) if jit_compile == "auto" else bool(jit_compile)
 
 
+XLA_MIN_FILTERS = 512
+"""CPU: the width from which the XLA-compiled step (with im2col convs) is measured faster."""
+
+
 def choose_jit_compile(filters, device=None):
     """Whether to XLA-compile the training step of a TCN ``filters`` wide on ``device``
     ("CPU"/"GPU", default: what is visible).
 
-    Not today: on CPU ``benchmarks/bench_train.py`` (paths timed round-robin) measured
-    the XLA step slower at 128 filters (66.7 vs 134.7 samples/s with the plain conv) and
-    no faster at 32; on GPUs it is not measured here. ``--jit-compile on`` forces it.
+    CPU: from ``XLA_MIN_FILTERS``. ``benchmarks/bench_train.py`` (float32, 2 shared
+    cores; paths and PyTorch in one rotating round-robin; median per-round ratio to
+    PyTorch's best thread count, the convs as ``models.layers.choose_conv_impl`` picks
+    them, i.e. im2col under XLA): 32 filters (small) eager 1.14 vs XLA 1.19, a tie within
+    the rounds' spread (1.09-1.82 vs 1.14-1.61); 128 filters (medium) 1.27 vs 1.04;
+    512 filters: paper preset at batch 8 0.90 vs 1.07, at batch 32 1.34 vs 1.60,
+    finetune-paper at batch 32 1.05 vs 1.04 (a tie). Between 128 and 512 not measured.
+    An XLA step compiles once per batch shape (a short last batch compiles again).
+    GPUs: not measured (no GPU in the session that set this rule); no XLA, cuDNN's
+    convs. ``--jit-compile on|off`` overrides.
     """
-    return False
+    if device is None:
+        device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return device == "CPU" and filters >= XLA_MIN_FILTERS
 
 
 def count_steps(dataset):
