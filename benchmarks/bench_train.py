@@ -40,8 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from labquake_tf.models import PRESETS, build_tcn, decoder_blocks  # noqa: E402
-from labquake_tf.models.layers import WeightNormConv1D, conv_impl_plan  # noqa: E402
-from labquake_tf.training.trainer import choose_jit_compile  # noqa: E402
+from labquake_tf.models.layers import WeightNormConv1D  # noqa: E402
 from labquake_tf.training.config import TrainConfig  # noqa: E402
 from labquake_tf.training.strategy import set_precision  # noqa: E402
 from labquake_tf.training.trainer import compile_model  # noqa: E402
@@ -86,6 +85,10 @@ def keras_step(kwargs, args, jit_compile, conv_impl="auto"):
         return steps * args.batch / (time.perf_counter() - start)
 
     time_it.trainable_params = trainable_params
+    time_it.jit_compile = bool(model.jit_compile)
+    time_it.conv_impls = {str(layer.dilation_rate): getattr(layer, "resolved_impl", layer.conv_impl)
+                          for layer in model._flatten_layers()
+                          if isinstance(layer, WeightNormConv1D)}
     return time_it
 
 
@@ -190,7 +193,6 @@ def main(argv=None):
     set_precision(args.precision)
     kwargs = model_kwargs(args)
     gpus = tf.config.list_physical_devices("GPU")
-    device = "GPU" if gpus else "CPU"
     result = {"preset": args.preset, "model": kwargs, "batch": args.batch,
               "frozen_decoder": args.frozen_decoder, "precision": args.precision,
               "device": f"{len(gpus)} GPU" if gpus else f"CPU x{os.cpu_count()}",
@@ -198,10 +200,7 @@ def main(argv=None):
               "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
               "tf_threads": {"intra_op": args.intra_op, "inter_op": args.inter_op},
               "steps": args.steps, "repeats": args.repeats,
-              "loadavg_start": [round(v, 2) for v in os.getloadavg()],
-              "auto_jit_compile": choose_jit_compile(kwargs["filters"], device)}
-    result["auto_conv_impl"] = conv_impl_plan(kwargs["kernel_size"], kwargs["blocks"], device,
-                                              result["auto_jit_compile"])
+              "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
     # Every path, so the choice in choose_conv_impl / choose_jit_compile can be checked,
     # and the default training step: what `labquake pretrain` runs with no flag.
     timers = {}
@@ -211,7 +210,10 @@ def main(argv=None):
             p.error(f"--paths: unknown path {path!r}; choose from {', '.join(PATHS)}")
         timers[path] = keras_step(kwargs, args, jit_compile=xla, conv_impl=impl)
     timers["default"] = keras_step(kwargs, args, jit_compile="auto")
-    result["trainable_params"] = timers["default"].trainable_params
+    # What compile_model chose (choose_jit_compile / choose_conv_impl), by conv dilation.
+    result.update(auto_jit_compile=timers["default"].jit_compile,
+                  auto_conv_impl=timers["default"].conv_impls,
+                  trainable_params=timers["default"].trainable_params)
     worker = None
     if args.torch_python:
         worker = TorchWorker(args.torch_python, kwargs, args)

@@ -85,6 +85,9 @@ def test_bench_interleaves_the_torch_worker_and_reports_ratios(bench, stub_pytho
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     threads = sorted({1, os.cpu_count()})
     assert set(result["rounds"][0]) == {"conv", "default", *(f"torch@{n}" for n in threads)}
+    # The default is what compile_model chose for the tiny TCN on CPU.
+    assert result["auto_jit_compile"] is False
+    assert result["auto_conv_impl"] == {"1": "conv", "2": "conv", "4": "conv"}
     assert result["torch_samples_per_s"] == 100.0  # its best thread count
     assert result["torch_samples_per_s_by_threads"]["1"] == 100.0
     by_round = [r["default"] / 100.0 for r in result["rounds"]]
