@@ -95,31 +95,34 @@ def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=Fals
     CPU, measured with ``benchmarks/bench_train.py`` (training step, float32, 2 CPU cores
     shared with other jobs; every path and the PyTorch peer timed in one rotating
     round-robin): median over the rounds of samples/s / PyTorch's best thread count in
-    the same round (> 1: faster than PyTorch).
+    the same round (> 1: faster than PyTorch); two runs "a/b" at small and medium width.
 
-    ===============================  =====  =====  ======  ==========  ====  ========
-    width (batch)                    conv   +xla   im2col  im2col+xla  taps  taps+xla
-    ===============================  =====  =====  ======  ==========  ====  ========
-    small, 32/64/4/4 (128)           1.14   0.99   0.56    1.19        0.62  1.06
-    medium, 128/128/8/5 (128)        1.27   0.88   0.58    1.04        0.59  0.96
-    finetune-paper, 512/70/8/5 (32)  1.05   --     0.88    1.04        --    1.01
-    paper, 512/512/8/9 (8)           0.90   0.07   0.90    1.07        --    --
-    paper, 512/512/8/9 (32)          1.34   --     1.24    1.60        --    --
-    ===============================  =====  =====  ======  ==========  ====  ========
+    ==========================  =========  =========  =========  ==========  =========
+    width (batch)               conv       conv+xla   im2col     im2col+xla  taps+xla
+    ==========================  =========  =========  =========  ==========  =========
+    small 32/64/4/4 (128)       1.14/1.34  0.99/1.06  0.56/0.70  1.19/1.18   1.06/1.01
+    medium 128/128/8/5 (128)    1.27/1.31  0.88/0.87  0.58/0.58  1.04/1.05   0.96/0.91
+    finetune-paper (32)         1.05       --         0.88       1.04        1.01
+    same, decoder frozen (32)   0.97       --         --         0.82        --
+    paper 512/512/8/9 (8)       0.90       0.07       0.90       1.07        --
+    paper (32)                  1.34       --         1.24       1.60        --
+    ==========================  =========  =========  =========  ==========  =========
 
-    (filters/steps/kernel/blocks.) Eager, TensorFlow's dilated conv (SpaceToBatch +
-    oneDNN's conv) is the fastest or as fast at every width. Under XLA the dilated conv
-    is slow on CPU (13x at paper width) and one matmul over the k shifted copies (im2col)
-    is the fastest at every width. So on CPU: im2col for dilated convs in an
-    XLA-compiled step, else the plain conv (whether XLA runs: ``training.trainer.
-    choose_jit_compile``). Folding time into the batch by hand (what SpaceToBatch does)
-    timed the same as ``conv`` per layer, so it is not an implementation here. GPUs:
-    cuDNN's conv; not measured (no GPU in the session that set these rules).
-    ``device``: "CPU"/"GPU", default: the visible one. Commands (``--torch-python
-    TORCH_PY`` on each): ``--preset small --steps 20 --repeats 5``; ``--filters 128
-    --seq-len 128 --kernel 8 --blocks 5 --steps 6 --warmup 2 --repeats 5``; ``--preset
-    finetune-paper --batch 32 --steps 2 --warmup 1 --repeats 3``; ``--preset paper
-    --batch 8 --steps 2 --warmup 1 --repeats 3`` (``--batch 32 --steps 1``).
+    (filters/steps/kernel/blocks; finetune-paper is 512/70/8/5; taps eager 0.59-0.67.)
+    Eager, TensorFlow's dilated conv (SpaceToBatch + oneDNN's conv) is the fastest or as
+    fast at every width. Under XLA the dilated conv is slow on CPU (13x at paper width)
+    and one matmul over the k shifted copies (im2col) is the fastest at every width. So
+    on CPU: im2col for dilated convs in an XLA-compiled step, else the plain conv
+    (whether XLA runs: ``training.trainer.choose_jit_compile``). Folding time into the
+    batch by hand (what SpaceToBatch does) timed the same as ``conv`` per layer, so it is
+    not an implementation here. GPUs: cuDNN's conv; not measured (no GPU in the session
+    that set these rules). ``device``: "CPU"/"GPU", default: the visible one.
+
+    Commands, each with ``--torch-python TORCH_PY``: ``--preset small --steps 20
+    --repeats 5``; ``--filters 128 --seq-len 128 --kernel 8 --blocks 5 --steps 6 --warmup
+    2 --repeats 5``; ``--preset finetune-paper --batch 32 --steps 2 --warmup 1 --repeats
+    3`` (``--frozen-decoder --steps 3``); ``--preset paper --batch 8 --steps 2 --warmup 1
+    --repeats 3`` (``--batch 32 --steps 1``).
     """
     del kernel_size, channels  # the measured choice does not depend on them
     if device is None:

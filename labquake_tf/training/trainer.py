@@ -71,10 +71,10 @@ def choose_jit_compile(filters, device=None):
     CPU: from ``XLA_MIN_FILTERS``. ``benchmarks/bench_train.py`` (float32, 2 shared
     cores; paths and PyTorch in one rotating round-robin; median per-round ratio to
     PyTorch's best thread count, the convs as ``models.layers.choose_conv_impl`` picks
-    them, i.e. im2col under XLA): 32 filters (small) eager 1.14 vs XLA 1.19, a tie within
-    the rounds' spread (1.09-1.82 vs 1.14-1.61); 128 filters (medium) 1.27 vs 1.04;
-    512 filters: paper preset at batch 8 0.90 vs 1.07, at batch 32 1.34 vs 1.60,
-    finetune-paper at batch 32 1.05 vs 1.04 (a tie), but with its decoder frozen 0.98 vs
+    them, i.e. im2col under XLA; two runs "a/b"): 32 filters (small) eager 1.14/1.34 vs
+    XLA 1.19/1.18, a tie within the rounds' spread; 128 filters (medium) 1.27/1.31 vs
+    1.04/1.05; 512 filters: paper preset at batch 8 0.90 vs 1.07, at batch 32 1.34 vs
+    1.60, finetune-paper at batch 32 1.05 vs 1.04 (a tie), but with its decoder frozen
     0.83, so ``model_width`` counts trainable convs only. Between 128 and 512 not measured.
     An XLA step compiles once per batch shape (a short last batch compiles again).
     GPUs: not measured (no GPU in the session that set this rule); no XLA, cuDNN's
