@@ -51,7 +51,7 @@ def compile_model(model, config, steps_per_epoch, extra_metrics=()):
 
 def model_width(model):
     """The widest trainable conv's output channels (what the XLA choice keys on): a frozen
-    512-wide decoder under a 64-wide head ran faster without XLA (see choose_jit_compile)."""
+    512-wide decoder under a 64-wide head runs faster without XLA (choose_jit_compile)."""
     return max([getattr(layer, "filters", 0) for layer in model._flatten_layers()
                 if layer.trainable] or [0])
 
@@ -75,7 +75,8 @@ def choose_jit_compile(filters, device=None):
     XLA 1.19/1.18, a tie within the rounds' spread; 128 filters (medium) 1.27/1.31 vs
     1.04/1.05; 512 filters: paper preset at batch 8 0.90 vs 1.07, at batch 32 1.34 vs
     1.60, finetune-paper at batch 32 1.05 vs 1.04 (a tie), but with its decoder frozen
-    0.83, so ``model_width`` counts trainable convs only. Between 128 and 512 not measured.
+    0.98/0.97 vs 0.83/0.82, so ``model_width`` counts trainable convs only. Between 128
+    and 512 filters not measured.
     An XLA step compiles once per batch shape (a short last batch compiles again).
     GPUs: not measured (no GPU in the session that set this rule); no XLA, cuDNN's
     convs. ``--jit-compile on|off`` overrides.
