@@ -32,6 +32,9 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     assert config["selection"] is None and config["ensemble"] == 5
     assert config["trainable_fraction"] == pytest.approx(
         5 * _head_params(8, 12) / config["total_params"])  # five heads train
+    # Two frozen 8-wide blocks, trainable heads 64 wide: no XLA on CPU, plain convs.
+    assert json.loads((out / "config.json").read_text())["execution"] == {
+        "device": "CPU", "jit_compile": False, "conv_impl": {"1": "conv", "2": "conv"}}
     assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
     test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
     # Learnt, not just run: it beats predicting the mean, R2 > 0 with a margin (0.28 with

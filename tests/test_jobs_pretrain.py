@@ -8,7 +8,8 @@ import pytest
 
 from labquake_tf import cli
 from labquake_tf.evaluation.metrics import predict, regression_metrics
-from labquake_tf.models import build_tcn
+from labquake_tf.models import PRESETS, build_tcn
+from labquake_tf.models.layers import conv_impl_plan
 from labquake_tf.training import load_pretrained
 
 
@@ -73,7 +74,9 @@ def test_pretrain_reuses_a_prepared_data_dir_and_records_its_choices(pretrained,
     assert config["data_dir"] == str(data.resolve())
     assert config["train"]["jit_compile"] is False and config["train"]["steps_per_epoch"] == 2
     assert config["execution"]["device"] == "CPU"
-    assert set(config["execution"]["conv_impl"].values()) <= {"conv", "im2col", "taps"}
+    tiny = PRESETS["tiny"]
+    assert config["execution"]["conv_impl"] == conv_impl_plan(tiny["kernel_size"],
+                                                              tiny["blocks"], "CPU", False)
     assert json.loads((run / "manifest.json").read_text())["scaler"] == \
         json.loads((data / "manifest.json").read_text())["scaler"]
     assert json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]["rmse"] > 0

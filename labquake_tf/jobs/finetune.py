@@ -30,7 +30,7 @@ from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.finetune import (DECODER_MODES, INPUT_NORM_MODES, adapt_input_norm,
                                            architecture, build_finetune_model, trainable_fraction)
 from labquake_tf.training.strategy import get_strategy, set_precision
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.trainer import execution, model_width, resolve_jit_compile, save_model
 
 CALIBRATIONS = ("forward", "val")
 
@@ -179,6 +179,8 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                    {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
                                   **architecture(model)),
                     "preset": None, "train": config.to_dict(), "finetune": summary,
+                    "execution": execution(arch["kernel_size"], blocks, resolve_jit_compile(
+                        config.jit_compile, model_width(model))),
                     **({"data_dir": str(data_dir)} if data else {})})
         (work / PLOTS_FOLDER).mkdir(exist_ok=True)
         plot_history(history, work / PLOTS_FOLDER / "loss.png")

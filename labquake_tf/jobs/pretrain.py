@@ -13,22 +13,19 @@ import dataclasses
 import pathlib
 import shutil
 
-import tensorflow as tf
-
 from labquake_tf.data import pipeline, prepare
 from labquake_tf.data.splits import PRETRAIN_RATIOS
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.files import CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, PLOTS_FOLDER
 from labquake_tf.models import PRESETS, build_tcn, input_length
-from labquake_tf.models.layers import choose_conv_impl
 from labquake_tf.serving.export import export_model
 from labquake_tf.training.artifacts import reuse_prepared, write_json
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.config import add_arguments as train_flags
 from labquake_tf.training.config import from_args as config_from_args
 from labquake_tf.training.strategy import get_strategy, is_chief
-from labquake_tf.training.trainer import resolve_jit_compile, train
+from labquake_tf.training.trainer import execution, resolve_jit_compile, train
 
 DEFAULTS = dict(dataset="synthetic-biaxial", preset="small", targets=("shear_stress",),
                 out="runs/pretrain", export_name="labquake-pretrain", epochs=10)
@@ -70,7 +67,10 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     write_json(work / MANIFEST_FILE, manifest)
     write_json(work / CONFIG_FILE, {"model": model_kwargs, "preset": preset,
                                       "dataset": dataset, "train": config.to_dict(),
-                                      "execution": execution(model_kwargs, config),
+                                      "execution": execution(
+                                          model_kwargs["kernel_size"], model_kwargs["blocks"],
+                                          config.jit_compile,
+                                          model_kwargs.get("conv_impl", "auto")),
                                       **({"data_dir": str(data_dir)} if data else {})})
 
     kw = dict(seq_len=window, targets=list(targets), batch_size=config.batch_size)
@@ -100,18 +100,6 @@ def resolved(config, model_kwargs):
     """``config`` with ``jit_compile="auto"`` decided, so the run's config.json says what ran."""
     return dataclasses.replace(
         config, jit_compile=resolve_jit_compile(config.jit_compile, model_kwargs["filters"]))
-
-
-def execution(model_kwargs, config):
-    """How this machine runs the model: device, XLA, conv implementation by input width."""
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    impl = model_kwargs.get("conv_impl", "auto")
-    widths = sorted({model_kwargs["n_features"], model_kwargs["filters"]})
-    return {"device": device, "jit_compile": config.jit_compile,
-            "conv_impl": {str(w): impl if impl != "auto" else
-                          choose_conv_impl(model_kwargs["kernel_size"], w, 2, device,
-                                           config.jit_compile)
-                          for w in widths}}
 
 
 def add_arguments(parser):

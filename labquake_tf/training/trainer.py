@@ -12,7 +12,7 @@ import pathlib
 import keras
 import tensorflow as tf
 
-from labquake_tf.models.layers import resolve_conv_impls
+from labquake_tf.models.layers import conv_impl_plan, resolve_conv_impls
 from labquake_tf.files import read_history, read_history_rows, write_history  # noqa: F401
 from labquake_tf.files import BACKUP_FOLDER, HISTORY_FILE, MODEL_FILE, TENSORBOARD_FOLDER
 from labquake_tf.training import resume
@@ -47,6 +47,14 @@ def compile_model(model, config, steps_per_epoch, extra_metrics=()):
     # KerasTuner checkpoints) then load it instead of "Skipping variable loading".
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def execution(kernel_size, blocks, jit_compile, conv_impl="auto", device=None):
+    """How this machine runs a TCN's training step, for the run's ``config.json``:
+    device type, XLA, and the conv implementation by dilation."""
+    device = device or ("GPU" if tf.config.list_physical_devices("GPU") else "CPU")
+    return {"device": device, "jit_compile": bool(jit_compile),
+            "conv_impl": conv_impl_plan(kernel_size, blocks, device, jit_compile, conv_impl)}
 
 
 def model_width(model):
