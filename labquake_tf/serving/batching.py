@@ -20,17 +20,12 @@ class QueueFullError(RuntimeError):
 
 
 class _Task:
-    __slots__ = ("feeds", "rows", "key", "done", "result", "error")
+    __slots__ = ("feeds", "rows", "key", "done")
 
-    def __init__(self, feeds, rows):
-        self.feeds, self.rows = feeds, rows
+    def __init__(self, feeds, rows, done):
+        self.feeds, self.rows, self.done = feeds, rows, done
         # Only requests whose non-batch dimensions agree can share a batch.
         self.key = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items()))
-        # Held until the batch thread has the answer: a bare lock wakes the caller with
-        # less work under the GIL than an Event (a Condition per request).
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result = self.error = None
 
 
 class Batcher:
@@ -55,32 +50,44 @@ class Batcher:
             t.start()
 
     def __call__(self, feeds):
+        """The outputs for ``feeds``, waiting for their batch."""
+        # A bare lock wakes the caller with less work under the GIL than an Event.
+        waiting, answer = threading.Lock(), []
+        waiting.acquire()
+        self.submit(feeds, lambda outputs, error: (answer.append((outputs, error)),
+                                                   waiting.release()))
+        waiting.acquire()
+        outputs, error = answer[0]
+        if error is not None:
+            raise error
+        return outputs
+
+    def submit(self, feeds, done):
+        """Queue ``feeds`` without waiting: ``done(outputs, None)`` or ``done(None, error)``
+        is called once, from a batch thread (an event loop's requests need no thread each)."""
         rows = len(next(iter(feeds.values())))
         # Larger requests go in max_batch_size pieces, as TF Serving's
         # enable_large_batch_splitting does; each piece batches like any request.
         step = self.max_batch_size
-        tasks = [_Task({k: v[i:i + step] for k, v in feeds.items()} if rows > step else feeds,
-                       min(step, rows - i)) for i in range(0, max(rows, 1), step)]
+        if rows > step:
+            done = _Joined(done, -(-rows // step))
+            tasks = [_Task({k: v[i:i + step] for k, v in feeds.items()}, min(step, rows - i),
+                           done.part(i // step, min(step, rows - i))) for i in range(0, rows, step)]
+        else:
+            tasks = [_Task(feeds, rows, done)]
         with self._cv:
-            if self._closed:  # the version is being unloaded: finish this one directly
-                return self.run(feeds)
+            closed = self._closed
             # (An empty queue takes any request: one larger than the whole queue still runs.)
-            if self._queued_rows and self._queued_rows + rows > self.max_queued_rows:
+            if not closed and self._queued_rows and \
+                    self._queued_rows + rows > self.max_queued_rows:
                 raise QueueFullError("The batch scheduling queue to which this task was "
                                      "submitted is full")
-            self._queue.extend(tasks)
-            self._queued_rows += rows
-            self._cv.notify(len(tasks))
-        for task in tasks:
-            task.done.acquire()
-        for task in tasks:
-            if task.error is not None:
-                raise task.error
-        if len(tasks) == 1:
-            return tasks[0].result
-        return {k: np.concatenate([t.result[k] for t in tasks])
-                if all(np.ndim(t.result[k]) and len(t.result[k]) == t.rows for t in tasks)
-                else tasks[0].result[k] for k in tasks[0].result}
+            if not closed:
+                self._queue.extend(tasks)
+                self._queued_rows += rows
+                self._cv.notify(len(tasks))
+        if closed:  # the version is being unloaded: finish this one directly
+            _finish(self.run, feeds, done)
 
     def sizes(self, most=128):
         """The batch sizes this batcher runs the model with (``allowed_batch_sizes``, else
@@ -139,16 +146,15 @@ class Batcher:
                 feeds[name] = np.concatenate(parts)
             outputs = self.run(feeds)
             self.batches += 1
-            start = 0
-            for t in batch:
-                t.result = {k: v[start:start + t.rows] if np.ndim(v) and len(v) == size else v
-                            for k, v in outputs.items()}
-                start += t.rows
         except Exception as e:  # every request of the batch gets the error
             for t in batch:
-                t.error = e
+                t.done(None, e)
+            return
+        start = 0
         for t in batch:
-            t.done.release()
+            t.done({k: v[start:start + t.rows] if np.ndim(v) and len(v) == size else v
+                    for k, v in outputs.items()}, None)
+            start += t.rows
 
     def close(self):
         """Finish what is queued, then stop the batch threads."""
@@ -157,3 +163,36 @@ class Batcher:
             self._cv.notify_all()
         for t in self._threads:
             t.join(timeout=30)
+
+
+def _finish(run, feeds, done):
+    try:
+        outputs = run(feeds)
+    except Exception as e:
+        return done(None, e)
+    done(outputs, None)
+
+
+class _Joined:
+    """The pieces of a split request, joined back into one answer for ``done``."""
+
+    def __init__(self, done, parts):
+        self.done, self.results, self.left = done, [None] * parts, parts
+        self.lock, self.error = threading.Lock(), None
+
+    def part(self, i, rows):
+        def piece_done(outputs, error):
+            with self.lock:
+                self.results[i] = outputs, rows
+                self.error = self.error or error
+                self.left -= 1
+                last = self.left == 0
+            if not last:
+                return
+            if self.error is not None:
+                return self.done(None, self.error)
+            first = self.results[0][0]
+            self.done({k: np.concatenate([r[k] for r, _ in self.results])
+                       if all(np.ndim(r[k]) and len(r[k]) == n for r, n in self.results)
+                       else first[k] for k in first}, None)
+        return piece_done

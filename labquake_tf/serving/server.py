@@ -25,19 +25,20 @@ threads overlap where it matters, and no dependency is needed (measured in
 binary inputs, chunked request bodies.
 """
 
+import asyncio
 import json
 import logging
 import pathlib
 import re
 import socket
-import socketserver
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 
 import numpy as np
 
-from labquake_tf.serving.batching import Batcher, QueueFullError
+from labquake_tf.serving.batching import Batcher, QueueFullError, _finish
 from labquake_tf.serving.client import ServingError
 from labquake_tf.files import EXPORT_METADATA
 from labquake_tf.serving.export import DEFAULT_SIGNATURE, WARMUP_FILE, read_warmup, versions
@@ -51,6 +52,8 @@ _URL = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 
 MAX_BODY_BYTES = 64 << 20
 _MAX_LINE, _MAX_HEADERS = 65536, 100  # the stdlib's limits (414 / 431 beyond them)
+_BACKLOG = 1024
+REST_THREADS = 8  # unbatched REST model calls at once (TF's own threads do the rest)
 
 
 class Signature:
@@ -155,6 +158,20 @@ class Servable:
             return self.signatures[name].run(feeds)
         try:
             return batcher(feeds)
+        except QueueFullError as e:
+            raise ServingError(503, str(e)) from None
+
+    def submit(self, arrays, signature_name, done, pool):
+        """``run`` without waiting: ``done(outputs, error)`` is called once, from a batch
+        thread, or from ``pool`` (an ``Executor``) for a signature that is not batched."""
+        name = signature_name or DEFAULT_SIGNATURE
+        feeds = self.signature(name).check(arrays)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            pool.submit(_finish, self.signatures[name].run, feeds, done)
+            return
+        try:
+            batcher.submit(feeds, done)
         except QueueFullError as e:
             raise ServingError(503, str(e)) from None
 
@@ -279,7 +296,8 @@ class ModelRegistry:
         return servable, servable.run(arrays, signature_name)
 
     def predict(self, body, version=None, label=None):
-        """A REST ``:predict`` body (bytes) -> TF Serving's JSON reply."""
+        """A REST ``:predict`` body (bytes) -> ``(servable, signature name, {input: array},
+        reply)``, where ``reply(outputs)`` is TF Serving's JSON answer."""
         servable = self.get(version, label)
         request = parse_json(body)
         if not isinstance(request, dict):
@@ -297,20 +315,26 @@ class ModelRegistry:
             raise ServingError(400, "Not both 'inputs' and 'instances' can be set"
                                if "inputs" in request else "Missing 'inputs' or 'instances' key")
         if "instances" in request:
-            outputs = servable.run(_row_inputs(request["instances"], signature.inputs), name)
-            if len(outputs) == 1:
-                return {"predictions": next(iter(outputs.values())).tolist()}
-            columns = {k: v.tolist() for k, v in outputs.items()}
-            return {"predictions": [dict(zip(columns, row)) for row in zip(*columns.values())]}
-        outputs = servable.run(_columnar_inputs(request["inputs"], signature.inputs), name)
-        if len(outputs) == 1:
-            return {"outputs": next(iter(outputs.values())).tolist()}
-        return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+            return servable, name, _row_inputs(request["instances"], signature.inputs), _rows
+        return servable, name, _columnar_inputs(request["inputs"], signature.inputs), _columns
 
     def close(self):
         servables, self._servables = self._servables, {}
         for servable in servables.values():
             servable.close()
+
+
+def _rows(outputs):
+    if len(outputs) == 1:
+        return {"predictions": next(iter(outputs.values())).tolist()}
+    columns = {k: v.tolist() for k, v in outputs.items()}
+    return {"predictions": [dict(zip(columns, row)) for row in zip(*columns.values())]}
+
+
+def _columns(outputs):
+    if len(outputs) == 1:
+        return {"outputs": next(iter(outputs.values())).tolist()}
+    return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
 
 
 def parse_json(body):
@@ -373,162 +397,178 @@ def _dims(shape):
     return [-1 if d is None else int(d) for d in shape]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: a client reuses one connection
-    server_version = "labquake-serve"
-    timeout = 60  # an idle keep-alive connection gives its thread back after this
+class _Connection(asyncio.Protocol):
+    """One client connection, read and answered by the event loop's thread. Requests on it
+    are answered in order: the next is parsed only once the one before has its answer."""
 
-    def setup(self):
-        super().setup()
-        # Without this, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, front):
+        self.front, self.transport = front, None
+        self.buf, self.head = bytearray(), None  # head: parsed, waiting for its body
+        self.busy = self.eof = self.close = self.parsing = False
 
-    def handle_one_request(self):
-        # The stdlib's parse_request reads the headers through email.parser: ~45 us of CPU
-        # a request, a sixth of what a batched request costs the server in all
-        # (bench_serving). A request head needs only the lines split.
+    def connection_made(self, transport):
+        self.transport = transport
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc):
+        self.front.connections.discard(self)
+        self.transport = None  # an answer for a client that left is dropped
+
+    def data_received(self, data):
+        self.buf += data
+        if not self.busy:
+            self._next()
+        elif len(self.buf) > _MAX_LINE:  # a client that sends ahead waits for its answers
+            self.transport.pause_reading()
+
+    def eof_received(self):
+        self.eof = True
+        if not self.busy:
+            self._next()
+        return True  # half-closed: what was asked is still answered
+
+    def _next(self):
+        self.parsing = True
         try:
-            line = self.rfile.readline(_MAX_LINE + 1)
-            if not line:
-                self.close_connection = True
-                return
-            if len(line) > _MAX_LINE:
-                self.requestline, self.request_version, self.command = "", "HTTP/0.9", None
-                return self.send_error(414)
-            if not self._parse_head(line):
-                return
-            method = getattr(self, f"do_{self.command}", None)
-            if method is None:
-                return self.send_error(501, f"Unsupported method ({self.command!r})")
-            method()
-            self.wfile.flush()
-        except TimeoutError as e:  # an idle keep-alive connection gives its thread back
-            self.log_error("Request timed out: %r", e)
-            self.close_connection = True
+            while self.transport is not None and not self.busy:
+                if self.head is None:
+                    self.head = self._parse_head()
+                    if self.head is None:
+                        if self.eof:
+                            self.transport.close()
+                        return
+                if not self.head:  # an error was answered and the connection closes
+                    return
+                method, path, start, size = self.head
+                if len(self.buf) - start < size:
+                    if self.eof:
+                        self.head = False
+                        return self._error(400, f"the body ended after "
+                                                f"{len(self.buf) - start} of {size} bytes")
+                    return
+                body = bytes(self.buf[start:start + size])
+                del self.buf[:start + size]
+                self.head, self.busy = None, True
+                self.front.owner.respond(method, path, body, self.answer)
+        finally:
+            self.parsing = False
 
-    def _parse_head(self, line):
-        """Request line and headers (``self.headers``: lower-case names); False when an
-        error was sent. Keep-alive as HTTP/1.1 has it; ``Expect: 100-continue`` answered."""
-        self.command, self.request_version, self.close_connection = None, "HTTP/0.9", True
-        self.requestline = str(line, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
-            return self.send_error(400, f"Bad request syntax ({self.requestline!r})")
-        self.command, self.path, self.request_version = words
-        headers = {}
-        for _ in range(_MAX_HEADERS + 1):
-            raw = self.rfile.readline(_MAX_LINE + 1)
-            if len(raw) > _MAX_LINE:
-                return self.send_error(431, "Line too long")
-            if raw in (b"\r\n", b"\n", b""):
+    def _parse_head(self):
+        """``(method, path, body start, body size)``, None until the head is complete, False
+        when an error was answered. Keep-alive as HTTP/1.1 has it; ``Expect: 100-continue``
+        answered. (The stdlib's email.parser costs ~45 us a request; this splits lines.)"""
+        buf, lines, pos = self.buf, [], 0
+        while True:
+            end = buf.find(b"\n", pos)
+            if (end < 0 and len(buf) - pos > _MAX_LINE) or end + 1 - pos > _MAX_LINE:
+                return self._error(414) if not lines else self._error(431, "Line too long")
+            if end < 0:
+                return None
+            line, pos = bytes(buf[pos:end + 1]), end + 1
+            if lines and line in (b"\r\n", b"\n"):
                 break
+            lines.append(line)
+            if len(lines) > _MAX_HEADERS + 1:
+                return self._error(431, "Too many headers")
+        requestline = str(lines[0], "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            return self._error(400, f"Bad request syntax ({requestline!r})")
+        method, path, version = words
+        headers = {}
+        for raw in lines[1:]:
             name, colon, value = str(raw, "iso-8859-1").partition(":")
             if not colon:
-                return self.send_error(400, f"Bad header line {raw[:40]!r}")
+                return self._error(400, f"Bad header line {raw[:40]!r}")
             name, value = name.strip().lower(), value.strip()
             # A repeated Content-Length (two bodies' worth of doubt) no longer parses.
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        else:
-            return self.send_error(431, "Too many headers")
-        self.headers = headers
         connection = headers.get("connection", "").lower()
-        self.close_connection = connection == "close" or (
-            self.request_version == "HTTP/1.0" and connection != "keep-alive")
-        if headers.get("expect", "").lower() == "100-continue" and \
-                self.request_version == "HTTP/1.1":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s without it
-        return True
-
-    def do_GET(self):
-        self._dispatch("GET")
-
-    def do_POST(self):
-        self._dispatch("POST")
-
-    def _dispatch(self, method):
-        server = self.server.owner
-        if method == "GET" and server.metrics_path and \
-                self.path.split("?", 1)[0] == server.metrics_path:
-            return self._reply(200, server.metrics.render().encode(),
-                               "text/plain; version=0.0.4")
-        m = _URL.match(self.path.split("?", 1)[0])
-        api = "GetModelMetadata" if m and m["metadata"] else \
-            "Predict" if m and m["verb"] else "GetModelStatus"
-        try:
-            body = self._read_body()
-            route = lambda: self._route(method, m, body)  # noqa: E731
-            status, reply = 200, server.observe(m["name"], api, "REST", route) if m else route()
-        except ServingError as e:
-            status, reply = e.http_status, {"error": str(e)}
-        except Exception as e:  # a bug or a TF error: report it, keep serving
-            log.exception("request failed")
-            status, reply = 500, {"error": f"{type(e).__name__}: {e}"}
-        self._reply(status, json.dumps(reply, default=_text).encode())
-
-    def _read_body(self):
-        """The body by ``Content-Length``; any doubt about where it ends closes the
-        connection after the answer, so a keep-alive stream never goes out of step."""
-        if self.headers.get("transfer-encoding"):
-            self.close_connection = True
-            raise ServingError(400, "Transfer-Encoding is not supported; send Content-Length")
-        text = self.headers.get("content-length")
-        if text is None:
-            return b""
+        self.close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
+        if method not in ("GET", "POST"):
+            return self._error(501, f"Unsupported method ({method!r})")
+        # The body by Content-Length; any doubt about where it ends closes the connection
+        # after the answer, so a keep-alive stream never goes out of step.
+        if headers.get("transfer-encoding"):
+            return self._error(400, "Transfer-Encoding is not supported; send Content-Length")
+        text = headers.get("content-length", "0")
         if not re.fullmatch(r"\s*[0-9]+\s*", text):
-            self.close_connection = True
-            raise ServingError(400, f"bad Content-Length header {text[:40]!r}")
-        size = int(text)
-        limit = self.server.owner.max_body_bytes
+            return self._error(400, f"bad Content-Length header {text[:40]!r}")
+        size, limit = int(text), self.front.owner.max_body_bytes
         if size > limit:
-            self.close_connection = True
-            raise ServingError(413, f"request body of {size} bytes is over the limit of "
+            return self._error(413, f"request body of {size} bytes is over the limit of "
                                     f"{limit} bytes")
-        body = self.rfile.read(size)
-        if len(body) < size:
-            self.close_connection = True
-            raise ServingError(400, f"the body ended after {len(body)} of {size} bytes")
-        return body
+        if headers.get("expect", "").lower() == "100-continue" and version == "HTTP/1.1" \
+                and len(buf) - pos < size:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s without
+        return method, path, pos, size
 
-    def _route(self, method, m, body):
-        if not m:
-            raise ServingError(404 if not self.path.startswith("/v1/") else 400,
-                               f"Malformed request: {method} {self.path}")
-        registry = self.server.owner.model(m["name"])
-        where = dict(version=int(m["version"]) if m["version"] else None, label=m["label"])
-        if method == "GET" and not m["verb"]:
-            return registry.metadata(**where) if m["metadata"] else registry.status(**where)
-        if method == "POST" and m["verb"] == "predict" and not m["metadata"]:
-            return registry.predict(body, **where)
-        if method == "POST" and m["verb"] in ("classify", "regress"):
-            raise ServingError(400, f":{m['verb']} is not served here; use :predict")
-        raise ServingError(400, f"Malformed request: {method} {self.path}")
+    def _error(self, status, message=None):
+        self.close = True
+        self.answer(status, json.dumps({"error": message or HTTPStatus(status).phrase}).encode())
+        return False
 
-    def _reply(self, status, data, content_type="application/json"):
-        closing = "Connection: close\r\n" if self.close_connection else ""
-        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('Error',))[0]}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n{closing}\r\n")
-        self.wfile.write(head.encode() + data)  # one write: see setup()
-
-    def send_error(self, code, message=None, explain=None):
-        # The stdlib's own refusals (bad request line, headers too long) in TF Serving's shape.
-        self.close_connection = True
-        self._reply(code, json.dumps({"error": message or self.responses.get(
-            code, ("Error",))[0]}).encode())
-
-    def log_message(self, fmt, *args):
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def answer(self, status, data, content_type="application/json"):
+        """Send one answer; from a batch or pool thread, through the event loop."""
+        if threading.get_ident() != self.front.thread_id:
+            try:
+                return self.front.loop.call_soon_threadsafe(self.answer, status, data,
+                                                            content_type)
+            except RuntimeError:  # the server is closing
+                return
+        if self.transport is None:
+            return
+        closing = "Connection: close\r\n" if self.close else ""
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: "
+                f"{content_type}\r\nContent-Length: {len(data)}\r\n{closing}\r\n")
+        self.transport.write(head.encode() + data)  # one write: one packet for a small answer
+        if self.close:
+            self.busy = True
+            self.transport.close()
+            return
+        self.busy = False
+        self.transport.resume_reading()
+        if not self.parsing:
+            self._next()
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    # The stdlib's backlog of 5 reset connections at 64 concurrent clients.
-    request_queue_size = 1024
-    daemon_threads = True
-    block_on_close = False
+class _Front:
+    """The REST port: one event loop thread reads, parses and answers every connection, and
+    a request waits for its batch (or a pool thread's model call) holding no thread. With a
+    thread per connection, 64 clients cost ~0.2 ms of CPU a request in thread switches and
+    the GIL handed round; here a request costs its parsing and its answer."""
 
-    def server_bind(self):
-        # HTTPServer.server_bind looks the host up in DNS (getfqdn), which can hang.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+    def __init__(self, owner, host, port):
+        self.owner, self.connections, self.thread_id = owner, set(), None
+        # The stdlib's backlog of 5 reset connections at 64 concurrent clients.
+        self.sock = socket.create_server((host, port), backlog=_BACKLOG)
+        self.server_address = self.sock.getsockname()
+        self.loop = asyncio.new_event_loop()
+        self.aserver = self.loop.run_until_complete(self.loop.create_server(
+            lambda: _Connection(self), sock=self.sock, backlog=_BACKLOG, start_serving=False))
+
+    def serve(self):
+        """Run the event loop in this thread until ``stop``."""
+        self.thread_id = threading.get_ident()
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self.aserver.start_serving())
+        try:
+            self.loop.run_forever()
+        finally:
+            self.aserver.close()
+            for connection in list(self.connections):
+                connection.transport.abort()
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def close(self):
+        if not self.loop.is_closed() and self.thread_id is None:
+            self.aserver.close()
+            self.loop.close()
+        self.sock.close()
 
 
 class Server:
@@ -545,7 +585,8 @@ class Server:
 
     def __init__(self, base_path=None, name=None, host="127.0.0.1", port=8501, poll_seconds=2.0,
                  num_versions=1, labels=None, *, grpc_port=None, models=None, batching=None,
-                 metrics_path=None, max_body_bytes=MAX_BODY_BYTES, warmup=True, grpc_threads=64):
+                 metrics_path=None, max_body_bytes=MAX_BODY_BYTES, warmup=True, grpc_threads=64,
+                 rest_threads=REST_THREADS):
         if models is None:
             if base_path is None:
                 raise ValueError("give a model base path or a model config")
@@ -566,6 +607,8 @@ class Server:
 
         self.metrics = Metrics()
         self.httpd = self.grpc = None
+        # Model calls of REST requests that are not batched (batches have their threads).
+        self._pool = ThreadPoolExecutor(max_workers=rest_threads, thread_name_prefix="rest")
         self.grpc_port = None
         self.host = host
         self.poll_seconds = poll_seconds
@@ -577,8 +620,7 @@ class Server:
             # request is the warmup, not the gRPC start-up: TF's threads go cold within a few
             # idle ms (bench_serving measures a request after 50 ms idle).
             if port is not None:
-                self.httpd = _HTTPServer((host, port), _Handler)
-                self.httpd.owner = self
+                self.httpd = _Front(self, host, port)
             if grpc_port is not None:
                 self._bind_grpc(host, grpc_port, grpc_threads)
             for registry in self.models.values():
@@ -634,6 +676,61 @@ class Server:
         finally:
             self.metrics.observe(model, api, entrypoint, code, time.perf_counter() - t0)
 
+    def respond(self, method, path, body, reply):
+        """One REST request -> ``reply(status, data, content_type)``, called once: now, or
+        from a batch or pool thread once the model call it waits for is done."""
+        clean = path.split("?", 1)[0]
+        if method == "GET" and self.metrics_path and clean == self.metrics_path:
+            return reply(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
+        m, t0 = _URL.match(clean), time.perf_counter()
+
+        def answer(status, payload, code="OK"):
+            if m:
+                api = "GetModelMetadata" if m["metadata"] else \
+                    "Predict" if m["verb"] else "GetModelStatus"
+                self.metrics.observe(m["name"], api, "REST", code, time.perf_counter() - t0)
+            reply(status, json.dumps(payload, default=_text).encode())
+
+        def fail(e):
+            if isinstance(e, ServingError):
+                return answer(e.http_status, {"error": str(e)}, e.code)
+            # A bug or a TF error: report it, keep serving.
+            log.error("request failed", exc_info=(type(e), e, e.__traceback__))
+            answer(500, {"error": f"{type(e).__name__}: {e}"}, "INTERNAL")
+
+        def done(outputs, error):
+            try:
+                if error is not None:
+                    raise error
+                payload = format_reply(outputs)
+            except Exception as e:
+                return fail(e)
+            answer(200, payload)
+
+        try:
+            result = self._route(method, path, m, body)
+            if isinstance(result, dict):
+                return answer(200, result)
+            servable, name, arrays, format_reply = result
+            servable.submit(arrays, name, done, self._pool)
+        except Exception as e:
+            fail(e)
+
+    def _route(self, method, path, m, body):
+        """A status or metadata answer, or ``registry.predict``'s request to run."""
+        if not m:
+            raise ServingError(404 if not path.startswith("/v1/") else 400,
+                               f"Malformed request: {method} {path}")
+        registry = self.model(m["name"])
+        where = dict(version=int(m["version"]) if m["version"] else None, label=m["label"])
+        if method == "GET" and not m["verb"]:
+            return registry.metadata(**where) if m["metadata"] else registry.status(**where)
+        if method == "POST" and m["verb"] == "predict" and not m["metadata"]:
+            return registry.predict(body, **where)
+        if method == "POST" and m["verb"] in ("classify", "regress"):
+            raise ServingError(400, f":{m['verb']} is not served here; use :predict")
+        raise ServingError(400, f"Malformed request: {method} {path}")
+
     @property
     def url(self):
         """The REST base URL (None without REST)."""
@@ -659,7 +756,7 @@ class Server:
         """Serve from background threads (tests, benchmarks)."""
         self._threads = [threading.Thread(target=self._poll, daemon=True)]
         if self.httpd is not None:
-            self._threads.append(threading.Thread(target=self.httpd.serve_forever, daemon=True))
+            self._threads.append(threading.Thread(target=self.httpd.serve, daemon=True))
         for t in self._threads:
             t.start()
         return self
@@ -686,13 +783,16 @@ class Server:
             self._stop.set()
         if self.httpd is not None:
             if self._threads_started():
-                self.httpd.shutdown()
-            self.httpd.server_close()
+                self.httpd.stop()
         if self.grpc is not None:
             self.grpc.stop(grace=1).wait(5)
         for t in getattr(self, "_threads", []):
             t.join(timeout=5)
+        if self.httpd is not None:
+            self.httpd.close()
         self._close_models()
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False)
 
     def _threads_started(self):
         return any(t.ident for t in getattr(self, "_threads", []))
