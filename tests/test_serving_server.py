@@ -319,6 +319,34 @@ def test_prometheus_metrics_count_requests(server):
                      r'entrypoint="REST",le="\+Inf"\} \d+', text)
 
 
+
+@pytest.fixture(scope="module")
+def batched(base):
+    """With batching, REST is served by an event loop (the fixture above: a thread per
+    connection); every HTTP rule holds for both."""
+    with Server(base, port=0, grpc_port=0, labels={"stable": 1},
+                metrics_path="/monitoring/prometheus/metrics",
+                batching={"max_batch_size": 64, "batch_timeout_micros": 0,
+                          "num_batch_threads": 2}) as s:
+        assert s.httpd.loop is not None
+        yield s
+
+
+@pytest.mark.parametrize("data,code,message", BAD_BODIES)
+def test_event_loop_front_bad_bodies_get_tf_serving_errors(batched, data, code, message):
+    test_bad_bodies_get_tf_serving_errors_not_500(batched, data, code, message)
+
+
+def test_event_loop_front_keeps_http_rules_counts_and_holds_256_clients(batched):
+    test_status_and_metadata_match_tf_serving(batched)
+    test_keep_alive_http_1_0_and_expect_100_continue_as_http_says(batched)
+    test_prometheus_metrics_count_requests(batched)
+    test_256_clients_with_and_without_keep_alive_all_answered_exactly(batched)
+    # the metadata signature is not batchable: its model call goes to the front's pool
+    status, reply = call(batched, "POST", "/v1/models/tiny:predict",
+                         {"signature_name": "metadata", "inputs": {}})
+    assert status == 200 and json.loads(reply["outputs"])["feature_names"] == ["logvar_ch1"]
+
 def broken_version(model_dir, version):
     (model_dir / str(version)).mkdir(parents=True)
     (model_dir / str(version) / "saved_model.pb").write_bytes(b"not a SavedModel")

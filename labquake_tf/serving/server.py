@@ -398,8 +398,9 @@ def _dims(shape):
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection, read and answered by the event loop's thread. Requests on it
-    are answered in order: the next is parsed only once the one before has its answer."""
+    """One client connection: bytes in (``data_received``), answers out through its
+    transport. Requests on it are answered in order: the next is parsed only once the one
+    before has its answer. Driven by the event loop, or by the connection's own thread."""
 
     def __init__(self, front):
         self.front, self.transport = front, None
@@ -449,7 +450,7 @@ class _Connection(asyncio.Protocol):
                 body = bytes(self.buf[start:start + size])
                 del self.buf[:start + size]
                 self.head, self.busy = None, True
-                self.front.owner.respond(method, path, body, self.answer)
+                self.front.owner.respond(method, path, body, self.answer, self.front.pool)
         finally:
             self.parsing = False
 
@@ -510,7 +511,7 @@ class _Connection(asyncio.Protocol):
 
     def answer(self, status, data, content_type="application/json"):
         """Send one answer; from a batch or pool thread, through the event loop."""
-        if threading.get_ident() != self.front.thread_id:
+        if self.front.loop is not None and threading.get_ident() != self.front.thread_id:
             try:
                 return self.front.loop.call_soon_threadsafe(self.answer, status, data,
                                                             content_type)
@@ -532,24 +533,65 @@ class _Connection(asyncio.Protocol):
             self._next()
 
 
-class _Front:
-    """The REST port: one event loop thread reads, parses and answers every connection, and
-    a request waits for its batch (or a pool thread's model call) holding no thread. With a
-    thread per connection, 64 clients cost ~0.2 ms of CPU a request in thread switches and
-    the GIL handed round; here a request costs its parsing and its answer."""
+class _SocketTransport:
+    """The transport of a connection served by its own thread (blocking writes)."""
 
-    def __init__(self, owner, host, port):
+    def __init__(self, sock):
+        self.sock, self.closed = sock, False
+
+    def write(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        self.closed = True
+
+    def pause_reading(self):
+        pass
+
+    resume_reading = abort = pause_reading
+
+
+class _Inline:
+    """An executor that runs the call in the calling (the connection's) thread."""
+
+    @staticmethod
+    def submit(fn, *args):
+        fn(*args)
+
+
+class _Front:
+    """The REST port, in one of two ways, both parsing with ``_Connection`` and answering
+    with ``Server.respond``:
+
+    * batching (``event_loop``): one asyncio loop thread reads, parses and answers every
+      connection, and a request waits for its batch holding no thread. With a thread per
+      connection, 64 clients cost ~0.2 ms of CPU a request in thread switches and the GIL
+      handed round, which bounded batched throughput (bench_serving: 4x unbatched, was 2.7x);
+    * without: a thread per connection that also runs its model call (TF releases the GIL
+      while a model runs, so they overlap), with no hand-off between threads: a loop plus a
+      pool costs two hand-offs a request, measured slower unbatched.
+    """
+
+    def __init__(self, owner, host, port, event_loop, pool_threads=REST_THREADS):
         self.owner, self.connections, self.thread_id = owner, set(), None
         # The stdlib's backlog of 5 reset connections at 64 concurrent clients.
         self.sock = socket.create_server((host, port), backlog=_BACKLOG)
         self.server_address = self.sock.getsockname()
-        self.loop = asyncio.new_event_loop()
-        self.aserver = self.loop.run_until_complete(self.loop.create_server(
-            lambda: _Connection(self), sock=self.sock, backlog=_BACKLOG, start_serving=False))
+        self._stopping = threading.Event()
+        self.loop, self.pool = None, _Inline()
+        if event_loop:
+            # Model calls that are not batched (e.g. the metadata signature).
+            self.pool = ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="rest")
+            self.loop = asyncio.new_event_loop()
+            self.aserver = self.loop.run_until_complete(self.loop.create_server(
+                lambda: _Connection(self), sock=self.sock, backlog=_BACKLOG,
+                start_serving=False))
 
     def serve(self):
-        """Run the event loop in this thread until ``stop``."""
+        """Serve from this thread until ``stop``."""
         self.thread_id = threading.get_ident()
+        if self.loop is None:
+            return self._accept()
         asyncio.set_event_loop(self.loop)
         self.loop.create_task(self.aserver.start_serving())
         try:
@@ -561,13 +603,47 @@ class _Front:
             self.loop.run_until_complete(asyncio.sleep(0))
             self.loop.close()
 
+    def _accept(self):
+        self.sock.settimeout(0.5)  # how soon stop() is noticed
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve_socket, args=(sock,), daemon=True).start()
+
+    def _serve_socket(self, sock):
+        # Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(60)  # an idle keep-alive connection gives its thread back
+        connection, transport = _Connection(self), _SocketTransport(sock)
+        connection.connection_made(transport)
+        try:
+            while not transport.closed:
+                data = sock.recv(1 << 16)
+                if not data:
+                    connection.eof_received()
+                    break
+                connection.data_received(data)
+        except OSError:  # reset, or idle too long
+            pass
+        finally:
+            connection.connection_lost(None)
+            sock.close()
+
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._stopping.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
 
     def close(self):
-        if not self.loop.is_closed() and self.thread_id is None:
-            self.aserver.close()
-            self.loop.close()
+        if self.loop is not None:
+            if not self.loop.is_closed() and self.thread_id is None:
+                self.aserver.close()
+                self.loop.close()
+            self.pool.shutdown(wait=False)
         self.sock.close()
 
 
@@ -607,8 +683,6 @@ class Server:
 
         self.metrics = Metrics()
         self.httpd = self.grpc = None
-        # Model calls of REST requests that are not batched (batches have their threads).
-        self._pool = ThreadPoolExecutor(max_workers=rest_threads, thread_name_prefix="rest")
         self.grpc_port = None
         self.host = host
         self.poll_seconds = poll_seconds
@@ -620,7 +694,7 @@ class Server:
             # request is the warmup, not the gRPC start-up: TF's threads go cold within a few
             # idle ms (bench_serving measures a request after 50 ms idle).
             if port is not None:
-                self.httpd = _Front(self, host, port)
+                self.httpd = _Front(self, host, port, batching is not None, rest_threads)
             if grpc_port is not None:
                 self._bind_grpc(host, grpc_port, grpc_threads)
             for registry in self.models.values():
@@ -676,9 +750,9 @@ class Server:
         finally:
             self.metrics.observe(model, api, entrypoint, code, time.perf_counter() - t0)
 
-    def respond(self, method, path, body, reply):
+    def respond(self, method, path, body, reply, pool):
         """One REST request -> ``reply(status, data, content_type)``, called once: now, or
-        from a batch or pool thread once the model call it waits for is done."""
+        from a batch or ``pool`` thread once the model call it waits for is done."""
         clean = path.split("?", 1)[0]
         if method == "GET" and self.metrics_path and clean == self.metrics_path:
             return reply(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
@@ -712,7 +786,7 @@ class Server:
             if isinstance(result, dict):
                 return answer(200, result)
             servable, name, arrays, format_reply = result
-            servable.submit(arrays, name, done, self._pool)
+            servable.submit(arrays, name, done, pool)
         except Exception as e:
             fail(e)
 
@@ -791,8 +865,6 @@ class Server:
         if self.httpd is not None:
             self.httpd.close()
         self._close_models()
-        if getattr(self, "_pool", None) is not None:
-            self._pool.shutdown(wait=False)
 
     def _threads_started(self):
         return any(t.ident for t in getattr(self, "_threads", []))
