@@ -18,10 +18,11 @@ retries a version that failed to load on the next poll, replays
 ``assets.extra/tf_serving_warmup_requests`` before a version becomes AVAILABLE, and
 batches concurrent requests with ``--enable_batching`` (``batching``).
 
-Workers: one thread per connection (``ThreadingHTTPServer``) with a 1024-deep listen
-backlog and HTTP/1.1 keep-alive; TensorFlow releases the GIL while a model runs, so
-threads overlap where it matters, and no dependency is needed (measured in
-``benchmarks/bench_serving.py``). Not served: ``:classify``/``:regress``, ``b64``
+Workers (``_Front``): with batching, one asyncio event loop reads, parses and answers every
+REST connection, and a request waits for its batch holding no thread; without, a thread per
+connection runs its own model call (TensorFlow releases the GIL while a model runs, so they
+overlap). Both: a 1024-deep listen backlog, HTTP/1.1 keep-alive, the standard library only
+(measured in ``benchmarks/bench_serving.py``). Not served: ``:classify``/``:regress``, ``b64``
 binary inputs, chunked request bodies.
 """
 
@@ -53,7 +54,7 @@ _URL = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 MAX_BODY_BYTES = 64 << 20
 _MAX_LINE, _MAX_HEADERS = 65536, 100  # the stdlib's limits (414 / 431 beyond them)
 _BACKLOG = 1024
-REST_THREADS = 8  # unbatched REST model calls at once (TF's own threads do the rest)
+REST_THREADS = 8  # model calls at once of the event loop's unbatched signatures
 
 
 class Signature:
@@ -661,8 +662,7 @@ class Server:
 
     def __init__(self, base_path=None, name=None, host="127.0.0.1", port=8501, poll_seconds=2.0,
                  num_versions=1, labels=None, *, grpc_port=None, models=None, batching=None,
-                 metrics_path=None, max_body_bytes=MAX_BODY_BYTES, warmup=True, grpc_threads=64,
-                 rest_threads=REST_THREADS):
+                 metrics_path=None, max_body_bytes=MAX_BODY_BYTES, warmup=True, grpc_threads=64):
         if models is None:
             if base_path is None:
                 raise ValueError("give a model base path or a model config")
@@ -694,7 +694,7 @@ class Server:
             # request is the warmup, not the gRPC start-up: TF's threads go cold within a few
             # idle ms (bench_serving measures a request after 50 ms idle).
             if port is not None:
-                self.httpd = _Front(self, host, port, batching is not None, rest_threads)
+                self.httpd = _Front(self, host, port, event_loop=batching is not None)
             if grpc_port is not None:
                 self._bind_grpc(host, grpc_port, grpc_threads)
             for registry in self.models.values():
