@@ -632,6 +632,10 @@ class _Front:
             pass
         finally:
             connection.connection_lost(None)
+            try:
+                sock.shutdown(socket.SHUT_WR)  # the answer goes out before the close
+            except OSError:
+                pass
             sock.close()
 
     def stop(self):
