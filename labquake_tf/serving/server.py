@@ -609,7 +609,7 @@ class _Front:
         while not self._stopping.is_set():
             try:
                 sock, _ = self.sock.accept()
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10; a plain OSError subclass on 3.9
                 continue
             except OSError:
                 return
