@@ -421,3 +421,23 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
                           [["--model_base_path", str(base), "--port", "70000"], "0..65535"]):
         with pytest.raises(SystemExit, match=message):
             server_lib.server_from_args(parser.parse_args(argv))
+
+
+def test_event_loop_front_closes_idle_keep_alive_connections_only(base, monkeypatch):
+    monkeypatch.setattr(server_lib, "IDLE_TIMEOUT_S", 0.4)
+    request = b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n"
+    with Server(base, port=0, grpc_port=0, batching={"max_batch_size": 8}) as s:
+        idle, busy = (socket.create_connection(s.httpd.server_address[:2], timeout=5)
+                      for _ in range(2))
+        idle.sendall(request)
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        for _ in range(8):  # 1.2 s of requests 0.15 s apart: never idle for 0.4 s
+            busy.sendall(request)
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            time.sleep(0.15)
+        assert idle.recv(65536) == b""  # closed by the server while the other was served
+        busy.sendall(request)
+        assert busy.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        assert len(s.httpd.connections) == 1
+        idle.close()
+        busy.close()

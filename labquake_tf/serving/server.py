@@ -55,6 +55,7 @@ MAX_BODY_BYTES = 64 << 20
 _MAX_LINE, _MAX_HEADERS = 65536, 100  # the stdlib's limits (414 / 431 beyond them)
 _BACKLOG = 1024
 REST_THREADS = 8  # model calls at once of the event loop's unbatched signatures
+IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this long
 
 
 class Signature:
@@ -411,6 +412,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.front.connections.add(self)
+        self.last = time.monotonic()  # of the last bytes in or out, for the idle sweep
 
     def connection_lost(self, exc):
         self.front.connections.discard(self)
@@ -418,6 +420,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data):
         self.buf += data
+        self.last = time.monotonic()
         if not self.busy:
             self._next()
         elif len(self.buf) > _MAX_LINE:  # a client that sends ahead waits for its answers
@@ -524,6 +527,7 @@ class _Connection(asyncio.Protocol):
         head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: "
                 f"{content_type}\r\nContent-Length: {len(data)}\r\n{closing}\r\n")
         self.transport.write(head.encode() + data)  # one write: one packet for a small answer
+        self.last = time.monotonic()
         if self.close:
             self.busy = True
             self.transport.close()
@@ -595,6 +599,7 @@ class _Front:
             return self._accept()
         asyncio.set_event_loop(self.loop)
         self.loop.create_task(self.aserver.start_serving())
+        self.loop.call_soon(self._sweep)
         try:
             self.loop.run_forever()
         finally:
@@ -603,6 +608,15 @@ class _Front:
                 connection.transport.abort()
             self.loop.run_until_complete(asyncio.sleep(0))
             self.loop.close()
+
+    def _sweep(self):
+        """Close the event loop's idle keep-alive connections (the thread front's recv times
+        out instead): idle clients must not hold file descriptors forever."""
+        cutoff = time.monotonic() - IDLE_TIMEOUT_S
+        for connection in list(self.connections):
+            if not connection.busy and connection.last < cutoff and connection.transport:
+                connection.transport.close()
+        self.loop.call_later(min(IDLE_TIMEOUT_S / 4, 5.0), self._sweep)
 
     def _accept(self):
         self.sock.settimeout(0.5)  # how soon stop() is noticed
@@ -618,7 +632,7 @@ class _Front:
     def _serve_socket(self, sock):
         # Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(60)  # an idle keep-alive connection gives its thread back
+        sock.settimeout(IDLE_TIMEOUT_S)  # an idle keep-alive connection gives its thread back
         connection, transport = _Connection(self), _SocketTransport(sock)
         connection.connection_made(transport)
         try:
