@@ -87,7 +87,7 @@ class Batcher:
                 self._queued_rows += rows
                 self._cv.notify(len(tasks))
         if closed:  # the version is being unloaded: finish this one directly
-            _finish(self.run, feeds, done)
+            run_then(self.run, feeds, done)
 
     def sizes(self, most=128):
         """The batch sizes this batcher runs the model with (``allowed_batch_sizes``, else
@@ -165,7 +165,8 @@ class Batcher:
             t.join(timeout=30)
 
 
-def _finish(run, feeds, done):
+def run_then(run, feeds, done):
+    """``done(run(feeds), None)``, or ``done(None, error)`` if ``run`` raises."""
     try:
         outputs = run(feeds)
     except Exception as e:

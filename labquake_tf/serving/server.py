@@ -39,7 +39,7 @@ from http import HTTPStatus
 
 import numpy as np
 
-from labquake_tf.serving.batching import Batcher, QueueFullError, _finish
+from labquake_tf.serving.batching import Batcher, QueueFullError, run_then
 from labquake_tf.serving.client import ServingError
 from labquake_tf.files import EXPORT_METADATA
 from labquake_tf.serving.export import DEFAULT_SIGNATURE, WARMUP_FILE, read_warmup, versions
@@ -170,7 +170,7 @@ class Servable:
         feeds = self.signature(name).check(arrays)
         batcher = self._batchers.get(name)
         if batcher is None:
-            pool.submit(_finish, self.signatures[name].run, feeds, done)
+            pool.submit(run_then, self.signatures[name].run, feeds, done)
             return
         try:
             batcher.submit(feeds, done)
