@@ -74,9 +74,8 @@ def test_pretrain_reuses_a_prepared_data_dir_and_records_its_choices(pretrained,
     assert config["data_dir"] == str(data.resolve())
     assert config["train"]["jit_compile"] is False and config["train"]["steps_per_epoch"] == 2
     assert config["execution"]["device"] == "CPU"
-    tiny = PRESETS["tiny"]
-    assert config["execution"]["conv_impl"] == conv_impl_plan(tiny["kernel_size"],
-                                                              tiny["blocks"], "CPU", False)
+    assert config["execution"]["conv_impl"] == conv_impl_plan(PRESETS["tiny"]["blocks"], "CPU",
+                                                              False)
     assert json.loads((run / "manifest.json").read_text())["scaler"] == \
         json.loads((data / "manifest.json").read_text())["scaler"]
     assert json.loads((run / "metrics.json").read_text())["targets"]["shear_stress"]["rmse"] > 0

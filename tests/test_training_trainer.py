@@ -185,7 +185,6 @@ def test_conv_impl_plan_is_what_compile_fixes(jit):
                           steps_per_epoch=1)
     fixed = {str(layer.dilation_rate): layer.resolved_impl for layer in model._flatten_layers()
              if isinstance(layer, WeightNormConv1D)}
-    plan = conv_impl_plan(PRESETS["tiny"]["kernel_size"], PRESETS["tiny"]["blocks"], "CPU",
-                          xla=model.jit_compile)
+    plan = conv_impl_plan(PRESETS["tiny"]["blocks"], "CPU", xla=model.jit_compile)
     assert plan == fixed == ({"1": "conv", "2": "im2col", "4": "im2col"} if jit == "on"
                              else {"1": "conv", "2": "conv", "4": "conv"})

@@ -179,7 +179,7 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                    {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
                                   **architecture(model)),
                     "preset": None, "train": config.to_dict(), "finetune": summary,
-                    "execution": execution(arch["kernel_size"], blocks, resolve_jit_compile(
+                    "execution": execution(blocks, resolve_jit_compile(
                         config.jit_compile, model_width(model))),
                     **({"data_dir": str(data_dir)} if data else {})})
         (work / PLOTS_FOLDER).mkdir(exist_ok=True)

@@ -68,8 +68,7 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
     write_json(work / CONFIG_FILE, {"model": model_kwargs, "preset": preset,
                                       "dataset": dataset, "train": config.to_dict(),
                                       "execution": execution(
-                                          model_kwargs["kernel_size"], model_kwargs["blocks"],
-                                          config.jit_compile,
+                                          model_kwargs["blocks"], config.jit_compile,
                                           model_kwargs.get("conv_impl", "auto")),
                                       **({"data_dir": str(data_dir)} if data else {})})
 

@@ -58,8 +58,7 @@ class WeightNormConv1D(keras.layers.Layer):
         impl = self.conv_impl
         if impl == "auto":
             # compile_model sets ``resolved_impl`` once it knows whether XLA compiles the step.
-            impl = getattr(self, "resolved_impl", None) or choose_conv_impl(
-                self.kernel_size, inputs.shape[-1], self.dilation_rate)
+            impl = getattr(self, "resolved_impl", None) or choose_conv_impl(self.dilation_rate)
         if impl == "conv":
             y = ops.conv(x, kernel, padding="valid", dilation_rate=self.dilation_rate)
         else:
@@ -89,7 +88,7 @@ def _sum(terms):
     return total
 
 
-def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=False):
+def choose_conv_impl(dilation_rate, device=None, xla=False):
     """The conv implementation measured fastest for this device type and compiler.
 
     CPU, measured with ``benchmarks/bench_train.py`` (training step, float32, 2 CPU cores
@@ -124,7 +123,6 @@ def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=Fals
     3`` (``--frozen-decoder --steps 3``); ``--preset paper --batch 8 --steps 2 --warmup 1
     --repeats 3`` (``--batch 32 --steps 1``).
     """
-    del kernel_size, channels  # the measured choice does not depend on them
     if device is None:
         device = keras.distribution.list_devices()[0].split(":")[0].upper()
     if device == "CPU" and xla and dilation_rate > 1:
@@ -132,11 +130,11 @@ def choose_conv_impl(kernel_size, channels, dilation_rate, device=None, xla=Fals
     return "conv"
 
 
-def conv_impl_plan(kernel_size, blocks, device=None, xla=False, conv_impl="auto"):
+def conv_impl_plan(blocks, device=None, xla=False, conv_impl="auto"):
     """``{dilation: implementation}`` of a TCN's causal convs (block i dilates 2**i), as
     ``resolve_conv_impls`` will fix them: what a run's config records before it builds."""
     return {str(2 ** i): conv_impl if conv_impl != "auto" else
-            choose_conv_impl(kernel_size, None, 2 ** i, device, xla) for i in range(blocks)}
+            choose_conv_impl(2 ** i, device, xla) for i in range(blocks)}
 
 
 def resolve_conv_impls(model, xla, device=None):
@@ -147,8 +145,7 @@ def resolve_conv_impls(model, xla, device=None):
         if isinstance(layer, WeightNormConv1D) and layer.built:
             impl = layer.conv_impl
             if impl == "auto":
-                impl = layer.resolved_impl = choose_conv_impl(
-                    layer.kernel_size, layer.v.shape[1], layer.dilation_rate, device, xla)
+                impl = layer.resolved_impl = choose_conv_impl(layer.dilation_rate, device, xla)
             counts[impl] = counts.get(impl, 0) + 1
     return counts
 

@@ -49,12 +49,12 @@ def compile_model(model, config, steps_per_epoch, extra_metrics=()):
     return model
 
 
-def execution(kernel_size, blocks, jit_compile, conv_impl="auto", device=None):
+def execution(blocks, jit_compile, conv_impl="auto", device=None):
     """How this machine runs a TCN's training step, for the run's ``config.json``:
     device type, XLA, and the conv implementation by dilation."""
     device = device or ("GPU" if tf.config.list_physical_devices("GPU") else "CPU")
     return {"device": device, "jit_compile": bool(jit_compile),
-            "conv_impl": conv_impl_plan(kernel_size, blocks, device, jit_compile, conv_impl)}
+            "conv_impl": conv_impl_plan(blocks, device, jit_compile, conv_impl)}
 
 
 def model_width(model):
