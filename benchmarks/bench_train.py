@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import time
 
@@ -113,10 +114,8 @@ def round_robin(timers, repeats):
 
 def summarize(values):
     """Median and range of per-round figures (what load does to them)."""
-    values = sorted(values)
-    n = len(values)
-    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-    return {"median": round(median, 2), "min": round(values[0], 2), "max": round(values[-1], 2)}
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
 
 
 class TorchWorker:
