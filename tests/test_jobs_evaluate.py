@@ -12,7 +12,7 @@ from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.jobs.evaluate import evaluate
 from labquake_tf.models import build_tcn
 from labquake_tf.serving.export import export_model
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 
 TARGETS = ["shear_stress", "ttsf", "ttef"]
 

@@ -64,7 +64,7 @@ def test_finetune_matches_features_by_name(pretrained, sim_record, tmp_path):
 def test_a_dataset_too_short_for_the_window_is_named_and_nothing_is_written(pretrained,
                                                                              sim_record, tmp_path):
     from labquake_tf.cli import run_command
-    from labquake_tf.training.trainer import save_model
+    from labquake_tf.training.artifacts import save_model
 
     src = tmp_path / "src"
     src.mkdir()

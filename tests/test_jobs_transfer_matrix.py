@@ -5,7 +5,7 @@ import pytest
 
 from labquake_tf.cli import main
 from labquake_tf.models import build_tcn
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 
 
 def test_transfer_matrix_from_an_existing_source_run(sim_record, tmp_path):

@@ -13,7 +13,7 @@ from labquake_tf.data.registry import load_record
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.models import build_tcn
 from labquake_tf.training.artifacts import write_json
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 
 
 def _run_dir(path, streamable=True, dt=0.1, test=(200.0, 230.0)):

@@ -6,7 +6,7 @@ import pytest
 from labquake_tf.models import decoder_blocks
 from labquake_tf.training import TrainConfig, ensemble, load_pretrained
 from labquake_tf.training import finetune as ft
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 # The same tiny source model and windows as the fine-tuning tests (module-scoped fixtures).
 from tests.test_training_finetune import SEQ, pretrained, windows  # noqa: F401
 

@@ -26,7 +26,7 @@ def windows():
 
 def source_run(model, folder, **manifest):
     """A pretrained run dir for ``finetune --from``: ``model.keras`` + ``manifest.json``."""
-    from labquake_tf.training.trainer import save_model
+    from labquake_tf.training.artifacts import save_model
 
     folder.mkdir()
     save_model(model, folder / "model.keras")

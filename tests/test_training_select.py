@@ -5,7 +5,7 @@ import pytest
 
 from labquake_tf.models import build_tcn
 from labquake_tf.training import select
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 
 
 def test_candidates_hold_what_the_user_fixed():

@@ -25,12 +25,12 @@ from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_
 from labquake_tf.models import decoder_blocks, head_length, input_length
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import ensemble, select
-from labquake_tf.training.artifacts import load_pretrained, reuse_prepared, write_json
+from labquake_tf.training.artifacts import load_pretrained, reuse_prepared, save_model, write_json
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.finetune import (DECODER_MODES, INPUT_NORM_MODES, adapt_input_norm,
                                            architecture, build_finetune_model, trainable_fraction)
 from labquake_tf.training.strategy import get_strategy, set_precision
-from labquake_tf.training.trainer import execution, model_width, resolve_jit_compile, save_model
+from labquake_tf.training.trainer import execution, model_width, resolve_jit_compile
 
 CALIBRATIONS = ("forward", "val")
 

@@ -23,7 +23,7 @@ from labquake_tf.errors import UsageError
 from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json,
                                write_json)
 from labquake_tf.models import torch_import
-from labquake_tf.training.trainer import save_model
+from labquake_tf.training.artifacts import save_model
 
 
 def _sha256(path):

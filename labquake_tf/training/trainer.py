@@ -12,11 +12,11 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from labquake_tf.files import (BACKUP_FOLDER, HISTORY_FILE, MODEL_FILE, TENSORBOARD_FOLDER,
+                               read_history, read_history_rows, write_history)
 from labquake_tf.models.layers import conv_impl_plan, resolve_conv_impls
-from labquake_tf.files import read_history, read_history_rows, write_history  # noqa: F401
-from labquake_tf.files import BACKUP_FOLDER, HISTORY_FILE, MODEL_FILE, TENSORBOARD_FOLDER
 from labquake_tf.training import resume
-from labquake_tf.training.artifacts import save_model  # noqa: F401  (callers import it here)
+from labquake_tf.training.artifacts import save_model
 from labquake_tf.training.loop import fit_distributed
 from labquake_tf.training.optimizer import AdamW
 from labquake_tf.training.strategy import get_strategy, set_precision
