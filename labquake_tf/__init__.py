@@ -7,8 +7,17 @@ The package reads as layers, lowest first; imports flow only down (CONTRIBUTING.
 (SavedModel export, REST/gRPC client and server) -> ``streaming`` -> ``jobs`` (the
 commands that compose them: pretrain, finetune, evaluate, tune, ...) -> ``cli``.
 
-Submodules are imported lazily so ``import labquake_tf`` stays cheap.
+Submodules are imported lazily so ``import labquake_tf`` stays cheap. The public
+API is named here and resolved on first use (``PUBLIC``): a name table, not an
+import of the layers above, so the root stays the bottom layer for the constants
+below.
+
+Example:
+    >>> import labquake_tf as lq
+    >>> task = lq.LabquakeRegressor.from_preset("p4581-shear-stress")   # doctest: +SKIP
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -16,3 +25,13 @@ TARGETS = ("shear_stress", "ttsf", "ttef")
 """Targets the package knows: shear stress, time to start / end of failure."""
 
 TARGET_UNITS = {"shear_stress": "MPa", "ttsf": "s", "ttef": "s"}
+
+PUBLIC = {"LabquakeRegressor": "labquake_tf.task", "presets": "labquake_tf.task",
+          "Preprocessor": "labquake_tf.models", "finetune": "labquake_tf.jobs.finetune"}
+"""The package's public names -> the module that defines each."""
+
+
+def __getattr__(name):
+    if name in PUBLIC:
+        return getattr(importlib.import_module(PUBLIC[name]), name)
+    raise AttributeError(f"module 'labquake_tf' has no attribute {name!r}")

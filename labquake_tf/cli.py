@@ -35,11 +35,12 @@ COMMANDS = {
     "evaluate": ("labquake_tf.jobs.evaluate", "score a model in physical units, with plots"),
     "transfer-matrix": ("labquake_tf.jobs.transfer_matrix", "zero-shot / fine-tuned RMSE across datasets"),
     "tune": ("labquake_tf.jobs.tune", "KerasTuner search over the TCN and its training"),
-    "export": ("labquake_tf.serving.export", "export a model as a TF Serving SavedModel"),
+    "export": ("labquake_tf.jobs.export", "export a model as a TF Serving SavedModel"),
     "serving-config": ("labquake_tf.serving.config", "write a TF Serving models.config"),
     "serve": ("labquake_tf.serving.server", "serve SavedModels over TF Serving's REST and gRPC APIs"),
-    "predict": ("labquake_tf.serving.predict", "stream a record through a REST server"),
-    "stream": ("labquake_tf.streaming.cli", "real-time predictions and alarms on a live AE stream"),
+    "predict": ("labquake_tf.jobs.predict", "predict a record with intervals (locally or through a server)"),
+    "stream": ("labquake_tf.jobs.stream", "real-time predictions and alarms on a live AE stream"),
+    "presets": ("labquake_tf.jobs.presets", "list the pretrained models that ship with the package"),
 }
 
 EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130

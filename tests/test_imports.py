@@ -13,7 +13,7 @@ import pytest
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / "labquake_tf"
 
 LAYERS = ("labquake_tf", "errors", "files", "simulate", "data", "models", "training",
-          "evaluation", "tuning", "serving", "streaming", "jobs", "cli")
+          "evaluation", "tuning", "serving", "streaming", "task", "jobs", "cli")
 """``labquake_tf`` is the package's ``__init__`` (version, target names); the rest are
 its top-level modules and sub-packages."""
 
@@ -91,6 +91,39 @@ def test_every_import_of_the_package_flows_down_the_declared_order():
     sources = package_sources()
     assert {layer_of(name, LAYERS) for name in sources} == set(LAYERS)
     assert violations(sources) == []
+
+
+def test_evaluation_serving_and_streaming_use_no_training_code():
+    # What they need of a model (the ensemble's members, the preprocessor, loading)
+    # lives in models/; training is composed only by tuning, task users, jobs and cli.
+    sources = package_sources()
+    known = set(sources)
+    for name, (source, is_package) in sources.items():
+        if layer_of(name, LAYERS) in ("evaluation", "serving", "streaming"):
+            targets = {t for t, _, _ in imports_of(name, source, is_package, known)}
+            assert not {t for t in targets if layer_of(t, LAYERS) == "training"}, name
+
+
+def test_min_max_scaling_is_written_once():
+    # Every scaling goes through MinMaxScaler.transform / inverse_transform: no module
+    # but data/scaling.py spells the affine map out on a scaler's min and scale.
+    import re
+
+    pattern = re.compile(r"(-\s*\w*(f|t)_min\)\s*/\s*\w*(f|t)_scale|\*\s*\w*t_scale\s*\+\s*\w*t_min)")
+    found = [name for name, (source, _) in package_sources().items() if pattern.search(source)]
+    assert found == []
+
+
+def test_the_package_root_names_its_public_api_without_importing_it():
+    import labquake_tf
+
+    sources = package_sources()
+    root, _ = sources["labquake_tf"]
+    assert imports_of("labquake_tf", root, True, set(sources)) == []
+    for name, module in labquake_tf.PUBLIC.items():
+        assert module in sources, (name, module)
+        assert f"def {name}" in sources[module][0] or f"class {name}" in sources[module][0] or \
+            f"import {name}" in sources[module][0] or f", {name}" in sources[module][0], name
 
 
 def test_jobs_and_cli_are_imported_by_nothing_below_them():

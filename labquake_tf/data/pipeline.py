@@ -81,16 +81,15 @@ def make_dataset(data_dir, split, seq_len=None, targets=None, batch_size=128, sh
     paths = shard_paths(data_dir, manifest, split)
     n_features = len(manifest["feature_names"])
     n_stored = len(manifest["target_names"])
-    f_min, f_scale = MinMaxScaler.from_dict(manifest["scaler"]["features"]).affine()
-    t_min, t_scale = target_scaler.affine()
+    feature_scaler = MinMaxScaler.from_dict(manifest["scaler"]["features"])
     offsets = tf.range(-seq_len + 1, 1, dtype=tf.int32)
 
     n_masks = _n_masks(manifest)
 
     def parse(path, serialized):
         ex = _parse(path, serialized, n_features, n_stored, n_masks)
-        x = (ex["features"] - f_min) / f_scale
-        y = (tf.gather(ex["targets"], target_idx, axis=1) - t_min) / t_scale
+        x = feature_scaler.transform(ex["features"])
+        y = target_scaler.transform(tf.gather(ex["targets"], target_idx, axis=1))
         mask = ex["mask"] if n_masks == 1 else tf.gather(ex["mask"], target_idx, axis=1)
         return x, y, tf.reduce_all(mask, axis=1), tf.cast(ex["n_context"], tf.int32)
 

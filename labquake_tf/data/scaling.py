@@ -1,7 +1,10 @@
 """Min-max scaling, fit on the training part only and stored in the manifest.
 
-Every later step (training, evaluation, export, serving) rebuilds the scaler
-from ``to_dict()`` so predictions can be inverted to physical units.
+Every later step (training, evaluation, export, serving, streaming) rebuilds the
+scaler from ``to_dict()`` (the model's ``Preprocessor`` holds one per side) and
+scales through ``transform`` / ``inverse_transform`` alone: the same two functions
+run on numpy arrays and inside graphs (tf.data, a SavedModel signature), so a
+window is scaled with the same float32 numbers wherever it is scaled.
 """
 
 import numpy as np
@@ -31,18 +34,24 @@ class MinMaxScaler:
         return np.where(span > 0, span, 1.0)
 
     def affine(self, dtype=np.float32):
-        """``(data_min, scale)`` as ``dtype`` arrays: a graph (tf.data, a SavedModel
-        signature) scales with ``(x - data_min) / scale`` and inverts with
-        ``x * scale + data_min``, the same numbers as ``transform``."""
+        """``(data_min, scale)`` as ``dtype`` arrays."""
         return self.data_min.astype(dtype), self.scale.astype(dtype)
 
     def transform(self, x):
-        x = np.asarray(x)
-        return ((x - self.data_min) / self.scale).astype(np.float32)
+        """``(x - min) / scale`` in float32: numpy in, numpy out; a tensor in (tf.data,
+        a SavedModel graph), a tensor out."""
+        lo, scale = self.affine(np.float32)
+        if not _is_tensor(x):
+            x = np.asarray(x, np.float32)
+        return (x - lo) / scale
 
     def inverse_transform(self, x):
-        x = np.asarray(x)
-        return (x * self.scale + self.data_min).astype(np.float64)
+        """``x * scale + min``: float64 for numpy (scores in physical units), float32
+        inside a graph, which computes as the model does."""
+        if _is_tensor(x):
+            lo, scale = self.affine(np.float32)
+            return x * scale + lo
+        return np.asarray(x, np.float64) * self.scale + self.data_min
 
     def to_dict(self):
         return {"min": self.data_min.tolist(), "max": self.data_max.tolist(), "names": self.names}
@@ -60,3 +69,8 @@ class MinMaxScaler:
 def _as_2d(x):
     x = np.asarray(x, np.float64)
     return x[:, None] if x.ndim == 1 else x
+
+
+def _is_tensor(x):
+    # numpy never needs TensorFlow: only a tensor's own module is looked at.
+    return type(x).__module__.startswith(("tensorflow", "keras", "jax"))

@@ -14,7 +14,7 @@ from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.windows import cut
 from labquake_tf.evaluation import events, figures
 from labquake_tf.evaluation import intervals as conformal
-from labquake_tf.training.ensemble import predict_members
+from labquake_tf.models.heads import predict_members
 
 EVENT_TARGETS = ("ttsf", "ttef")
 
@@ -35,56 +35,68 @@ def regression_metrics(y_true, y_pred):
             "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")}
 
 
-def predict(model, data_dir, split, feature_scaler=None, target_scaler=None, intervals=None):
-    """Predictions (physical units) at every window end where any target is labelled.
+def predict_windows(network, preprocessor, windows, intervals=None, batch_size=512):
+    """Raw feature windows ``(n, input_len, n_features)`` -> ``{"pred", "pred_scaled"}``
+    ``(n, n_targets)``, physical and scaled, plus ``"lower"``/``"upper"`` with a
+    calibrated interval (``intervals``: a task's block): the one path from raw
+    windows to physical units, for scores, ``LabquakeRegressor.predict`` and plots."""
+    x = preprocessor.scale_features(np.asarray(windows, np.float32))
+    if intervals:
+        mean, members = predict_members(network, x, batch_size)
+    else:
+        mean = np.asarray(network.predict(x, batch_size=batch_size, verbose=0), np.float64)
+    names = preprocessor.target_names
+    if mean.shape[1] != len(names):
+        raise ValueError(f"model predicts {mean.shape[1]} target(s), its preprocessor names {names}")
+    out = {"pred": preprocessor.unscale_targets(mean), "pred_scaled": mean}
+    if intervals:
+        params = [intervals["targets"][n] for n in names]
+        out["lower"], out["upper"] = conformal.bounds(
+            out["pred"], members.std(axis=0) * preprocessor.target_scale, params)
+    return out
+
+
+def predict(task, data_dir, split, intervals=True):
+    """A task's predictions (physical units) at every window end of a prepared split
+    where any target is labelled.
 
     Returns a dict: ``time`` (n,), ``names`` (the targets), ``units``, ``pred``
     and ``pred_scaled`` (n, n_targets), ``true`` and ``true_scaled`` (n, n_targets,
     NaN where that target is not a label) and ``mask`` (n, n_targets) bool: target
     ``i`` is scored on ``mask[:, i]`` only (``target_arrays`` cuts them out).
 
-    ``feature_scaler`` / ``target_scaler`` (``MinMaxScaler``) default to the data's own;
-    scoring a model on another dataset passes the model's, so inputs are scaled and
-    outputs inverted as the model was trained. With ``intervals`` (a run manifest's
-    block) also ``lower`` and ``upper`` (n, n_targets).
+    Inputs are scaled and outputs inverted with the task's own preprocessor (as it
+    was trained and as its export serves, on any dataset); a task without scalers
+    (a PyTorch import) is scored with the data's, fitted on its training part. With
+    ``intervals`` and a calibrated task also ``lower`` and ``upper`` (n, n_targets).
     """
     manifest = load_manifest(data_dir)
-    seq_len = int(model.input_shape[1])
+    seq_len = int(task.network.input_shape[1])
     names = manifest["target_names"]
+    if list(task.preprocessor.target_names) != list(names):
+        raise ValueError(f"{data_dir}: prepared for targets {names}, the model predicts "
+                         f"{task.preprocessor.target_names}")
     arrays = split_arrays(data_dir, split)
-    feature_scaler = feature_scaler or MinMaxScaler.from_dict(manifest["scaler"]["features"])
-    target_scaler = (target_scaler or MinMaxScaler.from_dict(manifest["scaler"]["targets"]))
-    if target_scaler.names:
-        target_scaler = target_scaler.select(names)
+    preprocessor = task.preprocessor
+    if not preprocessor.fitted:
+        preprocessor = preprocessor.with_scalers(manifest["scaler"]["features"],
+                                                 MinMaxScaler.from_dict(
+                                                     manifest["scaler"]["targets"]).select(names))
     # The steps before the split are inputs for the windows ending on its first steps.
     context = arrays["context"][len(arrays["context"]) - min(len(arrays["context"]), seq_len - 1):]
-    x = feature_scaler.transform(np.concatenate([context, arrays["features"]]))
+    x = np.concatenate([context, arrays["features"]])
     labelled = np.stack([arrays["label_mask"][n] for n in names], axis=1)
     ends = np.flatnonzero(labelled.any(axis=1))
     ends = ends[ends + len(context) >= seq_len - 1]
     if len(ends) == 0:
         raise ValueError(f"{data_dir}: split {split!r} has no labelled window of {seq_len} steps")
-    windows = cut(x, ends + len(context), seq_len)
-    scaled = np.asarray(model.predict(windows, batch_size=512, verbose=0), np.float64)
-    if scaled.shape[1] != len(names):
-        raise ValueError(f"model predicts {scaled.shape[1]} target(s), {data_dir} has {names}")
+    out = predict_windows(task.network, preprocessor, cut(x, ends + len(context), seq_len),
+                          task.intervals if intervals else None)
     mask = labelled[ends]
     truth = np.where(mask, np.stack([arrays["targets"][n][ends] for n in names], axis=1), np.nan)
-    out = {"time": arrays["time"][ends], "names": names, "units": manifest["units"],
-           "true": truth, "pred": target_scaler.inverse_transform(scaled), "mask": mask,
-           "true_scaled": target_scaler.transform(truth), "pred_scaled": scaled}
-    if intervals:
-        out["lower"], out["upper"] = interval_bounds(model, windows, intervals, target_scaler,
-                                                     names)
+    out.update(time=arrays["time"][ends], names=names, units=manifest["units"], true=truth,
+               mask=mask, true_scaled=preprocessor.scale_targets(truth).astype(np.float64))
     return out
-
-
-def interval_bounds(model, windows, intervals, scaler, names):
-    """A run's calibrated interval (``manifest["intervals"]``) around its prediction."""
-    mean, members = predict_members(model, windows)
-    params = [intervals["targets"][n] for n in names]
-    return conformal.bounds(scaler.inverse_transform(mean), members.std(axis=0) * scaler.scale,
-                            params)
 
 
 def target_arrays(p, name):
@@ -95,16 +107,15 @@ def target_arrays(p, name):
             p["pred_scaled"][m, i])
 
 
-def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_scaler=None,
-                   target_scaler=None, intervals=None):
-    """Metrics of ``model`` on a prepared split, with ``predict``'s arrays; one
+def evaluate_model(task, data_dir, split, plots_dir=None, title="", intervals=True):
+    """Metrics of ``task`` on a prepared split, with ``predict``'s arrays; one
     ``{split}_{target}.png`` per target in ``plots_dir`` when it is given.
 
     Each target is scored on every labelled window of the split, by its own mask
-    (``n_labelled`` per target in the result). With ``intervals`` each target also
-    gets the interval's ``coverage`` and mean ``width``.
+    (``n_labelled`` per target in the result). With ``intervals`` and a calibrated
+    task each target also gets the interval's ``coverage`` and mean ``width``.
     """
-    p = predict(model, data_dir, split, feature_scaler, target_scaler, intervals)
+    p = predict(task, data_dir, split, intervals)
     result = {"split": split, "n_windows": int(len(p["time"])), "targets": {}, "events": {}}
     for name in p["names"]:
         time, true, pred, true_scaled, pred_scaled = target_arrays(p, name)
@@ -118,7 +129,7 @@ def evaluate_model(model, data_dir, split, plots_dir=None, title="", feature_sca
             i, m = p["names"].index(name), p["mask"][:, p["names"].index(name)]
             band = (p["lower"][m, i], p["upper"][m, i])
             result["targets"][name].update(conformal.summary(true, *band),
-                                           interval_target=intervals["coverage"])
+                                           interval_target=task.intervals["coverage"])
         if name in EVENT_TARGETS:
             result["events"][name] = events.event_scores(time, true, pred)
         if plots_dir is not None:

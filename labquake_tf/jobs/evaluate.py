@@ -27,60 +27,53 @@ is its own; event-level scores for ``ttsf``/``ttef``), ``OUT/predictions.csv`` a
 loss curves when MODEL is a run dir with ``history.csv``).
 """
 
-import contextlib
 import csv
 import pathlib
-import tempfile
 
 import numpy as np
 
 from labquake_tf.data import prepare
-from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.pipeline import load_manifest
 from labquake_tf.data.record import check_feature_names
-from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.splits import parse_ratios
-from labquake_tf.errors import DataError
+from labquake_tf.errors import DataError, UsageError
 from labquake_tf.evaluation import figures
-from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.errors import UsageError
-from labquake_tf.files import (ASSETS_FOLDER, DATA_FOLDER, HISTORY_FILE, METRICS_FILE,
-                               PLOTS_FOLDER, atomic_dir, read_history, write_json)
-from labquake_tf.training.artifacts import load_pretrained, model_files, run_data_dir
+from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, HISTORY_FILE, MANIFEST_FILE,
+                               METRICS_FILE, MODEL_FILE, PLOTS_FOLDER, SAVED_MODEL, atomic_dir,
+                               read_history, read_json, write_json)
+from labquake_tf.models import saving
+from labquake_tf.task import LabquakeRegressor
 
 
-@contextlib.contextmanager
-def scoring_data(model_path, manifest, dataset=None, ratios=None, data=None):
-    """Yield ``(data_dir, description)``: the prepared data to score the run on.
+def run_data_dir(model_path, manifest):
+    """The prepared shards a run trained on, ``RUN/data`` (or the ``data_dir`` its
+    config records, for a run trained with ``--data``); None for anything else (an
+    export or preset carries no data: its request prepares it again).
 
-    ``data``, a prepared dir given explicitly, as it is. Else the run's own data
-    when ``dataset`` is None or the run's own record (and ``ratios`` None or the
-    run's); otherwise ``dataset`` prepared like the run's request into a temporary
-    folder, removed afterwards.
+    The folder must hold the manifest the run trained on (same scalers and splits),
+    or scoring would not be on the run's own split.
     """
-    if data is not None:
-        theirs = load_manifest(data)
-        yield pathlib.Path(data), (theirs.get("request", {}).get("dataset")
-                                   or theirs.get("dataset") or pathlib.Path(data).name)
-        return
-    # A manifest without a request (an imported PyTorch model) still says the window,
-    # targets and features: enough to prepare another dataset for it.
-    request = manifest.get("request") or {
-        "seq_len": manifest.get("seq_len"), "targets": manifest.get("target_names"),
-        "feature_names": manifest.get("feature_names"), "features": manifest_kind(manifest)}
-    own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
-    if ratios is not None:
-        own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
-    data = run_data_dir(model_path, manifest) if own else None
-    if data is not None:
-        yield data, request.get("dataset") or manifest.get("dataset")
-        return
-    with tempfile.TemporaryDirectory(prefix=".labquake-eval-") as tmp:
-        data = pathlib.Path(tmp) / DATA_FOLDER
-        prepared = prepare.prepare_like(request, data, None if own else dataset, ratios)
-        check_feature_names(manifest["feature_names"], prepared["feature_names"],
-                            f"{model_path}", f"{dataset or request['dataset']}")
-        yield data, dataset or request["dataset"]
+    base = pathlib.Path(model_path)
+    base = base.parent if base.suffix == ".keras" else base
+    if (base / SAVED_MODEL).exists() or not (base / MODEL_FILE).exists():
+        return None
+    candidates = [base / DATA_FOLDER]
+    if (base / CONFIG_FILE).exists():
+        recorded = read_json(base / CONFIG_FILE).get("data_dir")
+        if recorded:
+            candidates.append(pathlib.Path(recorded))
+    for data in candidates:
+        if (data / MANIFEST_FILE).exists():
+            theirs = read_json(data / MANIFEST_FILE)
+            for key in ("scaler", "splits", "feature_names"):
+                if key in manifest and theirs.get(key) != manifest[key]:
+                    raise DataError(f"{data}: its manifest's {key!r} differs from the run's "
+                                    f"{base / MANIFEST_FILE}: not the data the run trained on")
+            return data
+    raise DataError(
+        f"{base}: the run's prepared data is missing (looked for "
+        f"{', '.join(str(c / MANIFEST_FILE) for c in candidates)}); restore it, or rebuild it "
+        "with `labquake prepare` and the arguments in the run's manifest.json 'request'")
 
 
 def evaluate(model_path, dataset=None, split="test", out=None, ratios=None, data=None):
@@ -94,53 +87,52 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None, data
     if data is not None and (dataset is not None or ratios is not None):
         raise UsageError("--data is a prepared dir: its dataset and split are fixed; "
                          "give --dataset/--ratios or --data, not both")
-    model, manifest = load_pretrained(model_path)
-    for key in ("feature_names", "target_names"):
-        if key not in manifest:
-            raise DataError(f"{model_path}: its manifest.json has no {key!r}")
-    manifest.setdefault("seq_len", int(model.input_shape[1]))
-    # beside a run's model; never inside an export, which TF Serving reads
-    base = pathlib.Path(model_files(model_path)[0]).parent
-    if base.name == ASSETS_FOLDER:
-        base = pathlib.Path("runs") / base.parent.parent.name
+    task = LabquakeRegressor.from_preset(model_path)
+    manifest = task.metadata.get("data") or {}
+    base = pathlib.Path(model_path)
+    base = base.parent if base.suffix == ".keras" else base
+    if not base.exists() or (base / SAVED_MODEL).exists() or saving.versions(base):
+        # never inside an export or preset, which TF Serving reads
+        base = pathlib.Path("runs") / (base.name if not base.name.isdigit() else base.parent.name)
     name = (pathlib.Path(data).resolve().name if data is not None
             else dataset or manifest.get("dataset") or "data")
     out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(name)).stem}-{split}")
-    with scoring_data(model_path, manifest, dataset, ratios, data) as (data_dir, described):
-        data_manifest = load_manifest(data_dir)
-        check_feature_names(manifest["feature_names"], data_manifest["feature_names"],
-                            f"{model_path}", f"{data_dir}")
-        if data is not None:
-            check_matches_run(data_dir, data_manifest, model_path, manifest,
-                              int(model.input_shape[1]))
-        with atomic_dir(out) as work:
-            (work / PLOTS_FOLDER).mkdir()
-            # the interval was calibrated for the run's own record only
-            own = (described == ((manifest.get("request") or {}).get("dataset")
-                                 or manifest.get("dataset")) if data is None
-                   else all(data_manifest.get(k) == manifest.get(k) for k in ("scaler", "splits")))
-            result, p = evaluate_model(
-                model, data_dir, split, work / PLOTS_FOLDER, title=f"{described}/{split}",
-                intervals=manifest.get("intervals") if own else None,
-                **_model_scalers(manifest))
-            history = base / HISTORY_FILE
-            if history.exists():
-                figures.plot_history(read_history(history), work / PLOTS_FOLDER / "loss.png")
-            result.update(model=str(model_path), dataset=str(described),
-                          split_ratios=list(data_manifest.get("request", {}).get("split", [])),
-                          data=str(data_dir) if ".labquake-eval-" not in str(data_dir)
-                          else "prepared again from the run's request",
-                          n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
-            write_json(work / METRICS_FILE, result)
-            _write_predictions(work / "predictions.csv", p)
+    request = manifest.get("request") or {}
+    own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
+    if ratios is not None:
+        own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
+    if data is not None:
+        data_manifest = load_manifest(data)
+        check_feature_names(task.preprocessor.feature_names, data_manifest["feature_names"],
+                            f"{model_path}", f"{data}")
+        check_matches_run(data, data_manifest, model_path, task.preprocessor.target_names,
+                          task.preprocessor.input_len)
+    elif own:
+        data = run_data_dir(model_path, manifest)
+    with atomic_dir(out) as work:
+        (work / PLOTS_FOLDER).mkdir()
+        result, p = task.evaluate(data if data is not None else dataset, split,
+                                  None if data is not None else ratios,
+                                  plots_dir=work / PLOTS_FOLDER, return_predictions=True)
+        history = base / HISTORY_FILE
+        if history.exists():
+            figures.plot_history(read_history(history), work / PLOTS_FOLDER / "loss.png")
+        data_manifest = load_manifest(result["data_dir"])
+        result.update(model=str(model_path),
+                      split_ratios=list(data_manifest.get("request", {}).get("split", [])),
+                      data=result.pop("data_dir") if ".labquake-eval-" not in result["data_dir"]
+                      else "prepared again from the run's request",
+                      n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
+        write_json(work / METRICS_FILE, result)
+        _write_predictions(work / "predictions.csv", p)
     return result, out
 
 
-def check_matches_run(data_dir, data_manifest, model_path, manifest, window):
+def check_matches_run(data_dir, data_manifest, model_path, target_names, window):
     """A prepared dir given with ``--data`` holds the run's targets, in its order (its
     outputs are read by position), and windows of the ``window`` steps the model reads
     (a shorter context would drop the split's first labelled steps)."""
-    ours, theirs = list(manifest["target_names"]), list(data_manifest["target_names"])
+    ours, theirs = list(target_names), list(data_manifest["target_names"])
     if ours != theirs:
         raise DataError(f"{data_dir}: prepared for targets {theirs}, {model_path} predicts "
                         f"{ours}; prepare it with --targets {' '.join(ours)}")
@@ -148,18 +140,6 @@ def check_matches_run(data_dir, data_manifest, model_path, manifest, window):
         raise DataError(f"{data_dir}: prepared for windows of {data_manifest['seq_len']} "
                         f"steps, {model_path} reads {window}; prepare it again with "
                         f"--seq-len {window}")
-
-
-def _model_scalers(manifest):
-    """The run's feature and target scalers, as it was trained; a model without them
-    (imported from PyTorch, no ``scaler`` in its manifest) is scored with the data's
-    own, fit on its training part."""
-    if "scaler" not in manifest:
-        return {}
-    targets = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
-    targets.names = targets.names or list(manifest["target_names"])
-    return {"feature_scaler": MinMaxScaler.from_dict(manifest["scaler"]["features"]),
-            "target_scaler": targets}
 
 
 def _write_predictions(path, p):
@@ -176,8 +156,8 @@ def _write_predictions(path, p):
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="run dir, .keras file (manifest.json beside it) or "
-                        "exported SavedModel version dir")
+    parser.add_argument("model", help="a preset name (labquake presets), preset folder, run "
+                        "dir, exported SavedModel version dir or .keras file")
     parser.add_argument("--dataset", default=None,
                         help="dataset name or record path to score zero-shot (default: the "
                              "run's own prepared data)")

@@ -1,6 +1,7 @@
-"""``labquake finetune``: prepare the target data, fine-tune heads on a pretrained
-decoder (``training.finetune``, ``training.ensemble``), calibrate their interval
-(``evaluation.intervals``), score, and write the run dir.
+"""``labquake finetune`` / ``labquake_tf.finetune(task, data)``: prepare the target
+data, fine-tune heads on a pretrained decoder (``training.finetune``,
+``training.ensemble``), calibrate their interval (``evaluation.intervals``), score,
+and write the run dir; the result is a new ``LabquakeRegressor``.
 """
 
 import argparse
@@ -12,20 +13,22 @@ import numpy as np
 
 from labquake_tf import TARGETS
 from labquake_tf.data import pipeline, prepare, windows
-from labquake_tf.data.features import manifest_kind
 from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.splits import parse_ratios
-from labquake_tf.errors import DataError, UsageError
+from labquake_tf.errors import UsageError
 from labquake_tf.evaluation import intervals
 from labquake_tf.evaluation.figures import plot_history
 from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
-                               PLOTS_FOLDER, atomic_dir)
-from labquake_tf.models import decoder_blocks, head_length, input_length
+                               PLOTS_FOLDER, atomic_dir, write_json)
+from labquake_tf.models import Preprocessor, decoder_blocks, head_length, input_length
+from labquake_tf.models import heads
+from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training import config as config_lib
-from labquake_tf.training import ensemble, select
-from labquake_tf.training.artifacts import load_pretrained, reuse_prepared, save_model, write_json
+from labquake_tf.training import select
+from labquake_tf.training.ensemble import fit_members
+from labquake_tf.training.artifacts import reuse_prepared, save_model
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.finetune import (DECODER_MODES, INPUT_NORM_MODES, adapt_input_norm,
                                            architecture, build_finetune_model, trainable_fraction)
@@ -35,17 +38,22 @@ from labquake_tf.training.trainer import execution, model_width, resolve_jit_com
 CALIBRATIONS = ("forward", "val")
 
 
-def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, seq_len=None,
-             decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None, use_cache=True,
-             input_norm="auto", members=None, coverage=0.9, interval_score="auto",
-             search="auto", calibration="forward", data=None):
+def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", blocks=None,
+             seq_len=None, decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None,
+             use_cache=True, input_norm="auto", ensemble=None, coverage=0.9,
+             interval_score="auto", search="auto", calibration="forward", data=None):
     """The whole job: prepare ``dataset`` (or reuse the prepared ``data`` dir, which must
-    hold windows as long as any the job reads), build, fit, write a run dir.
+    hold windows as long as any the job reads), build, fit, write a run dir; returns
+    the fine-tuned ``LabquakeRegressor`` (``task.metadata["training"]``: the summary
+    with validation and test metrics).
 
-    ``members`` heads (default ``ensemble.DEFAULT_MEMBERS`` with a frozen decoder, 1
+    ``pretrained``: a task, or anything ``LabquakeRegressor.from_preset`` takes.
+    ``dataset`` may also be a prepared data dir (then it is ``data``). ``out_dir``
+    defaults to ``runs/finetune-DATASET-TARGET``.
+
+    ``ensemble`` heads (default ``heads.DEFAULT_MEMBERS`` with a frozen decoder, 1
     with a trainable one) are trained on one decoder pass and averaged; their interval
-    at ``coverage`` (``evaluation.intervals``) is stored in the run's ``manifest.json``
-    under ``intervals``. ``calibration="val"`` calibrates it on the final heads'
+    at ``coverage`` (``evaluation.intervals``) is the task's ``intervals``. ``calibration="val"`` calibrates it on the final heads'
     validation errors; ``"forward"`` (default) fits a second ensemble of the same
     size on the earlier half of the training events (early-stopped on validation)
     and calibrates on its errors on the later half. On a drifting record the
@@ -58,9 +66,23 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     the choice and every candidate's score land in ``config.json`` and
     ``metrics.json`` (``selection``).
 
-    Returns ``(model, summary)``; ``out_dir`` appears only when the run completes.
+    ``out_dir`` appears only when the run completes.
+
+    Example:
+        >>> import labquake_tf as lq
+        >>> task = lq.LabquakeRegressor.from_preset("synthetic-biaxial-small")  # doctest: +SKIP
+        >>> mine = lq.finetune(task, "p5198", target="ttsf", blocks=2)          # doctest: +SKIP
     """
     config = config or TrainConfig()
+    if data is None and dataset is not None and (pathlib.Path(dataset) / MANIFEST_FILE).is_file():
+        dataset, data = None, dataset
+    if dataset is None and data is None:
+        raise UsageError("fine-tuning needs data: a dataset name or record path, or a "
+                         "prepared data dir (--dataset or --data)")
+    if out_dir is None:
+        name = dataset or pathlib.Path(data).name
+        out_dir = f"runs/finetune-{pathlib.Path(str(name)).stem}-{target}"
+    members = ensemble
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     coverage = intervals.check_coverage(coverage)
@@ -70,12 +92,14 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     if members is None:
-        members = ensemble.DEFAULT_MEMBERS if decoder != "trainable" else 1
-    members = ensemble.check_members(members)
+        members = heads.DEFAULT_MEMBERS if decoder != "trainable" else 1
+    members = heads.check_members(members)
     if members > 1 and decoder == "trainable":
         raise UsageError(f"--ensemble {members} needs a frozen decoder (the heads share it); "
                          "use --ensemble 1 with --decoder trainable")
-    source, source_manifest = load_pretrained(pretrained)
+    source_task = (pretrained if isinstance(pretrained, LabquakeRegressor)
+                   else LabquakeRegressor.from_preset(pretrained))
+    source = source_task.network
     arch = architecture(source)
     use_cache = use_cache and decoder != "trainable"
     if search == "auto":  # the search trains heads on the cached decoder: frozen only
@@ -92,11 +116,9 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                     else window_of(seq_len or source_len, blocks or n_source))
 
     # Features are matched by name: the target record is read with the source's channels.
-    names = source_manifest.get("feature_names")
-    if names is None:
-        raise DataError(f"{pretrained}: its manifest.json has no 'feature_names'")
+    names = source_task.preprocessor.feature_names
     prepare_options = dict(targets=[target], split=split, channels=channels_of(names),
-                           features=manifest_kind(source_manifest))
+                           features=source_task.preprocessor.feature_kind)
     # The run dir appears whole when the job completes; a failure leaves nothing.
     with atomic_dir(out_dir) as work:
         if data is None:
@@ -140,14 +162,14 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
         if norm_source in ("refit", "adapt"):
             adapt_input_norm(model, train_xy[0])
         with strategy.scope():
-            model = ensemble.add_heads(model, members, seed=config.seed)
+            model = heads.add_heads(model, members, seed=config.seed)
         fraction = trainable_fraction(model)
         print(f"fine-tuning {blocks} block(s) of {pretrained} on {dataset}/{target}: "
               f"{fraction:.2%} of {model.count_params():,} parameters trainable "
               f"(decoder {decoder}, {'cached' if use_cache else 'plain'} path, {members} head(s))")
 
-        history = ensemble.fit_members(model, train_xy, val_xy, config, work, use_cache)[0]
-        save_model(model, work / MODEL_FILE)
+        history = fit_members(model, train_xy, val_xy, config, work, use_cache)[0]
+        preprocessor = Preprocessor.from_manifest(manifest, int(model.input_shape[1]))
         cal_model, cal_xy, where = model, val_xy, "val"
         if calibration == "forward":
             early, late = forward_windows(data_dir, int(model.input_shape[1]))
@@ -157,13 +179,15 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
             if twin.input_norm_source in ("refit", "adapt"):
                 adapt_input_norm(twin, early[0])
             with strategy.scope():
-                cal_model = ensemble.add_heads(twin, members, seed=config.seed)
-            ensemble.fit_members(cal_model, early, val_xy, config, work / "forward", use_cache)
+                cal_model = heads.add_heads(twin, members, seed=config.seed)
+            fit_members(cal_model, early, val_xy, config, work / "forward", use_cache)
             shutil.rmtree(work / "forward", ignore_errors=True)
             cal_xy, where = late, "train, later half (heads fit on the earlier half)"
-        manifest["intervals"] = calibrate(cal_model, cal_xy, manifest, coverage, interval_score,
-                                          where=where)
-        summary = {"from": str(pretrained), "source_dataset": source_manifest.get("dataset"),
+        calibrated = calibrate(cal_model, cal_xy, preprocessor, coverage, interval_score,
+                               where=where)
+        source_data = source_task.metadata.get("data") or {}
+        summary = {"from": str(source_task.metadata.get("loaded_from", pretrained)),
+                   "source_dataset": source_data.get("dataset"),
                    "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
                    "decoder": decoder, "split": list(split), "cached": use_cache,
                    "input_norm": norm_source,
@@ -174,6 +198,9 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                                                for w in model.trainable_weights)),
                    "total_params": int(model.count_params()),
                    "epochs_run": len(history.get("loss", []))}
+        task = LabquakeRegressor(model, preprocessor, calibrated, {
+            "data": manifest, "run": str(pathlib.Path(out_dir).resolve()),
+            "training": {"job": "finetune", **summary, "train": config.to_dict()}})
         write_json(work / MANIFEST_FILE, manifest)
         write_json(work / CONFIG_FILE,
                    {"model": dict(seq_len=seq_len, blocks=blocks, n_targets=1,
@@ -184,24 +211,24 @@ def finetune(pretrained, dataset, out_dir, target="shear_stress", blocks=None, s
                     **({"data_dir": str(data_dir)} if data else {})})
         (work / PLOTS_FOLDER).mkdir(exist_ok=True)
         plot_history(history, work / PLOTS_FOLDER / "loss.png")
-        summary["metrics"] = {s: evaluate_model(model, data_dir, s, work / PLOTS_FOLDER,
-                                                title=dataset,
-                                                intervals=manifest["intervals"])[0]
+        summary["metrics"] = {s: evaluate_model(task, data_dir, s, work / PLOTS_FOLDER,
+                                                title=dataset)[0]
                               for s in ("val", "test")}
+        task.metadata["training"]["metrics"] = summary["metrics"]
+        save_model(task, work / MODEL_FILE)  # the run's model: the whole task
         write_json(work / METRICS_FILE,
                    {**summary["metrics"], **({"selection": selection} if selection else {})})
-    return model, summary
+    return task
 
 
-def calibrate(model, val_xy, manifest, coverage=0.9, score="auto", where="val"):
-    """The ``intervals`` block of a run's manifest: split-conformal on the calibration
-    windows ``val_xy`` (scaled; ``where`` says which), in the targets' physical units."""
+def calibrate(model, val_xy, preprocessor, coverage=0.9, score="auto", where="val"):
+    """A task's ``intervals``: split-conformal on the calibration windows ``val_xy``
+    (scaled; ``where`` says which), in the targets' physical units."""
     x_val, y_val = val_xy
-    scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
-    mean, members = ensemble.predict_members(model, x_val)
-    mean = scaler.inverse_transform(mean)
-    spread = members.std(axis=0) * scaler.scale
-    y = scaler.inverse_transform(y_val)
+    mean, members = heads.predict_members(model, x_val)
+    mean = preprocessor.unscale_targets(mean)
+    spread = members.std(axis=0) * preprocessor.target_scale
+    y = preprocessor.unscale_targets(y_val)
     chosen, report = intervals.choose(y, mean, spread, coverage)
     if score == "auto":
         # A normalized score calibrated on another ensemble's spread does not transfer:
@@ -214,8 +241,8 @@ def calibrate(model, val_xy, manifest, coverage=0.9, score="auto", where="val"):
             "score": score, "score_selection": report,
             "score_rule": "lower cross-fitted interval score" if where == "val" else
                           "constant: calibrated on a twin ensemble, whose spread is not the run's",
-            "targets": {name: {**p, "units": manifest.get("units", {}).get(name, "")}
-                        for name, p in zip(manifest["target_names"], params)}}
+            "targets": {name: {**p, "units": preprocessor.units[name]}
+                        for name, p in zip(preprocessor.target_names, params)}}
 
 
 def forward_windows(data_dir, seq_len):
@@ -266,7 +293,8 @@ def _arrays(data_dir, split, batch_size, seq_len=None):
 
 def add_arguments(parser):
     parser.add_argument("--from", dest="pretrained", required=True,
-                        help="pretrained run dir, .keras file or exported SavedModel version dir")
+                        help="a pretrained preset name (labquake presets), preset folder, run "
+                             "dir, exported SavedModel version dir or .keras file")
     parser.add_argument("--dataset", default=None,
                         help="dataset name (e.g. p4581) or record path (or --data)")
     parser.add_argument("--target", choices=TARGETS, default="shear_stress")
@@ -289,7 +317,7 @@ def add_arguments(parser):
                              "events; auto: for ttsf/ttef with a frozen decoder")
     parser.add_argument("--ensemble", type=_positive_int, default=None, metavar="N",
                         help=f"heads trained on the one frozen decoder and averaged (default "
-                             f"{ensemble.DEFAULT_MEMBERS}; 1 with --decoder trainable)")
+                             f"{heads.DEFAULT_MEMBERS}; 1 with --decoder trainable)")
     parser.add_argument("--coverage", type=_coverage, default=0.9,
                         help="coverage of the split-conformal interval, in (0, 1) (default 0.9)")
     parser.add_argument("--calibration", choices=CALIBRATIONS, default="forward",
@@ -312,14 +340,15 @@ def run(args):
     config = config_lib.from_args(args)
     name = args.dataset or pathlib.Path(args.data).name
     out = args.out or f"runs/finetune-{pathlib.Path(name).stem}-{args.target}"
-    _, summary = finetune(args.pretrained, args.dataset, out, target=args.target,
+    task = finetune(args.pretrained, args.dataset, out, target=args.target,
                           blocks=args.blocks, seq_len=args.seq_len, decoder=args.decoder,
                           split=parse_ratios(args.split), config=config,
                           use_cache=not args.no_cache, input_norm=args.input_norm,
-                          members=args.ensemble, coverage=args.coverage,
+                          ensemble=args.ensemble, coverage=args.coverage,
                           interval_score=args.interval_score,
                           search={"on": True, "off": False}.get(args.search, "auto"),
                           calibration=args.calibration, data=args.data)
+    summary = task.metadata["training"]
     test = summary["metrics"]["test"]
     print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "
           + ", ".join(f"{k}={v:.4g}" for k, v in _flat(test).items()))
@@ -328,7 +357,7 @@ def run(args):
 
 def _positive_int(text):
     try:
-        return ensemble.check_members(int(text))
+        return heads.check_members(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive number of heads, got {text!r}") from None
 

@@ -23,6 +23,7 @@ from labquake_tf.errors import UsageError
 from labquake_tf.files import (CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, atomic_dir, read_json,
                                write_json)
 from labquake_tf.models import torch_import
+from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training.artifacts import save_model
 
 
@@ -56,7 +57,7 @@ def _scaler_from(data_dir, feature_names, targets):
 
 def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=None,
                       dropout=0.1, scaler_from=None, force=False):
-    """Convert ``checkpoint`` and write the run dir ``out``; returns ``(model, config)``.
+    """Convert ``checkpoint`` and write the run dir ``out``; returns ``(task, config)``.
 
     Everything is checked and converted before anything is written; the run dir
     appears whole (temporary folder, then rename) or not at all.
@@ -106,11 +107,12 @@ def import_checkpoint(checkpoint, out, seq_len=None, features="std", targets=Non
                    "tensors": len(used), "params": int(model.count_params())},
     }
 
+    task = LabquakeRegressor.from_manifest(model, manifest, metadata={"import": config["import"]})
     with atomic_dir(out) as work:
-        save_model(model, work / MODEL_FILE)
+        save_model(task, work / MODEL_FILE)
         write_json(work / MANIFEST_FILE, manifest)
         write_json(work / CONFIG_FILE, config)
-    return model, config
+    return task, config
 
 
 def add_arguments(parser):

@@ -17,10 +17,13 @@ from labquake_tf.data import pipeline, prepare
 from labquake_tf.data.splits import PRETRAIN_RATIOS
 from labquake_tf.evaluation import figures
 from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.files import CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, PLOTS_FOLDER
+from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
+                               PLOTS_FOLDER)
 from labquake_tf.models import PRESETS, build_tcn, input_length
 from labquake_tf.serving.export import export_model
-from labquake_tf.training.artifacts import reuse_prepared, write_json
+from labquake_tf.task import LabquakeRegressor
+from labquake_tf.files import write_json
+from labquake_tf.training.artifacts import reuse_prepared, save_model
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.config import add_arguments as train_flags
 from labquake_tf.training.config import from_args as config_from_args
@@ -34,7 +37,7 @@ DEFAULTS = dict(dataset="synthetic-biaxial", preset="small", targets=("shear_str
 def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["preset"],
              targets=DEFAULTS["targets"], config=None, export_name=DEFAULTS["export_name"],
              export_dir="saved_models", split=PRETRAIN_RATIOS, data=None, **model_overrides):
-    """The whole job; returns ``(model, summary)`` with test metrics and paths.
+    """The whole job; returns ``(task, summary)`` with test metrics and paths.
 
     ``data``: a prepared data dir (``labquake prepare``, or a run's ``RUN/data``) to
     train on instead of preparing ``dataset``; its window must cover the preset's.
@@ -82,17 +85,20 @@ def pretrain(dataset=DEFAULTS["dataset"], out=DEFAULTS["out"], preset=DEFAULTS["
         shutil.rmtree(work, ignore_errors=True)
         return model, {}
 
+    task = LabquakeRegressor.from_manifest(model, manifest, metadata={
+        "preset": preset, "run": str(out.resolve()),
+        "training": {"job": "pretrain", "dataset": dataset, "train": config.to_dict()}})
+    save_model(task, work / MODEL_FILE)  # the run's model: the whole task
     (work / PLOTS_FOLDER).mkdir(exist_ok=True)
     figures.plot_history(history, work / PLOTS_FOLDER / "loss.png")
-    scores, _ = evaluate_model(model, data_dir, "test", work / PLOTS_FOLDER)
+    scores, _ = evaluate_model(task, data_dir, "test", work / PLOTS_FOLDER)
     write_json(work / METRICS_FILE, scores)
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
 
-    export = export_model(model, manifest, export_name, base_dir=export_dir,
-                          extra_metadata={"run": str(out), "preset": preset})
-    return model, {"run": str(out), "export": str(export), "metrics": scores,
-                   "epochs_run": len(history.get("loss", []))}
+    export = export_model(task, export_name, base_dir=export_dir)
+    return task, {"run": str(out), "export": str(export), "metrics": scores,
+                  "epochs_run": len(history.get("loss", []))}
 
 
 def resolved(config, model_kwargs):

@@ -48,10 +48,10 @@ def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, 
             rows.append(transfer.row(source, dataset, "zero-shot", result, target))
             if dataset == source:
                 continue
-            _, summary = finetune(run, dataset, out_dir / "fine-tuned" / cell, target=target,
-                                  blocks=blocks, seq_len=seq_len, config=config)
-            rows.append(transfer.row(source, dataset, "fine-tuned", summary["metrics"]["test"],
-                                     target))
+            tuned = finetune(run, dataset, out_dir / "fine-tuned" / cell, target=target,
+                             blocks=blocks, seq_len=seq_len, config=config)
+            rows.append(transfer.row(source, dataset, "fine-tuned",
+                                     tuned.metadata["training"]["metrics"]["test"], target))
     transfer.write_tables(rows, out_dir)
     return rows
 

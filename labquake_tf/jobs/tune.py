@@ -18,7 +18,8 @@ from labquake_tf.files import DATA_FOLDER
 from labquake_tf.models import input_length
 from labquake_tf.serving.export import export_model
 from labquake_tf.training import config as config_lib
-from labquake_tf.training import finetune, get_strategy, load_pretrained, set_precision
+from labquake_tf.task import LabquakeRegressor
+from labquake_tf.training import finetune, get_strategy, set_precision
 from labquake_tf.tuning import objective as objective_lib
 from labquake_tf.tuning import results, search
 from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
@@ -71,12 +72,13 @@ def run(args):
     project = pathlib.Path(args.project_dir or
                            f"tuning/{pathlib.Path(args.dataset).stem}-{args.tuner}")
     space = load_space(args.space)
-    data_dir = args.data or prepare_data(args.dataset, project / DATA_FOLDER, space, args)
+    source = LabquakeRegressor.from_preset(args.pretrained) if args.pretrained else None
+    data_dir = args.data or prepare_data(args.dataset, project / DATA_FOLDER, space, args, source)
     hyper_kwargs = dict(space=space, targets=args.targets, config=config,
                         physical_rmse=args.objective == "val_rmse_phys", seed=args.seed,
                         streamable=getattr(args, "streamable", False))
     if args.pretrained:
-        hypermodel = FrozenDecoderHyperModel(args.pretrained, data_dir, args.blocks, **hyper_kwargs)
+        hypermodel = FrozenDecoderHyperModel(source, data_dir, args.blocks, **hyper_kwargs)
     else:
         hypermodel = TCNHyperModel(data_dir, **hyper_kwargs)
     tuner = search.make_tuner(
@@ -100,27 +102,27 @@ def run(args):
     return 0
 
 
-def prepare_data(dataset, data_dir, space, args):
+def prepare_data(dataset, data_dir, space, args, source=None):
     """Shards long enough for the longest seq_len in the space (shorter ones reuse them)."""
-    ratios = splits.FINETUNE_RATIOS if args.pretrained else splits.PRETRAIN_RATIOS
-    prepare.prepare(dataset, data_dir, seq_len=longest_window(space, args),
+    ratios = splits.FINETUNE_RATIOS if source is not None else splits.PRETRAIN_RATIOS
+    prepare.prepare(dataset, data_dir, seq_len=longest_window(space, args, source),
                     targets=args.targets, split=ratios, force=args.overwrite)
     return data_dir
 
 
-def longest_window(space, args):
+def longest_window(space, args, source=None):
     """The longest input a trial can read: a streamable model's carries its decoder's history."""
     seq_len = max(values(space["seq_len"]))
     kernel, blocks = max(values(space["kernel_size"])), max(values(space["blocks"]))
     streamable = getattr(args, "streamable", False)
-    if args.pretrained:
-        arch = finetune.architecture(load_pretrained(args.pretrained)[0])
+    if source is not None:
+        arch = finetune.architecture(source.network)
         kernel, blocks, streamable = arch["kernel_size"], args.blocks, arch["streamable"]
     return input_length(seq_len, kernel, blocks, streamable)
 
 
 def export_best(tuner, hypermodel, name, args):
-    """The best trial's best-epoch checkpoint, exported with the data manifest."""
+    """The best trial's best-epoch checkpoint as a task, exported."""
     best = tuner.oracle.get_best_trials(1)
     if not best:
         raise SystemExit(f"labquake tune: no trial in {tuner.project_dir} finished; nothing to export")
@@ -130,8 +132,8 @@ def export_best(tuner, hypermodel, name, args):
     tuning = {"tuner": args.tuner, "objective": args.objective, "score": best[0].score,
               "trial": best[0].trial_id, "hyperparameters": best[0].hyperparameters.values,
               "project_dir": str(pathlib.Path(tuner.project_dir).resolve())}
-    return export_model(model, manifest, name, base_dir=args.export_dir,
-                        extra_metadata={"tuning": tuning})
+    task = LabquakeRegressor.from_manifest(model, manifest, metadata={"tuning": tuning})
+    return export_model(task, name, base_dir=args.export_dir)
 
 
 def model_manifest(manifest, targets, seq_len):

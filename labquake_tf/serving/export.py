@@ -3,9 +3,9 @@
 ``saved_models/NAME/VERSION/`` holds three signatures:
 
 * ``serving_default``: raw log10-variance ``ae_features`` ``[batch, seq_len, n_features]``
-  -> one float32 output per target in physical units (MPa, s). The manifest's
-  min-max scalers are baked into the graph, so clients never see scaled numbers.
-  When the manifest holds a calibrated interval (``intervals``, written by
+  -> one float32 output per target in physical units (MPa, s). The task's
+  preprocessor scales in the graph, so clients never see scaled numbers.
+  When the task holds a calibrated interval (``intervals``, written by
   ``finetune``), each target ``NAME`` also gets ``NAME_lower`` and ``NAME_upper``:
   the ensemble's mean ± the conformal half-width, computed in the graph from the
   members' spread.
@@ -14,8 +14,9 @@
 * ``serving_step`` (streamable models only): one new raw feature step and the layer
   states in, the prediction and the new states out (``serving.step``).
 
-``assets/model.keras`` and ``assets/manifest.json`` ride along so fine-tuning can
-start from an export. ``assets.extra/tf_serving_warmup_requests`` holds a few
+``assets/model.keras`` (the whole task: network, preprocessor, interval, metadata)
+rides along, so ``LabquakeRegressor.from_preset`` and fine-tuning can start from an
+export. ``assets.extra/tf_serving_warmup_requests`` holds a few
 ``PredictRequest``s (TFRecord of ``PredictionLog``) that TF Serving and ``labquake serve``
 replay before the version takes traffic, so the first client does not pay for the
 graph's first run. The SavedModel loads with ``tf.saved_model.load`` alone:
@@ -29,11 +30,11 @@ import pathlib
 import numpy as np
 
 import labquake_tf
-from labquake_tf.data.features import manifest_kind
-from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.errors import UsageError
-from labquake_tf.files import (EXPORT_MANIFEST, EXPORT_METADATA, EXPORT_MODEL, SAVED_MODEL,
-                               atomic_dir, write_json)
+from labquake_tf.files import EXPORT_METADATA, EXPORT_MODEL, atomic_dir, write_json
+from labquake_tf.models import is_streamable
+from labquake_tf.models.heads import members_model
+from labquake_tf.models.saving import versions
 from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -47,58 +48,52 @@ WARMUP_BATCHES = (1, 8)  # one window, and a batch as the batching server forms 
 WARMUP_REPEATS = 5
 
 
-def export_model(model, manifest, name, base_dir="saved_models", version=None, force=False,
-                 extra_metadata=None):
+def export_model(task, name, base_dir="saved_models", version=None, force=False):
     """Write ``base_dir/name/version/`` atomically and return that path.
 
     ``version`` defaults to one more than the largest existing version. An existing
     version is replaced only with ``force=True``, and then only once the new one is
     complete.
     """
-    seq_len, n_features, targets = _check(model, manifest)
     model_dir = pathlib.Path(base_dir) / name
     if version is not None and int(version) < 1:  # before mkdir: a refusal writes nothing
         raise UsageError(f"version (--version) must be a positive integer, got {version}")
-    model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else int(version)
-    final = model_dir / str(version)
+    return export_task(task, model_dir / str(version), force=force)
+
+
+def export_task(task, version_dir, force=False):
+    """Write the task's SavedModel into ``version_dir`` (``NAME/VERSION``) atomically."""
+    final = pathlib.Path(version_dir)
+    if not final.name.isdigit() or int(final.name) < 1:
+        raise UsageError(f"{final}: a TF Serving version folder is named by a positive "
+                         "integer (NAME/1)")
     if final.exists() and not force:
         raise FileExistsError(f"{final} already exists; pass force=True (--force) to replace it")
-
-    metadata = _metadata(manifest, targets, seq_len, extra_metadata)
-    from labquake_tf.models import is_streamable
-
+    model, pre = task.network, task.preprocessor
+    _check(model, pre)
+    metadata = _metadata(task)
     if is_streamable(model):
         from labquake_tf.serving.step import STEP_SIGNATURE, state_specs
 
         metadata["signatures"][STEP_SIGNATURE] = ("one raw step + layer states in, "
                                                   "prediction + new states out")
-        metadata["stream"] = {"warmup_steps": seq_len,
+        metadata["stream"] = {"warmup_steps": pre.input_len,
                               "states": {n: list(s) for n, s in state_specs(model).items()}}
+    final.parent.mkdir(parents=True, exist_ok=True)
     # force: the old version is swapped out only once the new one is complete
-    with atomic_dir(final, prefix=f".export-{version}-") as tmp:
-        _archive(model, manifest, targets, seq_len, n_features, metadata).write_out(
-            str(tmp), verbose=False)
+    with atomic_dir(final, prefix=f".export-{final.name}-") as tmp:
+        _archive(task, metadata).write_out(str(tmp), verbose=False)
         (tmp / EXPORT_MODEL).parent.mkdir(exist_ok=True)
-        model.save(tmp / EXPORT_MODEL)
-        write_json(tmp / EXPORT_MANIFEST, manifest)
+        task.save(tmp / EXPORT_MODEL)
         write_json(tmp / EXPORT_METADATA, metadata)
-        write_warmup(tmp / WARMUP_FILE, name, manifest, seq_len, n_features)
+        write_warmup(tmp / WARMUP_FILE, final.parent.name, pre)
     return final
 
 
 def next_version(model_dir):
     """One more than the largest integer-named subdirectory (1 when there is none)."""
     return max(versions(model_dir), default=0) + 1
-
-
-def versions(model_dir):
-    """Integer-named version dirs holding a complete SavedModel, in TF Serving's sense."""
-    model_dir = pathlib.Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.name.isdigit() and (p / SAVED_MODEL).exists())
 
 
 def read_metadata(version_dir):
@@ -109,8 +104,7 @@ def read_metadata(version_dir):
     return json.loads(path.read_text())
 
 
-def write_warmup(path, model_name, manifest, seq_len, n_features, batches=WARMUP_BATCHES,
-                 repeats=WARMUP_REPEATS):
+def write_warmup(path, model_name, preprocessor, batches=WARMUP_BATCHES, repeats=WARMUP_REPEATS):
     """TF Serving's warmup file: ``repeats`` rounds of one ``PredictionLog`` per batch size,
     each a ``serving_default`` request of raw windows drawn inside the features' training
     range. The repeats are in the file, so tensorflow_model_server warms up as much."""
@@ -118,8 +112,9 @@ def write_warmup(path, model_name, manifest, seq_len, n_features, batches=WARMUP
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 
-    lo = np.asarray(manifest["scaler"]["features"]["min"], np.float32)
-    hi = np.asarray(manifest["scaler"]["features"]["max"], np.float32)
+    lo = preprocessor.feature_scaler.data_min.astype(np.float32)
+    hi = preprocessor.feature_scaler.data_max.astype(np.float32)
+    seq_len, n_features = preprocessor.input_len, len(preprocessor.feature_names)
     rng = np.random.default_rng(0)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,71 +154,60 @@ def read_warmup(version_dir, limit=1000):
     return requests
 
 
-def _check(model, manifest):
-    for key in ("feature_names", "target_names", "seq_len", "scaler"):
-        if key not in manifest:
-            hint = (" (an imported PyTorch model has none until fine-tuned or imported with "
-                    "--scaler-from)" if key == "scaler" else "")
-            raise ValueError(f"manifest has no {key!r} field; it is needed to export{hint}")
-    for part in ("features", "targets"):
-        if part not in manifest["scaler"] or not {"min", "max"} <= set(manifest["scaler"][part]):
-            raise ValueError(f"manifest field 'scaler.{part}' needs 'min' and 'max'")
-    targets = list(manifest["target_names"])
-    seq_len, n_features = int(manifest["seq_len"]), len(manifest["feature_names"])
+def _check(model, preprocessor):
+    if not preprocessor.fitted:
+        raise ValueError("the model has no feature/target scaler, which the export bakes in "
+                         "(an imported PyTorch model has none until fine-tuned or imported "
+                         "with --scaler-from)")
     in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
-    if in_shape[1:] != (seq_len, n_features):
-        raise ValueError(f"model input {in_shape} does not match the manifest's "
-                         f"seq_len={seq_len} and {n_features} feature_names")
-    if out_shape[-1] != len(targets):
-        raise ValueError(f"model output {out_shape} does not match the manifest's "
-                         f"target_names {targets}")
-    return seq_len, n_features, targets
+    if in_shape[1:] != (preprocessor.input_len, len(preprocessor.feature_names)):
+        raise ValueError(f"model input {in_shape} does not match its preprocessor's "
+                         f"{preprocessor.input_len} steps of {preprocessor.feature_names}")
+    if out_shape[-1] != len(preprocessor.target_names):
+        raise ValueError(f"model output {out_shape} does not match its preprocessor's "
+                         f"targets {preprocessor.target_names}")
 
 
-def _metadata(manifest, targets, seq_len, extra):
-    units = manifest.get("units") or {}
-    if not isinstance(units, dict):  # a list aligned with target_names
-        units = dict(zip(targets, units))
+def _metadata(task):
+    pre = task.preprocessor
+    data = task.metadata.get("data") or {}
     meta = {
-        "dataset": manifest.get("dataset"),
-        "feature_names": list(manifest["feature_names"]),
+        "dataset": data.get("dataset"),
+        "feature_names": list(pre.feature_names),
         # what serving_default's ae_features must hold: logvar or std (sqrt variance)
-        "feature_kind": manifest_kind(manifest),
-        "target_names": targets,
-        "target_units": {t: units.get(t, labquake_tf.TARGET_UNITS.get(t, "")) for t in targets},
-        "seq_len": seq_len,
-        "dt": manifest.get("dt"),
-        "hop": manifest.get("hop", manifest.get("dt")),
-        "preset": manifest.get("preset"),
+        "feature_kind": pre.feature_kind,
+        "target_names": list(pre.target_names),
+        "target_units": dict(pre.units),
+        "seq_len": pre.input_len,
+        "dt": pre.dt,
+        "hop": data.get("hop", pre.dt),
+        "preset": task.metadata.get("preset"),
         "package_version": labquake_tf.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "signatures": {DEFAULT_SIGNATURE: "raw log10-variance in, physical units out",
                        SCALED_SIGNATURE: "min-max scaled in, scaled out"},
     }
-    if manifest.get("intervals"):
-        iv = manifest["intervals"]
+    if task.intervals:
+        iv = task.intervals
         meta["intervals"] = {"method": iv.get("method"), "coverage": iv.get("coverage"),
                              "score": iv.get("score"), "members": iv.get("members"),
-                             "outputs": [f"{t}_{b}" for t in targets for b in ("lower", "upper")]}
-    # Round-trip through JSON so numpy scalars and paths in ``extra`` become plain values.
-    meta.update(json.loads(json.dumps(extra or {}, default=_plain)))
+                             "outputs": [f"{t}_{b}" for t in pre.target_names
+                                         for b in ("lower", "upper")]}
+    if task.metadata.get("source"):
+        meta["source"] = task.metadata["source"]
     return meta
 
 
-def _archive(model, manifest, targets, seq_len, n_features, metadata):
+def _archive(task, metadata):
     import keras
     import tensorflow as tf
 
-    # The training pipeline's numbers, so the graph scales exactly as the model was fit.
-    f_min, f_scale = MinMaxScaler.from_dict(manifest["scaler"]["features"]).affine()
-    t_min, t_scale = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).affine()
-    spec = tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME)
-    half = _half_width(manifest.get("intervals"), targets)
-    net = model
-    if half is not None:
-        from labquake_tf.training.ensemble import members_model
-
-        net = members_model(model)
+    model, pre = task.network, task.preprocessor
+    targets = list(pre.target_names)
+    spec = tf.TensorSpec([None, pre.input_len, len(pre.feature_names)], tf.float32,
+                         name=INPUT_NAME)
+    half = _half_width(task.intervals, targets)
+    net = members_model(model) if half is not None else model
 
     # One tf.function for both signatures: the model is traced once, not twice.
     @tf.function(input_signature=[spec], autograph=False)
@@ -239,11 +223,11 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
         return {t: y[:, i] for i, t in enumerate(targets)}
 
     def physical(ae_features):
-        mean, spread = scaled((ae_features - f_min) / f_scale)
-        mean = mean * t_scale + t_min
+        mean, spread = scaled(pre.scale_features(ae_features))
+        mean = pre.unscale_targets(mean)
         outputs = split(mean)
         if half is not None:
-            width = half[0] * spread * t_scale + half[1]
+            width = half[0] * spread * pre.target_scale.astype(np.float32) + half[1]
             outputs.update({f"{t}_lower": v for t, v in split(mean - width).items()})
             outputs.update({f"{t}_upper": v for t, v in split(mean + width).items()})
         return outputs
@@ -253,13 +237,10 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
     archive.add_endpoint(DEFAULT_SIGNATURE, physical, input_signature=[spec])
     archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)[0]),
                          input_signature=[spec])
-    from labquake_tf.models import is_streamable
-
     if is_streamable(model):
         from labquake_tf.serving import step
 
-        archive.add_endpoint(step.STEP_SIGNATURE, *step.step_endpoint(
-            model, f_min, f_scale, t_min, t_scale, targets))
+        archive.add_endpoint(step.STEP_SIGNATURE, *step.step_endpoint(model, pre))
     meta_json = json.dumps(metadata, sort_keys=True)
     archive.add_endpoint(METADATA_SIGNATURE,
                          lambda: {"metadata_json": tf.constant(meta_json)}, input_signature=[])
@@ -268,41 +249,12 @@ def _archive(model, manifest, targets, seq_len, n_features, metadata):
 
 def _half_width(intervals, targets):
     """``(coef, offset)`` float32 vectors of ``half = coef * spread + offset`` in
-    physical units, or None when the manifest holds no calibrated interval."""
+    physical units, or None when the task holds no calibrated interval."""
     if not intervals:
         return None
     missing = [t for t in targets if t not in intervals.get("targets", {})]
     if missing:
-        raise ValueError(f"manifest field 'intervals' has no calibration for {missing}")
+        raise ValueError(f"the task's interval has no calibration for {missing}")
     params = [intervals["targets"][t] for t in targets]
     return (np.asarray([p["coef"] for p in params], np.float32),
             np.asarray([p["offset"] for p in params], np.float32))
-
-
-def _plain(obj):
-    return obj.item() if hasattr(obj, "item") else str(obj)
-
-
-def add_arguments(parser):
-    parser.add_argument("model", help="a run dir, a .keras file with manifest.json beside it, "
-                                      "or an exported SavedModel version dir")
-    parser.add_argument("--name", required=True, help="model name (saved_models/NAME/)")
-    parser.add_argument("--version", type=int, default=None,
-                        help="version number (default: next integer)")
-    parser.add_argument("--base-dir", default="saved_models", help="export root")
-    parser.add_argument("--force", action="store_true", help="replace an existing version")
-
-
-def run(args):
-    from labquake_tf.training.artifacts import load_pretrained
-
-    model, manifest = load_pretrained(args.model)
-    extra = {"source": str(pathlib.Path(args.model).resolve())}
-    config = pathlib.Path(args.model) / "config.json"
-    preset = json.loads(config.read_text()).get("preset") if config.exists() else None
-    if preset:
-        extra["preset"] = preset
-    path = export_model(model, manifest, args.name, base_dir=args.base_dir,
-                        version=args.version, force=args.force, extra_metadata=extra)
-    print(f"exported {args.model} -> {path}")
-    return 0

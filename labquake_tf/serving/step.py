@@ -35,7 +35,7 @@ def state_specs(model):
     return specs
 
 
-def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
+def step_endpoint(model, preprocessor):
     """``(fn, input_signature)`` for ``ExportArchive.add_endpoint``: one step of the
     streamable ``model`` from raw features to physical units, states in and out."""
     import keras
@@ -65,7 +65,7 @@ def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
         return y[:, None] + tf.cast(layer.bias, h.dtype)
 
     def step(inputs):
-        x = (inputs["ae_features"] - f_min) / f_scale
+        x = preprocessor.scale_features(inputs["ae_features"])
         h = norm(tf.cast(x, dtype), training=False)
         new = {}
         for i, block in enumerate(blocks):
@@ -78,8 +78,8 @@ def step_endpoint(model, f_min, f_scale, t_min, t_scale, targets):
             h = tf.nn.relu(y + skip)
         window = tf.concat([tf.cast(inputs[HEAD_STATE][:, 1:], h.dtype), h], axis=1)
         new[HEAD_STATE] = tf.cast(window, tf.float32)
-        y = tf.cast(head(window, training=False), tf.float32) * t_scale + t_min
-        return {**{t: y[:, i] for i, t in enumerate(targets)}, **new}
+        y = preprocessor.unscale_targets(tf.cast(head(window, training=False), tf.float32))
+        return {**{t: y[:, i] for i, t in enumerate(preprocessor.target_names)}, **new}
 
     return step, [signature]
 

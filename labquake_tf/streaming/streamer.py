@@ -1,14 +1,13 @@
 """``Streamer``: raw AE (or log-variance steps) in, predictions in physical units out.
 
-    streamer = Streamer("saved_models/p4581/1", sample_rate=2e6)
+    streamer = LabquakeRegressor.from_preset("p4581-shear-stress").streamer(sample_rate=2e6)
     for chunk in chunks:                    # any lengths, (n, n_channels) samples
         out = streamer.update(chunk)        # the predictions this chunk completed
         for row in out.rows(): ...          # {"time": s, "shear_stress": MPa, ...}
 
 Raw samples go through the streaming ``data.features.LogVariance`` (one pass,
-any chunk sizes), are scaled with the manifest's feature scaler, run through an
-engine (``engines``), and the outputs are inverted with the manifest's target
-scaler. ``update_features`` takes log-variance steps directly (the DDS CSVs hold
+any chunk sizes), are scaled by the task's preprocessor, run through an engine
+(``engines``), and the outputs are inverted by the same preprocessor. ``update_features`` takes log-variance steps directly (the DDS CSVs hold
 precomputed variance, not raw AE).
 
 Bad input never gives a silent wrong prediction:
@@ -22,13 +21,10 @@ Bad input never gives a silent wrong prediction:
 """
 
 import dataclasses
-import json
-import pathlib
 
 import numpy as np
 
 from labquake_tf.data.features import LogVariance
-from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.streaming.engines import make_engine
 
 
@@ -43,6 +39,10 @@ class Predictions:
 
     def __len__(self):
         return len(self.time)
+
+    def as_dict(self):
+        """``{"time": ..., name: values}``, as ``LabquakeRegressor.predict`` returns."""
+        return {"time": self.time, **self.values}
 
     def rows(self):
         names = list(self.values)
@@ -61,45 +61,16 @@ class Predictions:
                            np.concatenate([p.scaled for p in parts]))
 
 
-def load(model_or_export, manifest=None):
-    """``(model, manifest, metadata)`` from a Keras model + manifest, a run dir, a
-    ``.keras`` file with ``manifest.json`` beside it, or an exported version dir."""
-    if isinstance(model_or_export, (str, pathlib.Path)):
-        from labquake_tf.files import EXPORT_METADATA
-        from labquake_tf.training.artifacts import load_pretrained
-
-        path = pathlib.Path(model_or_export)
-        model, manifest = load_pretrained(path)
-        meta_path = path / EXPORT_METADATA
-        metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return model, manifest, metadata
-    if manifest is None:
-        raise ValueError("Streamer: a Keras model needs its data manifest (manifest=...) for "
-                         "the feature and target scalers")
-    return model_or_export, manifest, {}
-
-
-def _intervals(manifest, metadata, names):
-    """Per-target ``(lower, upper)`` offsets in physical units, where the model carries
-    split-conformal intervals of constant width: the fine-tuning job's
-    ``intervals: {"targets": {NAME: {"coef": 0, "offset": half_width}}}``, or
-    ``{NAME: {"q": half_width}}`` / ``{NAME: {"lower": a, "upper": b}}``, in the manifest
-    or export metadata. An ensemble-spread-scaled interval (``coef > 0``) needs the
-    members' spread, which a stream of one model does not have: no interval then."""
-    found = {}
-    for block in (manifest.get("intervals"), metadata.get("intervals")):
-        if isinstance(block, dict):
-            found.update(block.get("targets", block))
+def _intervals(intervals, names):
+    """Per-target ``(lower, upper)`` offsets in physical units, where the task carries
+    split-conformal intervals of constant width (``coef`` 0: the fine-tuning job's
+    default). An ensemble-spread-scaled interval (``coef > 0``) needs the members'
+    spread, which a stream of one model does not have: no interval then."""
     out = {}
     for name in names:
-        spec = found.get(name)
-        if isinstance(spec, dict) and "offset" in spec:
-            if float(spec.get("coef", 0.0)) == 0.0:
-                out[name] = (-float(spec["offset"]), float(spec["offset"]))
-        elif isinstance(spec, dict) and "q" in spec:
-            out[name] = (-float(spec["q"]), float(spec["q"]))
-        elif isinstance(spec, dict) and {"lower", "upper"} <= set(spec):
-            out[name] = (float(spec["lower"]), float(spec["upper"]))
+        spec = ((intervals or {}).get("targets") or {}).get(name)
+        if isinstance(spec, dict) and "offset" in spec and float(spec.get("coef", 0.0)) == 0.0:
+            out[name] = (-float(spec["offset"]), float(spec["offset"]))
     return out
 
 
@@ -107,8 +78,7 @@ class Streamer:
     """Stateful predictions over an unbounded AE stream.
 
     Args:
-        model_or_export: a Keras TCN (with ``manifest``), a run dir, a ``.keras``
-            file or an exported SavedModel version dir.
+        task: a ``LabquakeRegressor`` (``task.streamer(...)`` builds this).
         engine: ``"incremental"`` (per-layer state, streamable models only),
             ``"windowed"`` (recompute every window, any model) or ``"auto"``.
         sample_rate: raw AE rate in Hz; needed by ``update`` only.
@@ -119,19 +89,20 @@ class Streamer:
         on_reset: called with ``(time, reason)`` on every reset.
     """
 
-    def __init__(self, model_or_export, manifest=None, engine="auto", sample_rate=None,
-                 window=0.1, hop=None, t0=0.0, max_gap=1.5, on_reset=None, **engine_kwargs):
-        self.model, self.manifest, self.metadata = load(model_or_export, manifest)
+    def __init__(self, task, engine="auto", sample_rate=None, window=0.1, hop=None, t0=0.0,
+                 max_gap=1.5, on_reset=None, **engine_kwargs):
+        if not hasattr(task, "preprocessor"):
+            raise TypeError(f"Streamer takes a LabquakeRegressor (LabquakeRegressor."
+                            f"from_preset(path).streamer()), got {type(task).__name__}")
+        self.model, self.preprocessor = task.network, task.preprocessor
         self.engine = make_engine(self.model, engine, **engine_kwargs)
         self.engine_name = type(self.engine).__name__
-        self.feature_names = list(self.manifest["feature_names"])
-        self.target_names = list(self.manifest["target_names"])
-        self.features_scaler = MinMaxScaler.from_dict(self.manifest["scaler"]["features"])
-        self.targets_scaler = MinMaxScaler.from_dict(self.manifest["scaler"]["targets"])
-        self.intervals = _intervals(self.manifest, self.metadata, self.target_names)
+        self.feature_names = list(self.preprocessor.feature_names)
+        self.target_names = list(self.preprocessor.target_names)
+        self.intervals = _intervals(task.intervals, self.target_names)
         self.output_names = [n for t in self.target_names for n in
                              ([t, f"{t}_lower", f"{t}_upper"] if t in self.intervals else [t])]
-        self.hop = float(hop or self.manifest.get("dt") or 0.01)
+        self.hop = float(hop or self.preprocessor.dt or 0.01)
         self.window = float(window)
         self.sample_rate = sample_rate
         self.max_gap = float(max_gap)
@@ -256,9 +227,9 @@ class Streamer:
         if not len(steps):
             return Predictions.concat([], self.output_names)
         base = self.engine.n_steps
-        ends, scaled = self.engine.push(self.features_scaler.transform(steps))
+        ends, scaled = self.engine.push(self.preprocessor.scale_features(steps))
         self._last_time = float(times[-1])
-        phys = self.targets_scaler.inverse_transform(scaled)
+        phys = self.preprocessor.unscale_targets(scaled)
         values = {}
         for i, name in enumerate(self.target_names):
             values[name] = phys[:, i]

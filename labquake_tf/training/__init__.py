@@ -2,14 +2,12 @@
 model (``finetune``) and its ensemble of heads (``ensemble``, ``select``).
 
 ``train(build_fn, train_ds, val_ds, TrainConfig(...), out_dir)`` is the whole
-API most callers need; ``load_pretrained`` reads back what a job left. The
-pretraining and fine-tuning jobs themselves are in ``labquake_tf.jobs``.
+API most callers need. The pretraining and fine-tuning jobs themselves are in
+``labquake_tf.jobs``; ``LabquakeRegressor.from_preset`` reads back what they left.
 """
 
-from labquake_tf.training.artifacts import load_pretrained
 from labquake_tf.training.config import TrainConfig
 from labquake_tf.training.strategy import get_strategy, set_precision
 from labquake_tf.training.trainer import compile_model, make_optimizer, train
 
-__all__ = ["TrainConfig", "compile_model", "get_strategy", "load_pretrained",
-           "make_optimizer", "set_precision", "train"]
+__all__ = ["TrainConfig", "compile_model", "get_strategy", "make_optimizer", "set_precision", "train"]

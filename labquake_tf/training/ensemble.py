@@ -1,108 +1,23 @@
-"""An ensemble of heads on one frozen decoder, trained on one cached decoder pass.
+"""Training an ensemble of heads on one frozen decoder, on one cached decoder pass.
 
-``add_heads(model, n)`` turns a fine-tune model (input -> input_norm -> decoder
-blocks -> head chain -> ``prediction``) into ONE functional model: the same trunk
-feeding ``n`` fresh copies of the head (layers ``member{i}_<head layer>``) whose
-outputs ``prediction`` averages. It saves, loads, fine-tunes from (``finetune
---from`` reads only ``decoder_block_i``) and exports like any TCN; with ``n == 1``
-it is the model itself.
-
-``fit_members`` trains the members one after the other, each with its own seed
-(``member_seed``: initialisation and batch order), its own early stopping, on the
-decoder's activations computed once (``training.cache``). Members share no
-trainable weight, so this is exactly ``n`` independent fine-tunes of the head,
-for the price of one decoder pass.
-
-The spread of the members (their standard deviation per window) feeds the
-normalized conformal score of ``evaluation.intervals``; ``predict_members`` returns
-every member's scaled output for it.
+``fit_members`` trains the members of a ``models.heads.add_heads`` model one after
+the other, each with its own seed (``member_seed``: initialisation and batch
+order), its own early stopping, on the decoder's activations computed once
+(``training.cache``). Members share no trainable weight, so this is exactly ``n``
+independent fine-tunes of the head, for the price of one decoder pass.
 """
 
 import dataclasses
 import pathlib
 
 import keras
-import numpy as np
 
-from labquake_tf.errors import UsageError
 from labquake_tf.files import HISTORY_FILE, TENSORBOARD_FOLDER
-from labquake_tf.models import decoder_blocks, is_streamable
+from labquake_tf.models.heads import member_outputs, member_seed
 from labquake_tf.training import cache
 from labquake_tf.training.finetune import batches
 from labquake_tf.training.strategy import get_strategy
 from labquake_tf.training.trainer import compile_model, count_steps
-
-DEFAULT_MEMBERS = 5
-"""Five heads. On p4581 shear stress (seed 0) the validation RMSE of the mean of the
-first k members was 0.0360, 0.0327, 0.0333, 0.0333, 0.0332 MPa for k = 1..5: most of
-the gain comes from the first few heads, the cost grows linearly (each head trains
-in seconds on the cached decoder), and five members give the normalized interval
-score a spread estimated from five values rather than two or three."""
-
-SEED_STRIDE = 1000
-"""Member i of a run with ``--seed s`` trains with seed ``s + 1000 i``: member 0 is the
-single fine-tune of seed s, and runs with seeds 0..999 share no member."""
-
-
-def check_members(n):
-    """``n`` as a positive int, or ValueError naming ``--ensemble``."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UsageError(f"--ensemble must be a positive number of heads, got {n!r}")
-    return int(n)
-
-
-def member_seed(seed, i):
-    return int(seed) + SEED_STRIDE * int(i)
-
-
-def _head_layers(model):
-    # Where training.cache splits: a streamable model's trunk ends after history_crop.
-    last = model.get_layer("history_crop") if is_streamable(model) else decoder_blocks(model)[-1]
-    # The head is a chain; functional models list their layers in call order.
-    return last, model.layers[model.layers.index(last) + 1:]
-
-
-def add_heads(model, n, seed=0):
-    """``model``'s trunk with ``n`` freshly initialised copies of its head, averaged."""
-    n = check_members(n)
-    if n == 1:
-        return model
-    last, head = _head_layers(model)
-    outputs = []
-    for i in range(n):
-        keras.utils.set_random_seed(member_seed(seed, i))
-        x = last.output
-        for layer in head:
-            x = layer.__class__.from_config({**layer.get_config(),
-                                             "name": f"member{i}_{layer.name}"})(x)
-        outputs.append(x)
-    mean = keras.layers.Average(name="prediction", dtype="float32")(outputs)
-    return keras.Model(model.inputs, mean, name=model.name)
-
-
-def member_outputs(model):
-    """The members' output tensors (``[model.output]`` for a single head)."""
-    names = {layer.name for layer in model.layers}
-    outs = []
-    while f"member{len(outs)}_prediction" in names:
-        outs.append(model.get_layer(f"member{len(outs)}_prediction").output)
-    return outs or [model.outputs[0]]
-
-
-def n_members(model):
-    return len(member_outputs(model))
-
-
-def members_model(model):
-    """``x -> [mean, member_0, ..., member_{n-1}]``, sharing ``model``'s layers."""
-    return keras.Model(model.inputs, [model.outputs[0], *member_outputs(model)],
-                       name=f"{model.name}_members")
-
-
-def predict_members(model, x, batch_size=512):
-    """``(mean, members)``: ``(n, n_targets)`` and ``(n_members, n, n_targets)``, scaled."""
-    out = members_model(model).predict(x, batch_size=batch_size, verbose=0)
-    return np.asarray(out[0], np.float64), np.stack([np.asarray(o, np.float64) for o in out[1:]])
 
 
 def fit_members(model, train_xy, val_xy, config, out_dir, use_cache=True):

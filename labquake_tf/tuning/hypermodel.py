@@ -13,7 +13,7 @@ import numpy as np
 from labquake_tf.data import pipeline
 from labquake_tf.data.record import check_feature_names
 from labquake_tf.models import build_tcn, input_length, receptive_field
-from labquake_tf.training import TrainConfig, compile_model, finetune, load_pretrained
+from labquake_tf.training import TrainConfig, compile_model, finetune
 from labquake_tf.training.trainer import count_steps
 from labquake_tf.tuning import space as space_lib
 from labquake_tf.tuning.objective import PhysicalRMSE
@@ -125,12 +125,12 @@ class FrozenDecoderHyperModel(TCNHyperModel):
     ``pretrained-frozen`` model). The architecture comes from the pretrained model.
 
     Args:
-        pretrained: anything ``training.load_pretrained`` takes (run dir, .keras, export).
+        pretrained: a ``LabquakeRegressor`` (its network and feature names are read).
         blocks: how many of its decoder blocks to keep.
     """
 
     def __init__(self, pretrained, data_dir, blocks, space=None, **kwargs):
-        self.pretrained, source_manifest = load_pretrained(pretrained)
+        self.pretrained = pretrained.network
         self.blocks = blocks
         arch = finetune.architecture(self.pretrained)
         # The decoder is the pretrained one; frozen, its blocks skip their dropout.
@@ -138,8 +138,8 @@ class FrozenDecoderHyperModel(TCNHyperModel):
                  "kernel_size": arch["kernel_size"], "dropout": arch["dropout"]}
         super().__init__(data_dir, space={**(space or {}), **fixed},
                          **{**kwargs, "streamable": arch["streamable"]})
-        check_feature_names(source_manifest.get("feature_names", []),
-                            self.manifest["feature_names"], f"{pretrained}", f"{data_dir}")
+        check_feature_names(pretrained.preprocessor.feature_names,
+                            self.manifest["feature_names"], "the pretrained model", f"{data_dir}")
         self._windows = {}
 
     def make_model(self, params):

@@ -1,5 +1,6 @@
 """``labquake stream``: predictions on a live (or replayed) AE stream.
 
+    labquake stream --model p5198-ttsf --input p5198 --split test --alarm "ttsf<1.0"
     labquake stream --model saved_models/p4581/1 --input sim_waveform.h5 --realtime
     labquake stream --model runs/ft --input p5198 --split test --alarm "ttsf<1.0"
     acquisition | labquake stream --model runs/ft --input - --dtype int16 --channels 2 \\
@@ -24,8 +25,8 @@ from labquake_tf.errors import UsageError
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
-                        help="run dir, .keras file (manifest.json beside it) or exported "
-                             "version dir")
+                        help="a preset name (labquake presets), preset folder, run dir, "
+                             "exported version dir or .keras file")
     parser.add_argument("--input", required=True,
                         help="a record (.h5 with /ae or /features/logvar, DDS .csv, .npz), a "
                              "dataset name (p4581, ...), or - for raw frames on stdin")
@@ -41,7 +42,7 @@ def add_arguments(parser):
     parser.add_argument("--start", type=float, default=None, help="replay from this time (s)")
     parser.add_argument("--end", type=float, default=None, help="replay up to this time (s)")
     parser.add_argument("--split", default=None,
-                        help="replay one split of the model's manifest (e.g. test) with its "
+                        help="replay one split of the model's data (e.g. test) with its "
                              "warm-up before it; predictions are written from its start")
     parser.add_argument("--realtime", action="store_true", help="pace the replay at stream time")
     parser.add_argument("--speed", type=float, default=1.0, help="with --realtime: x real time")
@@ -56,20 +57,22 @@ def add_arguments(parser):
 def run(args):
     from labquake_tf.streaming import sources
     from labquake_tf.streaming.alarms import Alarm
-    from labquake_tf.streaming.streamer import Streamer, load
+    from labquake_tf.task import LabquakeRegressor
 
-    model, manifest, metadata = load(args.model)
-    hop = float(manifest.get("dt") or 0.01)
+    task = LabquakeRegressor.from_preset(args.model)
+    # provenance only: which part of the record was held out, to replay it
+    splits = (task.metadata.get("data") or {}).get("splits") or {}
+    hop = float(task.preprocessor.dt or 0.01)
     chunk = args.chunk or hop
     start, end, emit_from = args.start, args.end, None
     if args.split:
-        split = (manifest.get("splits") or {}).get(args.split)
+        split = splits.get(args.split)
         if not split or "t_start" not in split:
-            raise UsageError(f"--split {args.split}: the model's manifest has no such split "
-                             f"with times (splits: {sorted(manifest.get('splits') or {})})")
+            raise UsageError(f"--split {args.split}: the model records no such split of its "
+                             f"data with times (splits: {sorted(splits)})")
         emit_from = float(split["t_start"])
         # Warm up on the steps before the split, as the offline windows do.
-        start = emit_from - (model.input_shape[1] + 1) * hop - args.window
+        start = emit_from - (task.preprocessor.input_len + 1) * hop - args.window
         end = float(split["t_end"]) if end is None else end
     if args.input == "-":
         if args.sample_rate is None:
@@ -94,9 +97,8 @@ def run(args):
         for a in alarms:
             a.reset()
 
-    streamer = Streamer(model, manifest, engine=args.engine, sample_rate=source.sample_rate,
-                        window=args.window, hop=hop, t0=source.t0, on_reset=on_reset)
-    streamer.metadata = metadata
+    streamer = task.streamer(engine=args.engine, sample_rate=source.sample_rate,
+                             window=args.window, hop=hop, t0=source.t0, on_reset=on_reset)
     alarms = [Alarm.parse(a, streamer.output_names) for a in args.alarm]
     writer.header(streamer.output_names)
     progress = _Progress(streamer, quiet=args.quiet)

@@ -1,13 +1,18 @@
-"""``labquake predict``: stream a record's windows through a server, write CSV + plot.
+"""``labquake predict``: every window of a record through a model, written as CSV
+(or Parquet) with the interval, and a plot.
 
+    labquake predict --model p4581-shear-stress --input p4581          # local, no server
+    labquake predict --model runs/ft --input my_run.h5 --format parquet
     labquake predict --server http://localhost:8501 --model p4581 --input p5198
     labquake predict --server grpc://localhost:8500 --model p4581 --input p5198
 
-The server may be TF Serving or ``labquake serve``; the window length comes from
-the model's ``serving_default`` signature and its feature NAMES from its
-``metadata`` signature, so the client needs no copy of the model. The record is
-read with the channels those names say (a model trained on ``logvar_ch2`` gets
-channel 2), and names that still differ are an error naming both lists.
+Locally ``--model`` is anything ``LabquakeRegressor.from_preset`` takes. With
+``--server`` (TF Serving or ``labquake serve``) it is the served model's name: the
+window length comes from its ``serving_default`` signature and its feature NAMES
+from its ``metadata`` signature, so the client needs no copy of the model. The
+record is read with the channels those names say (a model trained on
+``logvar_ch2`` gets channel 2), and names that still differ are an error naming
+both lists.
 """
 
 import csv
@@ -17,6 +22,7 @@ import pathlib
 import numpy as np
 
 from labquake_tf import TARGET_UNITS
+from labquake_tf.errors import UsageError
 from labquake_tf.serving.client import Client
 
 
@@ -59,9 +65,10 @@ def predict_record(client, record, batch_size=256, signature_name="serving_defau
     return record.time[seq_len - 1:], outputs
 
 
-def write_csv(path, time, outputs, record, offset):
+def write_table(path, time, outputs, record, offset):
     """time, then per output its prediction and, when the record has it, the truth and
-    whether that truth is a label (``NAME_labelled``, 0/1: each target has its own mask)."""
+    whether that truth is a label (``NAME_labelled``, 0/1: each target has its own mask).
+    ``.csv``, or ``.parquet`` (needs pyarrow)."""
     names = sorted(outputs)
     truth = [n for n in names if n in record.targets]
     header = ["time"] + names + [f"{n}_true" for n in truth] + [f"{n}_labelled" for n in truth]
@@ -69,10 +76,18 @@ def write_csv(path, time, outputs, record, offset):
         [record.targets[n][offset:] for n in truth] + \
         [record.label_mask[n][offset:].astype(int) for n in truth]
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow (pip install pyarrow)") from None
+        pq.write_table(pa.table({h: np.asarray(c) for h, c in zip(header, columns)}), tmp)
+    else:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(zip(*(np.asarray(c).tolist() for c in columns)))
     os.replace(tmp, path)
 
 
@@ -113,23 +128,49 @@ def _bound_of(name, outputs):
 
 
 def add_arguments(parser):
-    parser.add_argument("--server", required=True,
-                        help="REST or gRPC base URL, e.g. http://localhost:8501 or "
-                             "grpc://localhost:8500")
-    parser.add_argument("--model", required=True, help="model name on the server")
-    parser.add_argument("--version", type=int, default=None, help="default: the newest")
+    parser.add_argument("--model", required=True,
+                        help="a preset name (labquake presets), preset folder, run dir, export "
+                             "or .keras file; with --server, the model's name on the server")
     parser.add_argument("--input", required=True,
                         help="a dataset name (p4581, synthetic-dds, ...) or a record file")
+    parser.add_argument("--server", default=None,
+                        help="predict through a REST or gRPC server instead of locally, e.g. "
+                             "http://localhost:8501 or grpc://localhost:8500")
+    parser.add_argument("--version", type=int, default=None,
+                        help="with --server: the model version (default: the newest)")
     parser.add_argument("--out", default=None,
                         help="output folder (default: predictions/MODEL-RECORD)")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
     parser.add_argument("--features", choices=("logvar", "std"), default="logvar",
-                        help="the AE feature the model takes (its export's metadata "
-                             "feature_kind; std for models imported from PyTorch)")
-    parser.add_argument("--batch-size", type=int, default=256, help="windows per request")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+                        help="with --server: the AE feature the model takes when its export "
+                             "does not say (std for models imported from PyTorch)")
+    parser.add_argument("--batch-size", type=int, default=256, help="windows per call")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="with --server: seconds per request")
 
 
 def run(args):
+    if args.server:
+        time, outputs, record, name = _remote(args)
+    else:
+        from labquake_tf.task import LabquakeRegressor
+
+        task = LabquakeRegressor.from_preset(args.model)
+        record = task.read_record(args.input)
+        outputs = task.predict(record, batch_size=args.batch_size)
+        time, name = outputs.pop("time"), pathlib.Path(args.model).name
+    offset = len(record) - len(time)
+    out = pathlib.Path(args.out or f"predictions/{name}-{record.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / f"predictions.{args.format}"
+    write_table(table, time, outputs, record, offset)
+    plot(out / "predictions.png", time, outputs, record, offset,
+         f"{name} on {record.name} ({len(time)} windows)")
+    print(f"{len(time)} windows of {record.name} -> {table}, {out}/predictions.png")
+    return 0
+
+
+def _remote(args):
     from labquake_tf.data.features import feature_kind
     from labquake_tf.data.record import channels_of
     from labquake_tf.data.registry import load_record
@@ -141,11 +182,4 @@ def run(args):
     record = load_record(args.input, channels=channels_of(names) if names else None,
                          features=kind or args.features)
     time, outputs = predict_record(client, record, args.batch_size, feature_names=names)
-    offset = len(record) - len(time)
-    out = pathlib.Path(args.out or f"predictions/{args.model}-{record.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "predictions.csv", time, outputs, record, offset)
-    plot(out / "predictions.png", time, outputs, record, offset,
-         f"{args.model} on {record.name} ({len(time)} windows)")
-    print(f"{len(time)} windows of {record.name} -> {out}/predictions.csv, predictions.png")
-    return 0
+    return time, outputs, record, args.model
