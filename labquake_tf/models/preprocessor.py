@@ -38,6 +38,10 @@ class Preprocessor:
         self.target_names = [str(n) for n in target_names]
         self.seq_len = int(seq_len)
         self.input_len = int(input_len or seq_len)
+        if self.input_len < self.seq_len:  # a manifest of longer windows than the network reads
+            raise ValueError(f"windows of seq_len={self.seq_len} steps, but the network reads "
+                             f"input_len={self.input_len}: that is seq_len plus a streamable "
+                             "decoder's history, never less")
         self.dt = None if dt is None else float(dt)
         self.feature_kind = check_kind(feature_kind or manifest_kind(
             {"feature_names": self.feature_names}))
@@ -49,7 +53,11 @@ class Preprocessor:
     @classmethod
     def from_manifest(cls, manifest, input_len=None):
         """The preprocessor of a model trained on a prepared data dir's ``manifest``
-        (or a run's, which is that manifest), reading ``input_len`` steps."""
+        (or a run's, which is that manifest), reading ``input_len`` steps.
+
+        Example:
+            >>> pre = Preprocessor.from_manifest(load_manifest("runs/data/p4581"))  # doctest: +SKIP
+        """
         scaler = manifest.get("scaler") or {}
         targets = list(manifest["target_names"])
         target_scaler = scaler.get("targets")
@@ -67,27 +75,56 @@ class Preprocessor:
 
     @property
     def fitted(self):
-        """True when both scalers are there (a PyTorch import has none)."""
+        """True when both scalers are there (a PyTorch import has none).
+
+        Example:
+            >>> Preprocessor(["std_ch1"], ["shear_stress"], seq_len=8).fitted
+            False
+        """
         return self.feature_scaler is not None and self.target_scaler is not None
 
     def scale_features(self, x):
-        """Raw features (numpy or a tensor, ``(..., n_features)``) -> model inputs."""
+        """Raw features (numpy or a tensor, ``(..., n_features)``) -> model inputs.
+
+        Example:
+            >>> task.preprocessor.scale_features(windows).dtype    # doctest: +SKIP
+            dtype('float32')
+        """
         return self._need(self.feature_scaler, "feature").transform(x)
 
     def unscale_targets(self, y):
-        """Model outputs ``(..., n_targets)`` -> physical units (MPa, s)."""
+        """Model outputs ``(..., n_targets)`` -> physical units (MPa, s).
+
+        Example:
+            >>> task.preprocessor.unscale_targets([[0.5]])         # doctest: +SKIP
+        """
         return self._need(self.target_scaler, "target").inverse_transform(y)
 
     def scale_targets(self, y):
+        """Physical targets -> the model's scaled outputs (``unscale_targets``' inverse).
+
+        Example:
+            >>> task.preprocessor.scale_targets([[3.0]])           # doctest: +SKIP
+        """
         return self._need(self.target_scaler, "target").transform(y)
 
     @property
     def target_scale(self):
-        """Physical units per scaled unit, per target (a spread's conversion)."""
+        """Physical units per scaled unit, per target (a spread's conversion).
+
+        Example:
+            >>> task.preprocessor.target_scale                     # doctest: +SKIP
+            array([0.175])
+        """
         return self._need(self.target_scaler, "target").scale
 
     def with_scalers(self, feature_scaler, target_scaler):
-        """A copy with other scalers (``MinMaxScaler`` or their dicts)."""
+        """A copy with other scalers (``MinMaxScaler`` or their dicts).
+
+        Example:
+            >>> pre.with_scalers(data_features, data_targets).fitted  # doctest: +SKIP
+            True
+        """
         return Preprocessor.from_config({**self.get_config(),
                                          "feature_scaler": _as_dict(feature_scaler),
                                          "target_scaler": _as_dict(target_scaler)})

@@ -80,13 +80,23 @@ class LabquakeRegressor(keras.Model):
     # -- roles ---------------------------------------------------------------------
     @property
     def backbone(self):
-        """The decoder as a Keras model: ``ae_features`` -> the last block's output."""
+        """The decoder as a Keras model: ``ae_features`` -> the last block's output.
+
+        Example:
+            >>> task.backbone.output.shape                         # doctest: +SKIP
+            (None, 64, 32)
+        """
         return keras.Model(self.network.inputs, head_layers(self.network)[0].output,
                            name=f"{self.network.name}_backbone")
 
     @property
     def heads(self):
-        """One list of head layers per member (one member for a single head)."""
+        """One list of head layers per member (one member for a single head).
+
+        Example:
+            >>> [layer.name for layer in task.heads[0]]            # doctest: +SKIP
+            ['member0_head_conv', 'member0_flatten', 'member0_head_dense', ...]
+        """
         layers = head_layers(self.network)[1] if len(member_outputs(self.network)) == 1 else None
         if layers is not None:
             return [layers]
@@ -96,11 +106,21 @@ class LabquakeRegressor(keras.Model):
 
     @property
     def target_names(self):
+        """The targets it predicts, in output order.
+
+        Example:
+            >>> task.target_names                                  # doctest: +SKIP
+            ['shear_stress']
+        """
         return list(self.preprocessor.target_names)
 
     @property
     def card(self):
-        """The model card (data, splits, command, seed, test metrics), when it has one."""
+        """The model card (data, splits, command, seed, test metrics), when it has one.
+
+        Example:
+            >>> task.card["test_metrics"]["shear_stress"]["rmse"]  # doctest: +SKIP
+        """
         return self.metadata.get("card", {})
 
     # -- serialisation ---------------------------------------------------------------
@@ -121,7 +141,11 @@ class LabquakeRegressor(keras.Model):
     def from_manifest(cls, network, manifest, metadata=None):
         """A task from a network and the manifest of the data it was trained on (what
         runs and exports held before tasks existed). The manifest's ``intervals``
-        become the task's; the manifest itself is kept as ``metadata["data"]``."""
+        become the task's; the manifest itself is kept as ``metadata["data"]``.
+
+        Example:
+            >>> task = LabquakeRegressor.from_manifest(network, manifest)  # doctest: +SKIP
+        """
         manifest = dict(manifest)
         intervals = manifest.pop("intervals", None)
         manifest.setdefault("seq_len", int(network.input_shape[1]))
@@ -204,7 +228,12 @@ class LabquakeRegressor(keras.Model):
                                              self.intervals, batch_size))
 
     def read_record(self, name_or_path, **options):
-        """A record read with the model's channels and feature kind."""
+        """A record read with the model's channels and feature kind.
+
+        Example:
+            >>> record = task.read_record("p4581")                 # doctest: +SKIP
+            >>> task.predict(record)["time"][0]                     # doctest: +SKIP
+        """
         return load_record(name_or_path, channels=channels_of(self.preprocessor.feature_names),
                            features=self.preprocessor.feature_kind, **options)
 
@@ -264,7 +293,14 @@ class LabquakeRegressor(keras.Model):
                                   "task.network.fit trains the bare network")
 
     def summary(self, **kwargs):
-        """The backbone, the heads, the preprocessor and the interval, in one print."""
+        """The backbone, the heads, the preprocessor and the interval, in one print.
+
+        Example:
+            >>> task.summary()                                     # doctest: +SKIP
+            LabquakeRegressor 'tcn': shear_stress
+              backbone: 4 decoder block(s) of 32 filters, kernel 4
+            ...
+        """
         blocks = decoder_blocks(self.network)
         trainable = sum(int(np.prod(w.shape)) for w in self.network.trainable_weights)
         print(f"LabquakeRegressor {self.name!r}: {', '.join(self.target_names)}")
