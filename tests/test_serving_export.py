@@ -11,9 +11,11 @@ import tensorflow as tf
 
 from labquake_tf.cli import main, run_command
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.errors import UsageError
 from labquake_tf.models import build_from_preset
 from labquake_tf.serving import export as export_lib
 from labquake_tf.serving.export import export_model, next_version, read_metadata, versions
+from labquake_tf.task import LabquakeRegressor
 
 TARGETS = ["shear_stress", "ttsf", "ttef"]
 
@@ -33,6 +35,12 @@ def tiny_model(seed=0):
     return build_from_preset("tiny", n_features=1, n_targets=3)
 
 
+def tiny_task(seed=0, manifest=None, **metadata):
+    """``tiny_model`` as a task on ``tiny_manifest``'s data (its scalers and names)."""
+    return LabquakeRegressor.from_manifest(tiny_model(seed), manifest or tiny_manifest(),
+                                           metadata=metadata)
+
+
 def raw_windows(n=6, seed=1):
     return np.random.default_rng(seed).uniform(-2, 3, (n, 16, 1)).astype("float32")
 
@@ -41,12 +49,14 @@ _SHARED = {}
 
 
 def shared_export(tmp_path_factory):
-    """A run dir as ``labquake pretrain`` leaves it, exported once per session with
-    ``labquake export``; the server and predict tests serve the same export."""
+    """A run dir as ``labquake pretrain`` leaves it (the whole task in model.keras, the
+    data manifest beside it), exported once per session with ``labquake export``; the
+    server and predict tests serve the same export."""
     if not _SHARED:
         run = tmp_path_factory.mktemp("run")
-        model = tiny_model()
-        model.save(run / "model.keras")
+        task = tiny_task(preset="tiny")
+        model = task.network
+        task.save(run / "model.keras")
         (run / "manifest.json").write_text(json.dumps(tiny_manifest()))
         (run / "config.json").write_text(json.dumps({"preset": "tiny"}))
         base = tmp_path_factory.mktemp("saved_models")
@@ -64,19 +74,21 @@ def exported(tmp_path_factory):
 def test_layout_versions_and_assets(exported, tmp_path):
     model, path, _ = exported
     assert path.name == "1" and versions(path.parent) == [1]
-    for rel in ("saved_model.pb", "variables", "assets/model.keras", "assets/manifest.json",
-                "assets/metadata.json"):
+    for rel in ("saved_model.pb", "variables", "assets/model.keras", "assets/metadata.json"):
         assert (path / rel).exists(), rel
-    assert json.loads((path / "assets/manifest.json").read_text()) == tiny_manifest()
+    # the data manifest rides inside the task, not beside it
+    assert not (path / "assets/manifest.json").exists()
     meta = read_metadata(path)
     assert meta["dataset"] == "p4581" and meta["seq_len"] == 16 and meta["preset"] == "tiny"
     assert meta["target_units"] == {"shear_stress": "MPa", "ttsf": "s", "ttef": "s"}
     assert meta["hop"] == 0.01 and meta["package_version"]
-    # The .keras asset is the same model: fine-tuning can start from an export.
+    # The .keras asset is the same task: fine-tuning can start from an export.
     reloaded = keras.saving.load_model(path / "assets/model.keras")
+    assert isinstance(reloaded, LabquakeRegressor)
+    assert reloaded.metadata["data"] == tiny_manifest()
     x = raw_windows()
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reloaded.network.predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_signatures_by_name_in_savedmodel_proto(exported):
@@ -137,14 +149,14 @@ def fake_version(model_dir, version):
 
 
 def test_next_version_force_and_no_overwrite(tmp_path):
-    model, manifest = tiny_model(), tiny_manifest()
+    task = tiny_task()
     fake_version(tmp_path / "m", 1)
     fake_version(tmp_path / "m", 7)
     (tmp_path / "m" / "12-notes").mkdir()  # not a version: TF Serving ignores it too
     with pytest.raises(FileExistsError, match="force"):
-        export_model(model, manifest, "m", base_dir=tmp_path, version=7)
+        export_model(task, "m", base_dir=tmp_path, version=7)
     assert (tmp_path / "m" / "7" / "saved_model.pb").read_bytes() == b"old"
-    path = export_model(model, manifest, "m", base_dir=tmp_path, version=7, force=True)
+    path = export_model(task, "m", base_dir=tmp_path, version=7, force=True)
     assert path == tmp_path / "m" / "7" and (path / "assets" / "model.keras").exists()
     assert (path / "saved_model.pb").read_bytes() != b"old"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "12-notes", "7"]
@@ -160,21 +172,24 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(export_lib, "_archive", lambda *args: CrashingArchive())
     fake_version(tmp_path / "m", 1)
     with pytest.raises(OSError, match="disk full"):
-        export_model(tiny_model(), tiny_manifest(), "m", base_dir=tmp_path)
+        export_model(tiny_task(), "m", base_dir=tmp_path)
     with pytest.raises(OSError, match="disk full"):
-        export_model(tiny_model(), tiny_manifest(), "m", base_dir=tmp_path, version=1, force=True)
+        export_model(tiny_task(), "m", base_dir=tmp_path, version=1, force=True)
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["1"]
     assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"old"
 
 
 def test_bad_manifest_or_model_is_named(tmp_path):
-    model = tiny_model()
     manifest = tiny_manifest()
     del manifest["scaler"]
-    with pytest.raises(ValueError, match="'scaler'"):
-        export_model(model, manifest, "m", base_dir=tmp_path)
+    with pytest.raises(ValueError, match="no feature/target scaler"):
+        export_model(tiny_task(manifest=manifest), "m", base_dir=tmp_path)
     with pytest.raises(ValueError, match="seq_len=32"):
-        export_model(model, tiny_manifest(seq_len=32), "m", base_dir=tmp_path)
+        export_model(tiny_task(manifest=tiny_manifest(seq_len=32)), "m", base_dir=tmp_path)
+    with pytest.raises(UsageError, match="positive integer"):
+        export_model(tiny_task(), "m", base_dir=tmp_path, version=0)
+    with pytest.raises(UsageError, match="named by a positive integer"):
+        tiny_task().export(tmp_path / "m" / "latest")
     assert not (tmp_path / "m").exists() or list((tmp_path / "m").iterdir()) == []
 
 
@@ -185,7 +200,8 @@ def test_mixed_float16_export_serves_float32(tmp_path):
         model = tiny_model()
     finally:
         keras.config.set_dtype_policy(policy)
-    path = export_model(model, tiny_manifest(), "mp", base_dir=tmp_path)
+    path = export_model(LabquakeRegressor.from_manifest(model, tiny_manifest()), "mp",
+                        base_dir=tmp_path)
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     assert fn.structured_input_signature[1]["ae_features"].dtype == tf.float32
     out = fn(ae_features=tf.constant(raw_windows()))
@@ -204,7 +220,7 @@ def test_mixed_float16_export_serves_float32(tmp_path):
 
 
 def test_export_cli_refuses_to_overwrite(exported):
-    # Exporting from an export works (load_pretrained reads assets/), replacing one does not.
+    # Exporting from an export works (from_preset reads assets/), replacing one does not.
     _, path, _ = exported
     stamp = (path / "saved_model.pb").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="already exists"):

@@ -10,6 +10,7 @@ from labquake_tf.serving import Client
 from labquake_tf.serving.export import export_model
 from labquake_tf.serving.server import Server
 from labquake_tf.serving.step import StepClient, state_specs
+from labquake_tf.task import LabquakeRegressor
 
 
 def _manifest(model):
@@ -22,13 +23,13 @@ def _manifest(model):
 
 @pytest.mark.parametrize("members", [1, 3])  # a fine-tuning ensemble's heads branch
 def test_serving_step_through_the_rest_server_matches_predict(tmp_path, members):
-    from labquake_tf.training.ensemble import add_heads
+    from labquake_tf.models.heads import add_heads
 
     keras.utils.set_random_seed(0)
     model = add_heads(build_tcn(6, n_features=1, n_targets=2, filters=4, kernel_size=3,
                                 blocks=2, dropout=0.0, streamable=True), members)
     manifest = _manifest(model)
-    path = export_model(model, manifest, "s", base_dir=tmp_path)
+    path = export_model(LabquakeRegressor.from_manifest(model, manifest), "s", base_dir=tmp_path)
     meta = json.loads((path / "assets" / "metadata.json").read_text())
     assert "serving_step" in meta["signatures"]
     assert meta["stream"]["states"] == {k: list(v) for k, v in state_specs(model).items()}
@@ -41,9 +42,7 @@ def test_serving_step_through_the_rest_server_matches_predict(tmp_path, members)
     expected = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).inverse_transform(
         model.predict(windows, verbose=0))
     # The same numbers from the export dir through the in-process Streamer.
-    from labquake_tf.streaming import Streamer
-
-    streamed = Streamer(path).update_features(x)
+    streamed = LabquakeRegressor.from_preset(path).streamer().update_features(x)
     np.testing.assert_allclose(streamed.values["ttsf"], expected[:, 1], atol=1e-5)
     with Server(tmp_path / "s", port=0) as server:
         stepper = StepClient(Client(server.url, "s"))
@@ -60,10 +59,10 @@ def test_serving_step_through_the_rest_server_matches_predict(tmp_path, members)
 
 def test_reference_export_has_no_step_signature(tmp_path):
     model = build_tcn(6, filters=4, kernel_size=3, blocks=2)
-    path = export_model(model, {**_manifest(model), "target_names": ["ttsf"],
-                                "scaler": {"features": {"min": [1.0], "max": [3.0]},
-                                           "targets": {"min": [0.0], "max": [5.0]}}},
-                        "r", base_dir=tmp_path)
+    manifest = {**_manifest(model), "target_names": ["ttsf"],
+                "scaler": {"features": {"min": [1.0], "max": [3.0]},
+                           "targets": {"min": [0.0], "max": [5.0]}}}
+    path = export_model(LabquakeRegressor.from_manifest(model, manifest), "r", base_dir=tmp_path)
     assert "serving_step" not in json.loads((path / "assets" / "metadata.json").read_text())[
         "signatures"]
     with Server(tmp_path / "r", port=0) as server:

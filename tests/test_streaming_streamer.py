@@ -6,6 +6,7 @@ from labquake_tf.data.features import log_variance
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.models import build_tcn
 from labquake_tf.streaming import Streamer
+from labquake_tf.task import LabquakeRegressor
 
 RATE = 1000.0  # Hz: 0.1 s windows of 100 samples, 0.01 s hops of 10
 
@@ -25,6 +26,10 @@ def setup():
     envelope = 50 + 40 * np.sin(np.arange(n) / 300.0)
     ae = np.stack([rng.normal(0, 5, n), rng.normal(0, 1, n) * envelope], axis=1).astype(np.int16)
     return model, manifest, ae
+
+
+def _task(model, manifest, intervals=None):
+    return LabquakeRegressor.from_manifest(model, {**manifest, "intervals": intervals})
 
 
 def _offline(model, manifest, logvar, t_end):
@@ -53,7 +58,7 @@ def test_raw_ae_in_random_chunks_matches_predict_on_the_record(setup, engine):
     logvar = log_variance(ae[:, 1:2], RATE)
     time = np.arange(1, len(logvar) + 1) * 0.01 + 0.09 + 5.0  # window ends, t0 = 5 s
     t_exp, y_exp = _offline(model, manifest, logvar, time)
-    streamer = Streamer(model, manifest, engine=engine, sample_rate=RATE, t0=5.0)
+    streamer = _task(model, manifest).streamer(engine=engine, sample_rate=RATE, t0=5.0)
     assert streamer.warmup_steps == 8 + 2 * 2 * 3
     parts = _feed(streamer, ae, seed=1)
     assert sum(len(p) for p in parts) == len(t_exp)
@@ -73,7 +78,8 @@ def test_non_finite_samples_reset_and_later_windows_never_see_them(setup):
     bad = 2003
     ae[bad, 1] = np.nan
     seen = []
-    streamer = Streamer(model, manifest, sample_rate=RATE, on_reset=lambda t, r: seen.append(r))
+    streamer = Streamer(_task(model, manifest), sample_rate=RATE,
+                        on_reset=lambda t, r: seen.append(r))
     parts = _feed(streamer, ae, seed=2)
     assert len(streamer.resets) == 1 and seen == ["non-finite AE sample"]
     assert streamer.resets[0][0] == pytest.approx(bad / RATE)
@@ -96,7 +102,7 @@ def test_feature_replay_gaps_reset_and_bad_input_is_refused(setup):
     steps = rng.uniform(1, 4, size=(100, 1))
     time = np.arange(100) * 0.01
     time[60:] += 0.5  # a 0.5 s gap
-    streamer = Streamer(model, manifest)
+    streamer = Streamer(_task(model, manifest))
     out = streamer.update_features(steps[:30], time[:30])
     out2 = streamer.update_features(steps[30:], time[30:])
     assert [r for _, r in streamer.resets] == ["gap in time stamps: 0.59 s -> 1.1 s"]
@@ -108,17 +114,18 @@ def test_feature_replay_gaps_reset_and_bad_input_is_refused(setup):
         streamer.update_features(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="needs sample_rate"):
         streamer.update(np.zeros((10, 2), np.int16))
-    raw = Streamer(model, manifest, sample_rate=RATE)
+    raw = Streamer(_task(model, manifest), sample_rate=RATE)
     with pytest.raises(ValueError, match=r"1 channel\(s\).*channel\(s\) \[2\]"):
         raw.update(np.zeros((10, 1), np.int16))
-    with pytest.raises(ValueError, match="needs its data manifest"):
+    # a bare network has no preprocessor: no scalers to stream with
+    with pytest.raises(TypeError, match="Streamer takes a LabquakeRegressor.*got Functional"):
         Streamer(model)
 
 
 def test_default_time_stamps_run_on_across_a_reset(setup):
     model, manifest, _ = setup
     steps = np.random.default_rng(4).uniform(1, 4, size=(50, 1))
-    streamer = Streamer(model, manifest, t0=2.0)
+    streamer = Streamer(_task(model, manifest), t0=2.0)
     first = streamer.update_features(steps)
     assert first.time[0] == pytest.approx(2.0 + (streamer.warmup_steps - 1) * 0.01)
     streamer.reset(2.5, "operator")
@@ -128,19 +135,24 @@ def test_default_time_stamps_run_on_across_a_reset(setup):
     np.testing.assert_allclose(again.scaled, first.scaled, atol=1e-6)
 
 
-def test_interval_outputs_where_the_manifest_has_them(setup):
+def test_interval_outputs_where_the_task_has_constant_width_ones(setup):
     model, manifest, _ = setup
-    with_q = {**manifest, "intervals": {"ttsf": {"q": 0.5},
-                                        "shear_stress": {"lower": -0.1, "upper": 0.2}}}
-    out = Streamer(model, with_q).update_features(np.full((30, 1), 2.5))
+    both = {"method": "split-conformal", "targets": {
+        "ttsf": {"score": "constant", "q": 0.5, "coef": 0.0, "offset": 0.5},
+        "shear_stress": {"score": "constant", "q": 0.1, "coef": 0.0, "offset": 0.1}}}
+    out = _task(model, manifest, both).streamer().update_features(np.full((30, 1), 2.5))
     assert list(out.values) == ["shear_stress", "shear_stress_lower", "shear_stress_upper",
                                 "ttsf", "ttsf_lower", "ttsf_upper"]
     np.testing.assert_allclose(out.values["ttsf_upper"] - out.values["ttsf"], 0.5)
     np.testing.assert_allclose(out.values["shear_stress_lower"] - out.values["shear_stress"], -0.1)
-    # the fine-tuning job's block: constant-score intervals only
-    job = {**manifest, "intervals": {"method": "split-conformal", "targets": {
+    # an ensemble-spread-scaled score needs the members' spread: no interval for it
+    job = {"method": "split-conformal", "targets": {
         "ttsf": {"score": "constant", "q": 0.3, "coef": 0.0, "offset": 0.3},
-        "shear_stress": {"score": "normalized", "q": 2.0, "coef": 2.0, "offset": 0.01}}}}
-    out = Streamer(model, job).update_features(np.full((30, 1), 2.5))
+        "shear_stress": {"score": "normalized", "q": 2.0, "coef": 2.0, "offset": 0.01}}}
+    out = Streamer(_task(model, manifest, job)).update_features(np.full((30, 1), 2.5))
     assert list(out.values) == ["shear_stress", "ttsf", "ttsf_lower", "ttsf_upper"]
     np.testing.assert_allclose(out.values["ttsf"] - out.values["ttsf_lower"], 0.3)
+    # no interval at all: the targets alone
+    out = Streamer(_task(model, manifest)).update_features(np.full((30, 1), 2.5))
+    assert list(out.values) == ["shear_stress", "ttsf"]
+    assert set(out.as_dict()) == {"time", "shear_stress", "ttsf"}
