@@ -298,12 +298,12 @@ if __name__ == "__main__":  # print every table row's message: python tests/test
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A tiny run dir, a run dir whose model.keras is garbage, a good and a bad record."""
-    from tests.test_serving_export import tiny_manifest, tiny_model
+    from tests.test_serving_export import tiny_manifest, tiny_model, tiny_task
 
     root = tmp_path_factory.mktemp("inputs")
     run = root / "run"
     run.mkdir()
-    tiny_model().save(run / "model.keras")
+    tiny_task().save(run / "model.keras")
     (run / "manifest.json").write_text(json.dumps(tiny_manifest()))
     broken = root / "broken"
     broken.mkdir()
@@ -311,7 +311,7 @@ def inputs(tmp_path_factory):
     (broken / "manifest.json").write_text(json.dumps(tiny_manifest()))
     badjson = root / "badjson"  # a plain ValueError our code raises: a user error too
     badjson.mkdir()
-    (badjson / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    tiny_model().save(badjson / "model.keras")  # a bare network: its manifest.json is read
     (badjson / "manifest.json").write_text('{"dataset": "p4581",')
     return {"RUN": str(run), "BROKEN": str(broken), "BADJSON": str(badjson),
             "MISSING": str(root / "nope"),
@@ -322,7 +322,8 @@ def inputs(tmp_path_factory):
 
 # (argv with placeholders, exit status, what the line must say); OUT must not exist after.
 COMMAND_ROWS = [
-    (["finetune", "--from", "MISSING", "--dataset", "REC", "--out", "OUT"], 1, "MISSING: no run dir"),
+    (["finetune", "--from", "MISSING", "--dataset", "REC", "--out", "OUT"], 1,
+     "MISSING: no such file or folder"),
     (["finetune", "--from", "BROKEN", "--dataset", "REC", "--out", "OUT"], 1, "not a Keras model"),
     (["finetune", "--from", "RUN", "--dataset", "MISSING.csv", "--out", "OUT"], 1,
      "MISSING.csv: neither a file nor a dataset name"),
@@ -332,12 +333,13 @@ COMMAND_ROWS = [
      "blocks must be between 1 and 3"),
     (["finetune", "--from", "RUN", "--dataset", "REC", "--epochs", "two"], 2,
      "argument --epochs: invalid int value: 'two'"),
-    (["evaluate", "MISSING", "--out", "OUT"], 1, "MISSING: no run dir"),
+    (["evaluate", "MISSING", "--out", "OUT"], 1, "MISSING: no such file or folder"),
     (["evaluate", "RUN", "--dataset", "NAN", "--out", "OUT"], 1,
      "nan.csv row 1,502 (t = 250 s), column ShearStress"),
     (["evaluate", "RUN", "--dataset", "REC", "--ratios", "1,2", "--out", "OUT"], 2, "split ratios"),
     (["evaluate", "RUN", "--split", "holdout", "--out", "OUT"], 2, "argument --split: invalid choice"),
-    (["export", "MISSING", "--name", "m", "--base-dir", "OUT"], 1, "MISSING: no run dir"),
+    (["export", "MISSING", "--name", "m", "--base-dir", "OUT"], 1,
+     "MISSING: no such file or folder"),
     (["export", "BADJSON", "--name", "m", "--base-dir", "OUT"], 1,
      "BADJSON/manifest.json: not valid JSON"),
     (["export", "RUN", "--name", "m", "--version", "0", "--base-dir", "OUT"], 2,
@@ -371,7 +373,7 @@ COMMAND_ROWS = [
     (["stream", "--model", "RUN", "--input", "NAN", "--out", "OUT"], 1,
      "nan.csv row 1,502 (t = 250 s), column ShearStress"),
     (["stream", "--model", "RUN", "--input", "REC", "--split", "holdout", "--out", "OUT"], 2,
-     "--split holdout: the model's manifest has no such split"),
+     "--split holdout: the model records no such split of its data"),
     (["stream", "--model", "RUN", "--input", "-", "--out", "OUT"], 2,
      "--input - (raw frames on stdin) needs --sample-rate"),
     (["finetune", "--from", "RUN", "--dataset", "REC", "--decoder", "trainable", "--ensemble", "3",

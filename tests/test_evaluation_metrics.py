@@ -69,6 +69,7 @@ def test_p4581_last_cycle_is_scored_for_shear_stress_and_masked_for_ttsf(dds_dir
     from labquake_tf.data import pipeline, prepare
     from labquake_tf.evaluation.metrics import evaluate_model, predict
     from labquake_tf.models import build_tcn
+    from labquake_tf.task import LabquakeRegressor
 
     data = tmp_path / "p4581"
     manifest = prepare.prepare("p4581", data, seq_len=16, targets=["shear_stress", "ttsf"],
@@ -87,10 +88,14 @@ def test_p4581_last_cycle_is_scored_for_shear_stress_and_masked_for_ttsf(dds_dir
         assert sum(len(y) for _, y in pipeline.make_dataset(data, "test", targets=names)) == n
 
     model = build_tcn(16, n_targets=2, filters=4, kernel_size=3, blocks=3, dropout=0.0)
-    result, p = evaluate_model(model, data, "test")
+    task = LabquakeRegressor.from_manifest(model, manifest)
+    result, p = evaluate_model(task, data, "test")
     assert result["targets"]["shear_stress"]["n_labelled"] == 1255
     assert result["targets"]["ttsf"]["n_labelled"] == 1169
     assert p["mask"].shape == (1255, 2) and np.isnan(p["true"][~p["mask"]]).all()
     assert np.isfinite(p["true"][p["mask"]]).all()
-    p2 = predict(model, data, "test")
+    p2 = predict(task, data, "test")
     assert p2["time"][-1] == arrays["time"][-1]  # the last step of the record is scored
+    # the task's own path from raw windows gives the same physical numbers
+    np.testing.assert_allclose(task.predict(arrays["features"][None, -16:])["shear_stress"], p2["pred"][-1:, 0],
+                               rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ from labquake_tf.cli import main, run_command
 from labquake_tf.data.record import Record
 from labquake_tf.data.registry import load_record
 from labquake_tf.serving import Client
-from labquake_tf.serving.predict import predict_record
+from labquake_tf.jobs.predict import predict_record
 from labquake_tf.serving.server import Server
 
 
@@ -53,6 +53,29 @@ def test_predict_cli_streams_a_record_to_csv_and_plot(served, tmp_path, capsys):
             float(fn(ae_features=window)["ttsf"][0]), rel=1e-5, abs=1e-6)
     assert (out / "predictions.png").stat().st_size > 10_000
     assert "285 windows" in capsys.readouterr().out
+
+
+def test_predict_without_a_server_runs_the_task_locally_with_the_same_numbers(served, tmp_path,
+                                                                            capsys):
+    server, path = served
+    record_path = write_record(tmp_path / "rec.npz")
+    tables = {}
+    for where, argv in (("served", ["--server", server.url, "--model", "tiny"]),
+                        ("local", ["--model", str(path)])):
+        out = tmp_path / where
+        assert main(["predict", *argv, "--input", str(record_path), "--out", str(out)]) == 0
+        assert "285 windows" in capsys.readouterr().out
+        with open(out / "predictions.csv") as f:
+            tables[where] = list(csv.DictReader(f))
+        assert (out / "predictions.png").stat().st_size > 10_000
+    served_rows, local_rows = tables["served"], tables["local"]
+    assert len(local_rows) == len(served_rows) == 285 and set(local_rows[0]) == set(served_rows[0])
+    for key in ("time", *TARGETS, "shear_stress_true", "ttsf_labelled"):
+        np.testing.assert_allclose([float(r[key]) for r in local_rows],
+                                   [float(r[key]) for r in served_rows], rtol=1e-5, atol=1e-6)
+    # a missing record is named, locally too
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        run_command(["predict", "--model", str(path), "--input", str(tmp_path / "nope.npz")])
 
 
 def test_mismatched_records_are_named(served, tmp_path):
