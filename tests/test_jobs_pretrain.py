@@ -10,7 +10,7 @@ from labquake_tf import cli
 from labquake_tf.evaluation.metrics import predict, regression_metrics
 from labquake_tf.models import PRESETS, build_tcn
 from labquake_tf.models.layers import conv_impl_plan
-from labquake_tf.training import load_pretrained
+from labquake_tf.task import LabquakeRegressor
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,21 @@ def test_run_dir_holds_the_contracted_files(pretrained):
     assert not list(pretrained.glob("*.partial")) and not (run / "backup").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "tiny" and config["train"]["epochs"] == 2
-    model, manifest = load_pretrained(run)
-    assert manifest["target_names"] == ["shear_stress"] and manifest["dataset"]
-    assert build_tcn(**config["model"]).count_params() == model.count_params()
+    task = LabquakeRegressor.from_preset(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    # model.keras is the whole task; manifest.json beside it is its data's provenance
+    assert task.metadata["data"] == manifest and task.metadata["preset"] == "tiny"
+    assert task.metadata["training"]["job"] == "pretrain"
+    assert manifest["target_names"] == task.target_names == ["shear_stress"] and manifest["dataset"]
+    assert task.preprocessor.fitted and task.intervals is None
+    assert build_tcn(**config["model"]).count_params() == task.network.count_params()
 
 
 def test_metrics_are_the_test_split_scores_in_physical_units(pretrained):
     run = pretrained / "run"
     scores = json.loads((run / "metrics.json").read_text())
     metrics = scores["targets"]["shear_stress"]
-    model, _ = load_pretrained(run)
-    p = predict(model, run / "data", "test")
+    p = predict(LabquakeRegressor.from_preset(run), run / "data", "test")
     y_true, y_pred = p["true"], p["pred"]
     assert y_true.shape == y_pred.shape == (len(p["time"]), 1)
     assert scores["split"] == "test" and scores["n_windows"] == len(p["time"])
@@ -55,11 +59,13 @@ def test_metrics_are_the_test_split_scores_in_physical_units(pretrained):
 def test_export_is_a_savedmodel_that_loads_back(pretrained):
     version = pretrained / "saved" / "labquake-pretrain" / "1"
     assert (version / "saved_model.pb").exists()
-    exported, manifest = load_pretrained(version)
-    model, _ = load_pretrained(pretrained / "run")
-    x = np.random.default_rng(0).uniform(size=(2, *model.input_shape[1:])).astype("float32")
-    np.testing.assert_allclose(exported(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
-    assert manifest["target_names"] == ["shear_stress"]
+    exported = LabquakeRegressor.from_preset(version)
+    task = LabquakeRegressor.from_preset(pretrained / "run")
+    x = np.random.default_rng(0).uniform(size=(2, *task.input_shape[1:])).astype("float32")
+    np.testing.assert_allclose(exported.network(x).numpy(), task.network(x).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert exported.preprocessor == task.preprocessor
+    assert exported.metadata["data"]["target_names"] == ["shear_stress"]
 
 
 def test_pretrain_reuses_a_prepared_data_dir_and_records_its_choices(pretrained, tmp_path):
