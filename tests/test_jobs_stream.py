@@ -11,8 +11,9 @@ from labquake_tf.cli import main
 from labquake_tf.data.features import log_variance
 from labquake_tf.data.registry import load_record
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.files import write_json
 from labquake_tf.models import build_tcn
-from labquake_tf.training.artifacts import write_json
+from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training.artifacts import save_model
 
 
@@ -26,7 +27,7 @@ def _run_dir(path, streamable=True, dt=0.1, test=(200.0, 230.0)):
                            "targets": {"min": [0.0], "max": [10.0], "names": ["ttsf"]}},
                 "splits": {"test": {"t_start": test[0], "t_end": test[1]}}}
     path.mkdir()
-    save_model(model, path / "model.keras")
+    save_model(LabquakeRegressor.from_manifest(model, manifest), path / "model.keras")
     write_json(path / "manifest.json", manifest)
     return model, manifest
 
