@@ -38,6 +38,7 @@ from labquake_tf.data.record import check_feature_names
 from labquake_tf.data.splits import parse_ratios
 from labquake_tf.errors import DataError, UsageError
 from labquake_tf.evaluation import figures
+from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.files import (CONFIG_FILE, DATA_FOLDER, HISTORY_FILE, MANIFEST_FILE,
                                METRICS_FILE, MODEL_FILE, PLOTS_FOLDER, SAVED_MODEL, atomic_dir,
                                read_history, read_json, write_json)
@@ -109,18 +110,21 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None, data
                           task.preprocessor.input_len)
     elif own:
         data = run_data_dir(model_path, manifest)
-    with atomic_dir(out) as work:
+    # task.evaluate's steps, inside one scoring_data: data prepared again lives in a
+    # temporary dir, whose manifest is read below before it goes
+    scoring = task.scoring_data(data if data is not None else dataset,
+                                None if data is not None else ratios)
+    with atomic_dir(out) as work, scoring as (data_dir, described, own):
         (work / PLOTS_FOLDER).mkdir()
-        result, p = task.evaluate(data if data is not None else dataset, split,
-                                  None if data is not None else ratios,
-                                  plots_dir=work / PLOTS_FOLDER, return_predictions=True)
+        result, p = evaluate_model(task, data_dir, split, work / PLOTS_FOLDER,
+                                   title=f"{described}/{split}", intervals=own)
         history = base / HISTORY_FILE
         if history.exists():
             figures.plot_history(read_history(history), work / PLOTS_FOLDER / "loss.png")
-        data_manifest = load_manifest(result["data_dir"])
-        result.update(model=str(model_path),
+        data_manifest = load_manifest(data_dir)
+        result.update(model=str(model_path), dataset=str(described),
                       split_ratios=list(data_manifest.get("request", {}).get("split", [])),
-                      data=result.pop("data_dir") if ".labquake-eval-" not in result["data_dir"]
+                      data=str(data_dir) if ".labquake-eval-" not in str(data_dir)
                       else "prepared again from the run's request",
                       n_labelled_split=data_manifest["splits"][split].get("n_labelled"))
         write_json(work / METRICS_FILE, result)

@@ -146,7 +146,8 @@ class Preprocessor:
     def __repr__(self):
         lines = [f"Preprocessor: {self.feature_kind} features {self.feature_names} -> "
                  f"{', '.join(f'{t} ({u})' for t, u in self.units.items())}",
-                 f"  window: {self.seq_len} steps of {self.dt:g} s"
+                 f"  window: {self.seq_len} steps of "
+                 + (f"{self.dt:g} s" if self.dt is not None else "unknown length (no dt)")
                  + (f" (+{self.input_len - self.seq_len} steps of decoder history)"
                     if self.input_len > self.seq_len else "")]
         for side, scaler in (("features", self.feature_scaler), ("targets", self.target_scaler)):

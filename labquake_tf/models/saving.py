@@ -105,9 +105,14 @@ def class_name(keras_file):
 
 def read_legacy(keras_file, manifest_file):
     """``(network, manifest)`` of a model saved before tasks existed."""
+    manifest = read_json(manifest_file)
+    missing = [k for k in ("feature_names", "target_names") if k not in manifest]
+    if missing:  # the preprocessor is built from them
+        raise DataError(f"{manifest_file}: no {', '.join(map(repr, missing))} (the model's "
+                        "inputs and outputs): not the manifest of the data it was trained on")
     # compile=False: nothing continues the saved optimizer state, and restoring it into
     # a model whose layers are partly frozen skips it with a warning.
-    return keras.models.load_model(keras_file, compile=False), read_json(manifest_file)
+    return keras.models.load_model(keras_file, compile=False), manifest
 
 
 def store_weights_as(keras_file, dtype):
