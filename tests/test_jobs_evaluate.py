@@ -12,20 +12,34 @@ from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.jobs.evaluate import evaluate
 from labquake_tf.models import build_tcn
 from labquake_tf.serving.export import export_model
+from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training.artifacts import save_model
 
 TARGETS = ["shear_stress", "ttsf", "ttef"]
 
 
-def make_run(run, dataset, targets=TARGETS, seq_len=16, split="0.7,0.1,0.2", **options):
-    """A run dir as the training jobs leave it: model, manifest and RUN/data."""
+def make_run(run, dataset, targets=TARGETS, seq_len=16, split="0.7,0.1,0.2", legacy=False,
+             **options):
+    """A run dir as the training jobs leave it: the task (``legacy``: the bare network,
+    as runs before tasks held it), the manifest and RUN/data."""
     manifest = prepare.prepare(dataset, run / "data", seq_len=seq_len, targets=targets,
                                split=split, **options)
     (run / "manifest.json").write_text(json.dumps(manifest))
     model = build_tcn(seq_len, n_targets=len(targets), filters=4, kernel_size=3, blocks=3,
                       dropout=0.0)
-    save_model(model, run / "model.keras")
-    return model, manifest
+    task = LabquakeRegressor.from_manifest(model, manifest)
+    save_model(model if legacy else task, run / "model.keras")
+    return task, manifest
+
+
+def rewrite_run(run, **changes):
+    """The run's task again, its data manifest changed (``intervals`` become the task's)."""
+    task = LabquakeRegressor.from_preset(run)
+    manifest = {**task.metadata["data"], **changes}
+    save_model(LabquakeRegressor.from_manifest(task.network, manifest), run / "model.keras")
+    (run / "manifest.json").write_text(json.dumps(
+        {k: v for k, v in manifest.items() if k != "intervals"}))
+    return manifest
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +106,18 @@ def test_a_run_is_scored_on_its_own_split_and_so_is_its_export(kind, request, tm
                      "--out", str(record)]) == 0
         split = "0.6,0.2,0.2"
     run = tmp_path / "run"
-    model, manifest = make_run(run, str(record), targets=["shear_stress"], split=split)
-    own, _ = evaluate_model(model, run / "data", "test")
+    task, manifest = make_run(run, str(record), targets=["shear_stress"], split=split)
+    own, _ = evaluate_model(task, run / "data", "test")
     from_run, _ = evaluate(run, out=tmp_path / "e1")
-    export = export_model(model, manifest, "m", base_dir=tmp_path / "saved")
+    export = export_model(task, "m", base_dir=tmp_path / "saved")
     from_export, _ = evaluate(export, out=tmp_path / "e2")
-    for result in (from_run, from_export):
+    # a run dir from before tasks (bare network, manifest.json beside it) scores the same
+    legacy = tmp_path / "legacy"
+    shutil.copytree(run, legacy)
+    save_model(task.network, legacy / "model.keras")
+    from_legacy, _ = evaluate(legacy, out=tmp_path / "e4")
+    assert from_legacy["data"] == str(legacy / "data")
+    for result in (from_run, from_export, from_legacy):
         assert result["targets"]["shear_stress"]["rmse"] == pytest.approx(
             own["targets"]["shear_stress"]["rmse"], rel=1e-6)
         assert result["n_labelled_split"] == manifest["splits"]["test"]["n_labelled"]
@@ -135,11 +155,11 @@ def other_record(tmp_path_factory):
 
 def test_zero_shot_uses_the_models_scalers(run_dir, other_record, tmp_path):
     from labquake_tf.data.scaling import MinMaxScaler
-    from labquake_tf.training.artifacts import load_pretrained
 
     result, out = evaluate(run_dir, other_record, out=tmp_path / "zs")
     assert result["split_ratios"] == pytest.approx([0.5, 0.1, 0.4])
-    model, manifest = load_pretrained(run_dir)
+    task = LabquakeRegressor.from_preset(run_dir)
+    model, manifest = task.network, json.loads((run_dir / "manifest.json").read_text())
     with open(out / "predictions.csv") as f:
         row = next(csv.DictReader(f))
     # Re-derive the first prediction from the other record's test split with the MODEL's scalers.
@@ -164,28 +184,25 @@ def test_evaluate_refuses_a_model_that_does_not_fit_the_targets(run_dir, tmp_pat
         run_command(["evaluate", str(bad), "--out", str(tmp_path / "eval")])
     assert not (tmp_path / "eval").exists()
     assert not list(tmp_path.glob(".eval-*"))
-    with pytest.raises(FileNotFoundError, match="no run dir"):
+    with pytest.raises(FileNotFoundError, match="missing: no such file or folder"):
         run_command(["evaluate", str(tmp_path / "missing")])
 
 
 def test_a_feature_name_mismatch_is_named(run_dir, dds_dir, tmp_path):
     run = tmp_path / "ch2"
     shutil.copytree(run_dir, run)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["feature_names"] = ["logvar_ch2"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    manifest = rewrite_run(run, feature_names=["logvar_ch2"])
     # its own data says logvar_ch1: not the data it trained on
     with pytest.raises(ValueError, match="feature_names"):
         evaluate(run, out=tmp_path / "e")
     # zero-shot: p5198 is read with the channel the names say, not channel 1
     shutil.rmtree(run / "data")
-    manifest["request"]["channels"] = None
-    manifest["request"]["feature_names"] = ["logvar_ch2"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    request = {**manifest["request"], "channels": None, "feature_names": ["logvar_ch2"]}
+    rewrite_run(run, request=request)
     result, _ = evaluate(run, "p5198", out=tmp_path / "e")
     assert result["targets"]["shear_stress"]["n_labelled"] > 1000
-    manifest["feature_names"] = manifest["request"]["feature_names"] = ["logvar_ch3"]
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_run(run, feature_names=["logvar_ch3"], request={**request,
+                                                            "feature_names": ["logvar_ch3"]})
     with pytest.raises(ValueError, match=r"p5198.csv: channels \[3\] not available"):
         evaluate(run, "p5198", out=tmp_path / "e3")
     assert not (tmp_path / "e3").exists()
@@ -202,13 +219,12 @@ def test_zero_shot_on_a_record_too_short_for_the_window_writes_nothing(run_dir, 
 
 
 def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, tmp_path, capsys):
-    manifest = json.loads((run_dir / "manifest.json").read_text())
     half = {"score": "constant", "q": 0.05, "eps": 0.0, "coef": 0.0, "offset": 0.05}
-    manifest["intervals"] = {"method": "split-conformal", "coverage": 0.9, "members": 1,
-                             "score": "constant", "targets": {t: half for t in TARGETS}}
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_run(run, intervals={"method": "split-conformal", "coverage": 0.9, "members": 1,
+                                "score": "constant", "targets": {t: half for t in TARGETS}})
+    assert LabquakeRegressor.from_preset(run).intervals["targets"]["ttsf"] == half
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--split", "test", "--out", str(out)]) == 0
     assert "90% interval covers" in capsys.readouterr().out

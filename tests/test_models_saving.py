@@ -90,6 +90,11 @@ def test_missing_manifest_unknown_path_and_damaged_file_are_named(run_dir, tmp_p
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model.keras missing"):
         LabquakeRegressor.from_preset(tmp_path / "empty")
+    # a manifest that cannot say the model's inputs and outputs
+    (tmp_path / "manifest.json").write_text(json.dumps({"dataset": "p5198",
+                                                        "feature_names": ["logvar_ch1"]}))
+    with pytest.raises(DataError, match=r"manifest.json: no 'target_names'"):
+        LabquakeRegressor.from_preset(tmp_path)
     (tmp_path / "bad.keras").write_text("not a zip")
     with pytest.raises(DataError, match="bad.keras: not a Keras model"):
         LabquakeRegressor.from_preset(tmp_path / "bad.keras")

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from labquake_tf.models import build_tcn
+from labquake_tf.models import Preprocessor, build_tcn, decoder_blocks
+from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training import select
 from labquake_tf.training.artifacts import save_model
 
@@ -23,9 +24,10 @@ def test_finetune_chooses_blocks_and_window_on_validation_and_records_them(
     monkeypatch.setattr(select, "SEQ_LENS", (8, None))
     src = tmp_path / "src"
     src.mkdir()
-    save_model(build_tcn(12, filters=8, kernel_size=3, blocks=2, dropout=0.0), src / "model.keras")
-    (src / "manifest.json").write_text(json.dumps({"dataset": "p5198",
-                                                   "feature_names": ["logvar_ch1"]}))
+    network = build_tcn(12, filters=8, kernel_size=3, blocks=2, dropout=0.0)
+    source = LabquakeRegressor(network, Preprocessor(["logvar_ch1"], ["shear_stress"], seq_len=12),
+                               metadata={"data": {"dataset": "p5198"}})
+    save_model(source, src / "model.keras")
     run = tmp_path / "ft"
     assert main(["finetune", "--from", str(src), "--dataset", str(sim_record), "--target", "ttsf",
                  "--epochs", "2", "--ensemble", "2", "--out", str(run)]) == 0
@@ -37,12 +39,12 @@ def test_finetune_chooses_blocks_and_window_on_validation_and_records_them(
     assert selection["chosen"] == {"blocks": best["blocks"], "seq_len": best["seq_len"]}
     assert json.loads((run / "metrics.json").read_text())["selection"] == selection
     # the run IS the chosen shape, its data prepared for that window
-    from labquake_tf.training import load_pretrained
-    from labquake_tf.models import decoder_blocks
-
-    model, manifest = load_pretrained(run)
-    assert model.input_shape[1] == best["seq_len"] == manifest["seq_len"]
-    assert len(decoder_blocks(model)) == best["blocks"]
+    task = LabquakeRegressor.from_preset(run)
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    assert task.network.input_shape[1] == best["seq_len"] == manifest["seq_len"]
+    assert task.preprocessor.input_len == task.metadata["data"]["seq_len"] == best["seq_len"]
+    assert len(decoder_blocks(task.network)) == best["blocks"]
+    assert task.metadata["training"]["selection"] == selection
 
 
 def test_search_refuses_windows_shorter_than_a_candidate():
