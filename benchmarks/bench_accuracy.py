@@ -77,10 +77,11 @@ def score_run(run_dir):
     from labquake_tf.data.scaling import MinMaxScaler
     from labquake_tf.evaluation import intervals
     from labquake_tf.evaluation.metrics import regression_metrics
-    from labquake_tf.training.artifacts import load_pretrained
-    from labquake_tf.training.ensemble import predict_members
+    from labquake_tf.models.heads import predict_members
+    from labquake_tf.task import LabquakeRegressor
 
-    model, manifest = load_pretrained(run_dir)
+    task = LabquakeRegressor.from_preset(run_dir)
+    model, manifest, calibrated = task.network, task.metadata["data"], task.intervals
     windows, y, n_steps = labelled_windows(run_dir)
     scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
     mean, members = predict_members(model, windows)
@@ -88,13 +89,13 @@ def score_run(run_dir):
     members = np.stack([scaler.inverse_transform(m)[:, 0] for m in members])
     spread = members.std(axis=0)
     name = manifest["target_names"][0]
-    lo, hi = intervals.bounds(mean[:, None], spread[:, None], [manifest["intervals"]["targets"][name]])
+    lo, hi = intervals.bounds(mean[:, None], spread[:, None], [calibrated["targets"][name]])
     ens = {**regression_metrics(y, mean), **intervals.summary(y, lo[:, 0], hi[:, 0])}
     singles = [regression_metrics(y, m) for m in members]
     return {"n_scored": int(len(y)), "n_test_steps": n_steps, "ensemble": ens,
             "single": singles[0],
             "members": {k: float(np.mean([s[k] for s in singles])) for k in singles[0]},
-            "interval_score": manifest["intervals"]["score"]}
+            "interval_score": calibrated["score"]}
 
 
 def one_run(args, dataset, target, seed, out):
@@ -104,9 +105,10 @@ def one_run(args, dataset, target, seed, out):
 
     run = out / f"{dataset}-{target}-seed{seed}"
     start = time.perf_counter()
-    _, summary = finetune(args.pretrained, dataset, run, target=target,
-                          config=TrainConfig(seed=seed, verbose=0), members=args.ensemble,
-                          coverage=args.coverage)
+    task = finetune(args.pretrained, dataset, run, target=target,
+                    config=TrainConfig(seed=seed, verbose=0), ensemble=args.ensemble,
+                    coverage=args.coverage)
+    summary = task.metadata["training"]
     wall = time.perf_counter() - start
     return {**score_run(run), "wall_s": round(wall, 1), "blocks": summary["blocks"],
             "seq_len": summary["seq_len"], "members_n": summary["ensemble"],

@@ -333,6 +333,7 @@ def main(argv=None):
 
     from labquake_tf.models import build_from_preset
     from labquake_tf.serving.export import export_model
+    from labquake_tf.task import LabquakeRegressor
 
     model = build_from_preset(args.preset, seq_len=args.seq_len, n_targets=3)
     windows = np.random.default_rng(0).uniform(-2, 3, (32, args.seq_len, 1)).astype("float32")
@@ -341,7 +342,8 @@ def main(argv=None):
                "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "cells": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        path = export_model(model, manifest(args.seq_len), "bench", base_dir=tmp)
+        task = LabquakeRegressor.from_manifest(model, manifest(args.seq_len))
+        path = export_model(task, "bench", base_dir=tmp)
         fn = tf.saved_model.load(str(path)).signatures["serving_default"]
         out = fn(ae_features=tf.constant(windows))
         expected = np.stack([out[t].numpy() for t in TARGETS], axis=1)

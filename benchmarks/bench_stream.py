@@ -49,6 +49,7 @@ def bench(preset, hops, window_hops, raw_seconds, seed=0):
 
     from labquake_tf.models import build_from_preset
     from labquake_tf.streaming import IncrementalEngine, Streamer, WindowedEngine
+    from labquake_tf.task import LabquakeRegressor
 
     keras.utils.set_random_seed(seed)
     model = build_from_preset(f"{preset}-stream")
@@ -95,7 +96,7 @@ def bench(preset, hops, window_hops, raw_seconds, seed=0):
     manifest = {"feature_names": ["logvar_ch1"], "target_names": ["shear_stress"], "dt": 0.01,
                 "scaler": {"features": {"min": [0.0], "max": [4.0]},
                            "targets": {"min": [0.0], "max": [1.0]}}}
-    streamer = Streamer(model, manifest, sample_rate=rate)
+    streamer = Streamer(LabquakeRegressor.from_manifest(model, manifest), sample_rate=rate)
     streamer.engine.n_steps = length
     ae = (rng.normal(size=(int(rate * raw_seconds), 1)) * 100).astype(np.int16)
     per = int(rate * 0.01)

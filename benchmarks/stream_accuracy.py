@@ -28,13 +28,13 @@ def main(argv=None):
 
     from labquake_tf.evaluation.metrics import predict, regression_metrics
     from labquake_tf.models import is_streamable
-    from labquake_tf.training.artifacts import load_pretrained
+    from labquake_tf.task import LabquakeRegressor
 
     preds = {}
     for run in args.runs:
-        model, _ = load_pretrained(run)
-        preds[run] = (predict(model, pathlib.Path(run) / "data", args.split),
-                      is_streamable(model))
+        task = LabquakeRegressor.from_preset(run)
+        preds[run] = (predict(task, pathlib.Path(run) / "data", args.split),
+                      is_streamable(task.network))
     common = None
     for p_, _ in preds.values():
         t = np.round(p_["time"], 6)

@@ -88,8 +88,8 @@ def main(argv=None):
     for source, dataset, target in FINETUNES:
         start = time.time()
         run = out / f"finetune-{source}-{dataset}-{target}"
-        _, s = finetune(out / f"pretrain-{source}", dataset, run, target=target, blocks=blocks,
-                        seq_len=seq_len, config=config)
+        s = finetune(out / f"pretrain-{source}", dataset, run, target=target, blocks=blocks,
+                     seq_len=seq_len, config=config).metadata["training"]
         record("fine-tuned", source, dataset, target, s["metrics"]["test"], run,
                time.time() - start, {"trainable_pct": round(100 * s["trainable_fraction"], 2),
                                      "epochs": s["epochs_run"]})

@@ -95,7 +95,7 @@ def test_mixed_float16_model_streams_in_float32(streamable):
 
 
 def test_incremental_engine_averages_an_ensembles_heads():
-    from labquake_tf.training.ensemble import add_heads, n_members
+    from labquake_tf.models.heads import add_heads, n_members
 
     # its own model: add_heads shares the trunk, which _randomise then changes
     keras.utils.set_random_seed(1)

@@ -4,7 +4,6 @@ Tiny networks (the ``tiny`` / ``tiny-stream`` presets, untrained: the numbers on
 to vary); every path a task is saved to and read from gives the same predictions."""
 
 import json
-import shutil
 
 import keras
 import numpy as np
