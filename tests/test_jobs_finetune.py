@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from labquake_tf.jobs import finetune as job
-from labquake_tf.training import ensemble, load_pretrained
+from labquake_tf.models import heads
+from labquake_tf.task import LabquakeRegressor
 
 from tests.test_training_finetune import _head_params, pretrained, source_run  # noqa: F401
 
@@ -36,7 +37,15 @@ def test_finetune_job_trains_a_target_the_source_never_saw(pretrained, dds_dir, 
     assert json.loads((out / "config.json").read_text())["execution"] == {
         "device": "CPU", "jit_compile": False, "conv_impl": {"1": "conv", "2": "conv"}}
     assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
-    test = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]["targets"]["ttsf"]
+    # model.keras is the whole task: its metadata holds the run's summary and scores
+    task = LabquakeRegressor.from_preset(out)
+    assert task.target_names == ["ttsf"] and heads.n_members(task.network) == 5
+    assert task.metadata["training"]["metrics"]["test"] == metrics["test"]
+    assert task.metadata["training"]["from"] == str(src)
+    assert task.metadata["training"]["source_dataset"] == "p5198"
+    assert task.metadata["data"] == json.loads((out / "manifest.json").read_text())
     # Learnt, not just run: it beats predicting the mean, R2 > 0 with a margin (0.28 with
     # per-target label masks, 0.63 before; an untrained head scores below 0), in seconds.
     assert test["r2"] > 0.1 and test["rmse"] == pytest.approx(
@@ -92,9 +101,11 @@ def test_finetune_cli_refuses_bad_ensemble_or_coverage(flag, tmp_path, capsys):
 
 
 def test_finetune_refuses_bad_options_before_writing(tmp_path):
-    for kwargs, match in (({"members": 0}, "--ensemble"), ({"coverage": 1.2}, "coverage"),
-                          ({"members": 3, "decoder": "trainable"}, "frozen decoder"),
-                          ({"interval_score": "wide"}, "interval_score")):
+    for kwargs, match in (({"ensemble": 0}, "--ensemble"), ({"coverage": 1.2}, "coverage"),
+                          ({"ensemble": 3, "decoder": "trainable"}, "frozen decoder"),
+                          ({"interval_score": "wide"}, "interval_score"),
+                          ({"calibration": "test"}, "calibration"),
+                          ({"target": "slip"}, "target must be one of")):
         with pytest.raises(ValueError, match=match):
             job.finetune(tmp_path / "nowhere", "p4581", tmp_path / "ft", **kwargs)
     assert list(tmp_path.iterdir()) == []
@@ -116,7 +127,9 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
                  "--seq-len", "12", "--epochs", "2", "--ensemble", "3", "--coverage", "0.8",
                  "--out", str(run)]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
-    iv = manifest["intervals"]
+    task = LabquakeRegressor.from_preset(run)
+    assert "intervals" not in manifest  # the interval is the task's, not the data's
+    iv = task.intervals
     assert iv["members"] == 3 and iv["coverage"] == 0.8
     assert iv["calibration"]["split"].startswith("train, later half")  # the default: forward
     assert set(iv["score_selection"]) <= set(intervals.SCORES)
@@ -138,17 +151,21 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     assert sorted(out) == ["shear_stress", "shear_stress_lower", "shear_stress_upper"]
     mid, lo, hi = (out[k].numpy() for k in sorted(out))
     assert np.all(lo <= mid) and np.all(mid <= hi) and np.all(hi - lo > 0)
-    # the same numbers as evaluation's interval from the run's model and manifest
-    model, _ = load_pretrained(run)
+    # the same numbers as evaluation's interval from the run's network and manifest
     f_scaler = MinMaxScaler.from_dict(manifest["scaler"]["features"])
     t_scaler = MinMaxScaler.from_dict(manifest["scaler"]["targets"])
-    mean, members = ensemble.predict_members(model, f_scaler.transform(raw))
+    mean, members = heads.predict_members(task.network, f_scaler.transform(raw))
+    assert members.shape == (3, len(raw), 1)
     lo_ref, hi_ref = intervals.bounds(t_scaler.inverse_transform(mean),
                                       members.std(axis=0) * t_scaler.scale,
                                       [iv["targets"]["shear_stress"]])
     np.testing.assert_allclose(mid, t_scaler.inverse_transform(mean)[:, 0], atol=1e-5)
     np.testing.assert_allclose(lo, lo_ref[:, 0], atol=1e-5)
     np.testing.assert_allclose(hi, hi_ref[:, 0], atol=1e-5)
+    # and the task's own predict, in Python
+    local = task.predict(raw)
+    for key, served in zip(sorted(out), (mid, lo, hi)):
+        np.testing.assert_allclose(local[key], served, atol=1e-5)
 
 
 def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_record, tmp_path):

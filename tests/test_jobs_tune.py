@@ -13,10 +13,10 @@ import pytest
 
 from labquake_tf import cli
 from labquake_tf.data import prepare
-from labquake_tf.models import build_tcn, decoder_blocks
+from labquake_tf.models import Preprocessor, build_tcn, decoder_blocks
 from labquake_tf.simulate import generate
-from labquake_tf.training import TrainConfig, load_pretrained
-from labquake_tf.training.artifacts import write_json
+from labquake_tf.task import LabquakeRegressor
+from labquake_tf.training import TrainConfig
 from labquake_tf.tuning.hypermodel import FrozenDecoderHyperModel, TCNHyperModel
 
 SPACE = {"blocks": {"choice": [1, 2]}, "filters": {"choice": [4, 8]}, "kernel_size": 3,
@@ -105,14 +105,19 @@ def test_hyperband_exports_the_best_model(data_dir, space_file, tmp_path):
     assert len(rows) == 2 and all(r["tuner/epochs"] == "1" for r in rows)
     best = min(rows, key=lambda r: float(r["score"]))
     export = tmp_path / "saved" / "tuned" / "1"
-    model, manifest = load_pretrained(export)
+    task = LabquakeRegressor.from_preset(export)
+    model, manifest = task.network, task.metadata["data"]
     assert len(decoder_blocks(model)) == int(best["blocks"])
     assert manifest["seq_len"] == 4 and model.input_shape == (None, 4, 1)
-    metadata = json.loads((export / "assets" / "metadata.json").read_text())
-    assert metadata["tuning"]["trial"] == best["trial"]
-    assert metadata["tuning"]["score"] == pytest.approx(float(best["score"]))
+    assert task.preprocessor.input_len == 4 and task.preprocessor.fitted
+    # the tuning record rides in the task's metadata
+    for tuning in (task.metadata["tuning"],):
+        assert tuning["trial"] == best["trial"]
+        assert tuning["score"] == pytest.approx(float(best["score"]))
     x = np.zeros((2, 4, 1), "float32")
     assert model.predict(x, verbose=0).shape == (2, 3)
+    out = task.predict(x)
+    assert sorted(out) == sorted(task.target_names) and out["ttsf"].shape == (2,)
 
 
 def test_time_limit_stops_launching_trials(data_dir, space_file, tmp_path, monkeypatch):
@@ -132,10 +137,7 @@ def test_time_limit_stops_launching_trials(data_dir, space_file, tmp_path, monke
 
 def test_head_only_search_keeps_the_pretrained_blocks_frozen(data_dir, tmp_path):
     pretrained = build_tcn(8, filters=4, kernel_size=3, blocks=2, dropout=0.1)
-    run = tmp_path / "pretrained"
-    run.mkdir()
-    pretrained.save(run / "model.keras")
-    write_json(run / "manifest.json", {"dataset": "tiny", "feature_names": ["logvar_ch1"]})
+    run = LabquakeRegressor(pretrained, Preprocessor(["logvar_ch1"], ["shear_stress"], seq_len=8))
     hm = FrozenDecoderHyperModel(run, data_dir, blocks=1, space=SPACE,
                                  config=TrainConfig(steps_per_epoch=2))
     assert hm.space["blocks"] == 1 and hm.space["filters"] == 4 and hm.space["dropout"] == 0.1

@@ -24,12 +24,17 @@ def windows():
     return (x[:64], y[:64]), (x[64:], y[64:])
 
 
-def source_run(model, folder, **manifest):
-    """A pretrained run dir for ``finetune --from``: ``model.keras`` + ``manifest.json``."""
+def source_run(model, folder, feature_names=("logvar_ch1",), target_names=("shear_stress",),
+               **manifest):
+    """A pretrained run dir for ``finetune --from`` as ``pretrain`` leaves it: the task in
+    ``model.keras``, its data's ``manifest.json`` beside it."""
+    from labquake_tf.task import LabquakeRegressor
     from labquake_tf.training.artifacts import save_model
 
     folder.mkdir()
-    save_model(model, folder / "model.keras")
+    manifest = {**manifest, "feature_names": list(feature_names),
+                "target_names": list(target_names), "seq_len": int(model.input_shape[1])}
+    save_model(LabquakeRegressor.from_manifest(model, manifest), folder / "model.keras")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
