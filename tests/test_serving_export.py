@@ -61,7 +61,7 @@ def shared_export(tmp_path_factory):
         (run / "config.json").write_text(json.dumps({"preset": "tiny"}))
         base = tmp_path_factory.mktemp("saved_models")
         assert main(["export", str(run), "--name", "tiny", "--base-dir", str(base)]) == 0
-        _SHARED.update(model=model, path=base / "tiny" / "1")
+        _SHARED.update(model=model, path=base / "tiny" / "1", run=run)
     return _SHARED["model"], _SHARED["path"]
 
 
@@ -82,6 +82,7 @@ def test_layout_versions_and_assets(exported, tmp_path):
     assert meta["dataset"] == "p4581" and meta["seq_len"] == 16 and meta["preset"] == "tiny"
     assert meta["target_units"] == {"shear_stress": "MPa", "ttsf": "s", "ttef": "s"}
     assert meta["hop"] == 0.01 and meta["package_version"]
+    assert meta["source"] == str(_SHARED["run"].resolve())  # labquake export says what it read
     # The .keras asset is the same task: fine-tuning can start from an export.
     reloaded = keras.saving.load_model(path / "assets/model.keras")
     assert isinstance(reloaded, LabquakeRegressor)

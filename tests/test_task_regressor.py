@@ -261,3 +261,25 @@ def test_summary_names_the_roles(ensemble_task, capsys):
     assert "3 decoder block(s) of 8 filters, kernel 3" in text and "heads: 3" in text
     assert "interval: 90% split-conformal, score normalized" in text
     assert "logvar_ch1 [-3, 0.5]" in text
+
+
+def test_evaluate_and_plot_on_another_record(ensemble_task, sim_record, tmp_path):
+    task = ensemble_task
+    result, p = task.evaluate(str(sim_record), split="test", return_predictions=True)
+    assert result["dataset"] == str(sim_record) and result["split"] == "test"
+    for name in TARGETS:
+        m = result["targets"][name]
+        assert m["n_labelled"] > 100 and np.isfinite(m["rmse"]) and m["mae"] <= m["rmse"]
+        # the interval was calibrated on the task's own data only: not scored here
+        assert "coverage" not in m
+    assert p["pred"].shape == (result["n_windows"], 2) and "lower" not in p
+    # the same windows through task.predict: the same physical numbers
+    record = task.read_record(sim_record)
+    ends = np.searchsorted(record.time, p["time"][:5])
+    x = np.stack([record.features[e - 15:e + 1] for e in ends]).astype("float32")
+    np.testing.assert_allclose(task.predict(x)["ttsf"], p["pred"][:5, 1], rtol=1e-5, atol=1e-5)
+    other = task.evaluate(str(sim_record), split="test", ratios=(0.6, 0.2, 0.2))
+    assert other["n_windows"] < result["n_windows"]  # 20 % of the events, not 40 %
+    paths = task.plot(str(sim_record), split="val", path=tmp_path / "plots")
+    assert [p.name for p in paths] == ["val_shear_stress.png", "val_ttsf.png"]
+    assert all(p.stat().st_size > 5000 for p in paths)
