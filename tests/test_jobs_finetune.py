@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from labquake_tf.jobs import finetune as job
-from labquake_tf.models import heads
+from labquake_tf.models import Preprocessor, heads
 from labquake_tf.task import LabquakeRegressor
 
 from tests.test_training_finetune import _head_params, pretrained, source_run  # noqa: F401
@@ -67,6 +67,11 @@ def test_finetune_matches_features_by_name(pretrained, sim_record, tmp_path):
     with pytest.raises(ValueError, match=r"feature names differ.*\['ae_rms'\].*\['logvar_ch1'\]"):
         run_command(["finetune", "--from", str(src), "--dataset", str(sim_record),
                      "--seq-len", "12", "--epochs", "1", "--out", str(out)])
+    assert not out.exists() and _hidden(out.parent) == []
+    # a task in memory is named by its name in the message, not by its repr
+    task = LabquakeRegressor(pretrained, Preprocessor(["ae_rms"], ["shear_stress"], seq_len=16))
+    with pytest.raises(ValueError, match=r"feature names differ: task 'tcn' takes \['ae_rms'\]"):
+        job.finetune(task, str(sim_record), out, seq_len=12)
     assert not out.exists() and _hidden(out.parent) == []
 
 

@@ -100,6 +100,8 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
     source_task = (pretrained if isinstance(pretrained, LabquakeRegressor)
                    else LabquakeRegressor.from_preset(pretrained))
     source = source_task.network
+    # what messages and the summary call the source: its path or preset, never a repr
+    source_name = str(source_task.metadata.get("loaded_from") or f"task {source_task.name!r}")
     arch = architecture(source)
     use_cache = use_cache and decoder != "trainable"
     if search == "auto":  # the search trains heads on the cached decoder: frozen only
@@ -129,7 +131,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
             data_dir = pathlib.Path(data).resolve()
             manifest = reuse_prepared(data_dir, prepared_len, [target])
             dataset = manifest.get("request", {}).get("dataset", dataset)
-        check_feature_names(names, manifest["feature_names"], f"{pretrained}", f"{dataset}")
+        check_feature_names(names, manifest["feature_names"], source_name, f"{dataset}")
         train_xy, val_xy = (_arrays(data_dir, s, config.batch_size, prepared_len)
                             for s in ("train", "val"))
         selection = None
@@ -164,7 +166,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         with strategy.scope():
             model = heads.add_heads(model, members, seed=config.seed)
         fraction = trainable_fraction(model)
-        print(f"fine-tuning {blocks} block(s) of {pretrained} on {dataset}/{target}: "
+        print(f"fine-tuning {blocks} block(s) of {source_name} on {dataset}/{target}: "
               f"{fraction:.2%} of {model.count_params():,} parameters trainable "
               f"(decoder {decoder}, {'cached' if use_cache else 'plain'} path, {members} head(s))")
 
@@ -186,7 +188,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         calibrated = calibrate(cal_model, cal_xy, preprocessor, coverage, interval_score,
                                where=where)
         source_data = source_task.metadata.get("data") or {}
-        summary = {"from": str(source_task.metadata.get("loaded_from", pretrained)),
+        summary = {"from": source_name,
                    "source_dataset": source_data.get("dataset"),
                    "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
                    "decoder": decoder, "split": list(split), "cached": use_cache,
