@@ -283,3 +283,28 @@ def test_evaluate_and_plot_on_another_record(ensemble_task, sim_record, tmp_path
     paths = task.plot(str(sim_record), split="val", path=tmp_path / "plots")
     assert [p.name for p in paths] == ["val_shear_stress.png", "val_ttsf.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_shipped_presets_are_found_by_name_and_listed(ensemble_task, tmp_path, monkeypatch,
+                                                      capsys):
+    import labquake_tf as lq
+    from labquake_tf.cli import main
+
+    monkeypatch.setattr(saving, "SHIPPED_DIR", tmp_path / "presets")
+    assert main(["presets"]) == 0
+    assert "no presets installed" in capsys.readouterr().out
+    card = {"dataset": "unit", "targets": ["ttsf"],
+            "test_metrics": {"ttsf": {"rmse": 0.5, "units": "s", "coverage": 0.9}}}
+    ensemble_task.save_to_preset(tmp_path / "presets" / "unit-ttsf", card=card)
+    assert lq.presets() == ["unit-ttsf"] and "unit-ttsf" in str(lq.presets())
+    loaded = LabquakeRegressor.from_preset("unit-ttsf")  # a name, not a path
+    x = windows(ensemble_task)
+    np.testing.assert_allclose(loaded.predict(x)["ttsf"], ensemble_task.predict(x)["ttsf"],
+                               rtol=1e-5, atol=1e-5)
+    assert main(["presets"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("unit-ttsf") and "ttsf RMSE 0.5 s, 90% in its interval" in line
+    assert main(["presets", "--card", "unit-ttsf"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "unit-ttsf"
+    assert main(["presets", "--card", "unit-stress"]) == 1
+    assert "not a shipped preset (shipped: unit-ttsf" in capsys.readouterr().err
