@@ -122,20 +122,29 @@ def store_weights_as(keras_file, dtype):
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(keras_file) as archive:
             archive.extractall(tmp)
-        with h5py.File(pathlib.Path(tmp) / "model.weights.h5", "r+") as weights:
-            arrays = []
-            weights.visititems(lambda name, obj: arrays.append(name)
-                               if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f" else None)
-            for name in arrays:
-                values = weights[name][()].astype(dtype)
-                del weights[name]
-                weights.create_dataset(name, data=values)
+        # A new file, not datasets replaced in place: HDF5 never gives deleted space back.
+        source, target = pathlib.Path(tmp) / "model.weights.h5", pathlib.Path(tmp) / "cast.h5"
+        with h5py.File(source, "r") as old, h5py.File(target, "w") as new:
+            _copy_cast(old, new, dtype)
+        target.replace(source)
         with atomic_path(keras_file) as out:
             with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
                 for path in sorted(pathlib.Path(tmp).rglob("*")):
                     if path.is_file():
                         archive.write(path, path.relative_to(tmp))
     return keras_file
+
+
+def _copy_cast(old, new, dtype):
+    new.attrs.update(old.attrs)
+    for name, item in old.items():
+        if isinstance(item, h5py.Group):
+            _copy_cast(item, new.create_group(name), dtype)
+        else:
+            values = item[()]
+            new.create_dataset(name, data=values.astype(dtype) if item.dtype.kind == "f"
+                               else values)
+            new[name].attrs.update(item.attrs)
 
 
 def weights_dtype(keras_file):

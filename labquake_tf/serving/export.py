@@ -232,8 +232,10 @@ def _archive(task, metadata):
             outputs.update({f"{t}_upper": v for t, v in split(mean + width).items()})
         return outputs
 
+    # No archive.track(model): the endpoints track every variable they use, and under
+    # Keras 3.15 tracking the model too stored each weight twice (the Keras variable and
+    # the tf.Variable inside it), doubling variables/ for nothing TF Serving reads.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint(DEFAULT_SIGNATURE, physical, input_signature=[spec])
     archive.add_endpoint(SCALED_SIGNATURE, lambda ae_features: split(scaled(ae_features)[0]),
                          input_signature=[spec])
