@@ -11,6 +11,8 @@ float64 tiles for 8/16-bit samples (every square and block sum is an exact integ
 float64 while ``hop < 2**23``), int64 ``einsum`` for wider integers.
 """
 
+import math
+
 import numpy as np
 
 try:
@@ -20,8 +22,9 @@ except ImportError:  # an environment without numba runs the numpy path, same re
 
 FAST_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16))
 LANES = 64
-"""Accumulator lanes of the multi-channel kernel; a multiple of the channel count is used,
-so lane ``j`` always holds channel ``j % n_channels`` of interleaved rows."""
+"""About this many accumulator lanes in the multi-channel kernel: a multiple of both the
+channel count (lane ``j`` always holds channel ``j % n_channels`` of interleaved rows)
+and 16 (whole vectors: 48 lanes run 3 channels at 5.9 G samples/s, 63 at 3.6)."""
 
 
 def has_fast_kernel(dtype):
@@ -39,7 +42,8 @@ def block_sums(x, hop, out, lo, hi):
         if rows.shape[1] == 1:
             _sums_one(rows.reshape(-1), np.uint64(hop), out[lo:hi])
         else:
-            lanes = rows.shape[1] * max(1, LANES // rows.shape[1])
+            unit = math.lcm(rows.shape[1], 16)
+            lanes = unit * max(1, LANES // unit)
             _sums_interleaved(rows.reshape(-1), np.uint64(hop), np.uint64(rows.shape[1]),
                               np.uint64(lanes), out[lo:hi])
         return

@@ -53,6 +53,11 @@ def feature_kind(feature_names):
     return kinds.pop() if len(kinds) == 1 and kinds <= set(OUTPUTS) else None
 
 
+def samples(seconds, sample_rate):
+    """A duration in whole samples, as ``LogVariance`` counts its window and hop."""
+    return int(round(seconds * sample_rate))
+
+
 class LogVariance:
     """Feed chunks with ``update``; each call returns the windows it completed.
 
@@ -63,8 +68,7 @@ class LogVariance:
     def __init__(self, sample_rate, window=0.1, hop=0.01, output="logvar", workers=None):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        self.hop = int(round(hop * sample_rate))
-        self.window = int(round(window * sample_rate))
+        self.hop, self.window = samples(hop, sample_rate), samples(window, sample_rate)
         if self.hop < 1 or self.window < self.hop or self.window % self.hop:
             raise ValueError(f"window ({window} s = {self.window} samples) must be a positive "
                              f"multiple of hop ({hop} s = {self.hop} samples) at {sample_rate} Hz")
