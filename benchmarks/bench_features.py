@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument("--raw", action="store_true", help="raw records: kernel and end to end")
     p.add_argument("--gb", type=float, default=1.0, help="--raw: size of each record (GB)")
     p.add_argument("--channels", default="1,4", help="--raw: channel counts, one record each")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="--raw: timed rounds (best kept)")
     p.add_argument("--dir", default=None, help="--raw: where the records go (default: tmp)")
     args = p.parse_args(argv)
     print(json.dumps(raw(args) if args.raw else streaming(args)))
@@ -77,11 +77,16 @@ def streaming(args):
         "load_avg_1min": os.getloadavg()[0]}
 
 
-def best_rate(n_samples, fn, repeats):
-    """Samples/s of the fastest of ``repeats`` calls (the first also warms caches/JIT)."""
-    fn()
-    best = min(_timed(fn) for _ in range(repeats))
-    return n_samples / best
+def best_rates(n_samples, fns, repeats):
+    """Samples/s of the fastest of ``repeats`` calls of each function, called in turn
+    (round-robin) so that load drifting on a shared machine hits all of them alike. An
+    untimed first round warms caches and the JIT."""
+    best = [float("inf")] * len(fns)
+    for r in range(repeats + 1):
+        for i, fn in enumerate(fns):
+            seconds = _timed(fn)
+            best[i] = min(best[i], seconds) if r else best[i]
+    return [n_samples / b for b in best]
 
 
 def _timed(fn):
@@ -160,11 +165,12 @@ def npz_features(path, channels):
 
 
 def npz_read(path):
-    """zipfile alone: the ``ae`` member streamed into one reused buffer."""
-    buf = bytearray(16 << 20)
-    with zipfile.ZipFile(path) as z, z.open("ae.npy") as fp:
-        while fp.readinto(buf):
-            pass
+    """Reading alone: the ``ae`` member's bytes, as ``raw_ae`` opens it, into one buffer."""
+    buf = bytearray(raw_ae.CHUNK_BYTES)
+    with zipfile.ZipFile(path) as z, raw_ae._open_member(z, "ae.npy", path) as fp:
+        left = z.getinfo("ae.npy").file_size
+        while left > 0:
+            left -= fp.readinto(memoryview(buf)[:min(len(buf), left)])
 
 
 def peak_rss_mib():
@@ -190,11 +196,9 @@ def raw(args):
     out = {"gb_per_record": args.gb, "cpu_count": os.cpu_count(), "records": []}
     # The kernel against one np.sum pass over the same int16 samples, in memory.
     x = np.concatenate(list(synthetic_pieces(1 << 26, 1)))
-    lv = LogVariance(RATE, WINDOW, HOP)
-    kernel = best_rate(x.size, lambda: lv.update(x), args.repeats)
-    lv1 = LogVariance(RATE, WINDOW, HOP, workers=1)
-    kernel_1 = best_rate(x.size, lambda: lv1.update(x), args.repeats)
-    summed = best_rate(x.size, lambda: np.sum(x), args.repeats)
+    lv, lv1 = LogVariance(RATE, WINDOW, HOP), LogVariance(RATE, WINDOW, HOP, workers=1)
+    kernel, kernel_1, summed = best_rates(
+        x.size, [lambda: lv.update(x), lambda: lv1.update(x), lambda: np.sum(x)], args.repeats)
     del x
     out.update(kernel_samples_per_s=round(kernel), kernel_1_thread_samples_per_s=round(kernel_1),
                np_sum_samples_per_s=round(summed), kernel_vs_sum=round(kernel / summed, 2),
@@ -210,11 +214,9 @@ def raw(args):
             channels = list(range(1, n_ch + 1))
             a, b = hdf5_features(h5, channels), npz_features(npz, channels)
             assert a.shape == b.shape and np.array_equal(a, b), "HDF5 and npz features differ"
-            # Interleaved, so load drifts hit both sides alike.
-            read = best_rate(n, lambda: hdf5_read(h5), args.repeats)
-            e2e = best_rate(n, lambda: hdf5_features(h5, channels), args.repeats)
-            zread = best_rate(n, lambda: npz_read(npz), args.repeats)
-            ze2e = best_rate(n, lambda: npz_features(npz, channels), args.repeats)
+            read, e2e, zread, ze2e = best_rates(n, [
+                lambda: hdf5_read(h5), lambda: hdf5_features(h5, channels),
+                lambda: npz_read(npz), lambda: npz_features(npz, channels)], args.repeats)
             rss, rss_delta = fresh_process_rss(h5, n_ch)
             rec = {"channels": n_ch, "samples": n, "bytes": os.path.getsize(h5),
                    "windows": len(a), "h5py_read_samples_per_s": round(read),

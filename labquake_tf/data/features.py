@@ -53,6 +53,16 @@ def feature_kind(feature_names):
     return kinds.pop() if len(kinds) == 1 and kinds <= set(OUTPUTS) else None
 
 
+_POOLS = {}
+
+
+def _pool(workers):
+    """A thread pool of ``workers`` threads, made once per size and reused."""
+    if workers not in _POOLS:
+        _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(workers, "logvariance")
+    return _POOLS[workers]
+
+
 def samples(seconds, sample_rate):
     """A duration in whole samples, as ``LogVariance`` counts its window and hop."""
     return int(round(seconds * sample_rate))
@@ -117,12 +127,12 @@ class LogVariance:
         out = np.empty((n_blocks, 2, x.shape[1]), np.int64 if integer else np.float64)
         if n_blocks == 0:
             return out
-        # Threads split the blocks: the kernels release the GIL, so both cores work.
+        # Threads split the blocks: the kernels release the GIL, so both cores work. The
+        # pool is kept: starting threads per chunk cost a quarter of a 16 MiB chunk's time.
         edges = np.linspace(0, n_blocks, min(self.workers, n_blocks) + 1).astype(int)
         if len(edges) > 2:
-            with concurrent.futures.ThreadPoolExecutor(len(edges) - 1) as pool:
-                list(pool.map(lambda lo, hi: block_sums(x, self.hop, out, lo, hi),
-                              edges[:-1], edges[1:]))
+            list(_pool(len(edges) - 1).map(lambda lo, hi: block_sums(x, self.hop, out, lo, hi),
+                                           edges[:-1], edges[1:]))
         else:
             block_sums(x, self.hop, out, 0, n_blocks)
         return out
