@@ -69,14 +69,14 @@ def test_hlo_stats_reads_ops_and_pads():
 def test_cpu_run_end_to_end():
     """The CPU path under Keras/JAX (this interpreter, or $LABQUAKE_JAX_PYTHON)."""
     python = os.environ.get("LABQUAKE_JAX_PYTHON", sys.executable)
-    probe = subprocess.run([python, "-c", "import jax, keras"], capture_output=True)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(BENCH.parents[1])}
+    probe = subprocess.run([python, "-c", "import jax, keras"], capture_output=True, env=env)
     if probe.returncode:
         pytest.skip("no JAX here: set LABQUAKE_JAX_PYTHON to an interpreter with jax + keras")
     out = subprocess.run([python, str(BENCH), "--preset", "tiny", "--device", "cpu",
                           "--steps", "2", "--warmup", "1", "--batch", "4",
                           "--precisions", "float32", "--torch", ""],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(BENCH.parents[1])})
+                         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     (run,) = result["runs"]
