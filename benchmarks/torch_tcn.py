@@ -63,7 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--frozen-decoder", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--amp", action="store_true", help="float16 autocast with loss scaling")
+    p.add_argument("--amp", action="store_true", help="autocast (float16: with loss scaling)")
+    p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="float32 convs and matmuls in true float32 (cuDNN allows TF32 by default)")
     p.add_argument("--serve", action="store_true",
                    help="answer {steps, threads} JSON lines on stdin (see the module doc)")
     return p.parse_args(argv)
@@ -82,11 +85,13 @@ def make_step(args):
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     x = torch.randn(args.batch, args.seq_len, args.n_features, device=args.device)
     y = torch.randn(args.batch, args.n_targets, device=args.device)
-    scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
+    # bfloat16 has float32's range: no loss scaling.
+    scaler = torch.amp.GradScaler(args.device, enabled=args.amp and args.amp_dtype == "float16")
+    dtype = getattr(torch, args.amp_dtype)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
+        with torch.autocast(args.device, dtype=dtype, enabled=args.amp):
             loss = nn.functional.mse_loss(model(x).float(), y)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -98,11 +103,18 @@ def make_step(args):
     return model, params, step
 
 
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_steps(step, steps, batch):
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
     loss.item()  # waits for the last step (CUDA is asynchronous)
+    synchronize()
     seconds = time.perf_counter() - start
     return seconds, steps * batch / seconds
 
@@ -133,16 +145,21 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model, params, step = make_step(args)
     if args.serve:
         return serve(args, params, step)
-    for _ in range(args.warmup):
+    first = time_steps(step, 1, args.batch)[0]  # cuDNN's algorithm search, allocator
+    for _ in range(args.warmup - 1):
         step()
     best = max(time_steps(step, args.steps, args.batch)[1] for _ in range(args.repeats))
     print(json.dumps({"framework": f"torch {torch.__version__}",
                       "threads": torch.get_num_threads(), "device": args.device,
-                      "amp": args.amp, "trainable_params": sum(p.numel() for p in params),
-                      "samples_per_s": float(f"{best:.4g}")}))
+                      "amp": args.amp and args.amp_dtype,
+                      "trainable_params": sum(p.numel() for p in params),
+                      "first_step_s": round(first, 3), "samples_per_s": float(f"{best:.4g}")}))
 
 
 if __name__ == "__main__":

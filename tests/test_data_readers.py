@@ -180,3 +180,51 @@ def test_std_features_are_the_square_root_of_the_variance(tmp_path, dds_dir):
     np.testing.assert_allclose(npz.features[:1000, 0], 10.0 ** (lv[:, 0] / 2), rtol=1e-6)
     with pytest.raises(ValueError, match=r"features must be one of \['logvar', 'std'\]"):
         readers.read(dds_dir / "p4581.csv", features="rms")
+
+
+def _write_raw_npz(path, ae, **extra):
+    t, s = _sawtooth_stress(int(11 * MECH_RATE), MECH_RATE)
+    arrays = dict(ae=ae, ae_sample_rate=AE_RATE, time=t, shear_stress=s)
+    arrays.update(extra)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_raw_npz_matches_hdf5(raw_h5, tmp_path, compressed):
+    """The same waveform as an .npz member (stored: read at its offset; deflated: through
+    zipfile) gives the HDF5 record's features, times and events."""
+    path, ae = raw_h5
+    npz = _write_raw_npz(tmp_path / "raw.npz", ae)
+    if compressed:
+        np.savez_compressed(npz, ae=ae, ae_sample_rate=AE_RATE,
+                            **dict(zip(("time", "shear_stress"),
+                                       _sawtooth_stress(int(11 * MECH_RATE), MECH_RATE))))
+    got, ref = readers.read(npz, channels=[2, 1]), readers.read(path, channels=[2, 1])
+    assert got.feature_names == ["logvar_ch2", "logvar_ch1"]
+    np.testing.assert_array_equal(got.features, ref.features)
+    np.testing.assert_allclose(got.time, ref.time)
+    np.testing.assert_array_equal(got.events, ref.events)
+    assert sorted(got.targets) == sorted(ref.targets)
+    for k in ref.targets:
+        np.testing.assert_allclose(got.targets[k], ref.targets[k], equal_nan=True)
+
+
+@pytest.mark.parametrize("extra,match", [
+    (dict(ae_sample_rate=None), "missing array.*ae_sample_rate"),
+    (dict(ae_sample_rate=-1.0), "ae_sample_rate must be one positive number"),
+    (dict(ttsf=np.zeros(3)), "ttsf/ttef .* need the logvar layout"),
+    (dict(ae=np.zeros((2000, 2, 2), np.int16)), "array 'ae': AE must be"),
+])
+def test_bad_raw_npz(tmp_path, extra, match):
+    ae = np.ones((20_000, 1), np.int16)
+    path = _write_raw_npz(tmp_path / "bad.npz", extra.pop("ae", ae), **extra)
+    with pytest.raises(ValueError, match=match) as err:
+        readers.read(path)
+    assert str(path) in str(err.value)
+
+
+def test_raw_npz_channel_out_of_range(tmp_path):
+    path = _write_raw_npz(tmp_path / "one.npz", np.ones((20_000, 1), np.int16))
+    with pytest.raises(ValueError, match=r"channels \[2\] not available.*1..1"):
+        readers.read(path, channels=[2])

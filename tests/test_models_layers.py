@@ -91,6 +91,36 @@ def test_conv_implementations_agree(channels):
         WeightNormConv1D(5, 3, conv_impl="fft")
 
 
+@pytest.mark.parametrize("impl", ["conv", "im2col", "taps"])
+@pytest.mark.parametrize("steps,dilation,live", [(40, 16, 3), (40, 8, 5), (40, 4, 8), (40, 64, 1)])
+def test_taps_that_read_only_padding_are_dropped(impl, steps, dilation, live):
+    """Taps shifted by the whole window read zeros (kernel 8, dilation 16, 40 steps: taps
+    0..4); the layer drops them and its output and gradients stay the full conv's."""
+    layer = WeightNormConv1D(6, 8, dilation_rate=dilation, conv_impl=impl)
+    x = np.random.default_rng(1).normal(size=(3, steps, 5)).astype("float32")
+    layer.build(x.shape)
+    layer.bias.assign(np.full(6, 0.25, "float32"))
+    assert layer.kernel_size - layer.live_taps(steps) == live
+    assert layer.live_taps(None) == 0  # length unknown: every tap kept
+    kernel = layer.kernel().numpy()
+    np.testing.assert_allclose(layer(x), causal_conv_reference(x, kernel, 0.25, dilation),
+                               rtol=1e-5, atol=1e-5)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(layer(xt)))
+    grads = tape.gradient(loss, [layer.v, layer.g, layer.bias])
+    v, g = tf.Variable(layer.v.numpy()), tf.Variable(layer.g.numpy())
+    with tf.GradientTape() as tape:  # the full formulation: every tap over full padding
+        k = v * (g / tf.sqrt(tf.reduce_sum(tf.square(v), axis=(0, 1))))
+        padded = tf.pad(xt, [[0, 0], [7 * dilation, 0], [0, 0]])
+        y = sum(padded[:, j * dilation:j * dilation + steps] @ k[j] for j in range(8)) + 0.25
+        loss_ref = tf.reduce_sum(tf.square(y))
+    ref = tape.gradient(loss_ref, [v, g])
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-5)
+    for got, want in zip(grads[:2], ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_auto_conv_choice_by_device_and_compiler():
     from labquake_tf.models.layers import choose_conv_impl
 

@@ -2,16 +2,17 @@
 
 The waveform arrives in chunks of any length and is never held whole. Each chunk
 is cut into hop blocks whose sums of ``x`` and ``x**2`` are exact integers for
-integer input (in float64 tiles for 8/16-bit samples, int64 beyond); a window is
-``window // hop`` consecutive blocks, so its variance comes from a running sum
-over block sums instead of a pass over its samples. Chunks are split across
-threads: numpy releases the GIL in the block reductions, so both cores work.
+integer input (``data.block_sums``: one fused pass); a window is ``window // hop``
+consecutive blocks, so its variance comes from a running sum over block sums instead
+of a pass over its samples. Chunks are split across threads.
 """
 
 import concurrent.futures
 import os
 
 import numpy as np
+
+from labquake_tf.data.block_sums import block_sums
 
 OUTPUTS = ("logvar", "var", "std")
 
@@ -52,6 +53,21 @@ def feature_kind(feature_names):
     return kinds.pop() if len(kinds) == 1 and kinds <= set(OUTPUTS) else None
 
 
+_POOLS = {}
+
+
+def _pool(workers):
+    """A thread pool of ``workers`` threads, made once per size and reused."""
+    if workers not in _POOLS:
+        _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(workers, "logvariance")
+    return _POOLS[workers]
+
+
+def samples(seconds, sample_rate):
+    """A duration in whole samples, as ``LogVariance`` counts its window and hop."""
+    return int(round(seconds * sample_rate))
+
+
 class LogVariance:
     """Feed chunks with ``update``; each call returns the windows it completed.
 
@@ -62,8 +78,7 @@ class LogVariance:
     def __init__(self, sample_rate, window=0.1, hop=0.01, output="logvar", workers=None):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        self.hop = int(round(hop * sample_rate))
-        self.window = int(round(window * sample_rate))
+        self.hop, self.window = samples(hop, sample_rate), samples(window, sample_rate)
         if self.hop < 1 or self.window < self.hop or self.window % self.hop:
             raise ValueError(f"window ({window} s = {self.window} samples) must be a positive "
                              f"multiple of hop ({hop} s = {self.hop} samples) at {sample_rate} Hz")
@@ -112,39 +127,15 @@ class LogVariance:
         out = np.empty((n_blocks, 2, x.shape[1]), np.int64 if integer else np.float64)
         if n_blocks == 0:
             return out
-        blocks = x.reshape(n_blocks, self.hop, x.shape[1])
-        # float64 holds every x**2 and block sum exactly for 8/16-bit samples
-        # (|x|**2 <= 2**30, hop < 2**23); wider integers keep int64 arithmetic.
-        work = (self._int64_sums if integer and (x.dtype.itemsize > 2 or self.hop >= 2 ** 23)
-                else self._float64_sums)
+        # Threads split the blocks: the kernels release the GIL, so both cores work. The
+        # pool is kept: starting threads per chunk cost a quarter of a 16 MiB chunk's time.
         edges = np.linspace(0, n_blocks, min(self.workers, n_blocks) + 1).astype(int)
         if len(edges) > 2:
-            with concurrent.futures.ThreadPoolExecutor(len(edges) - 1) as pool:
-                list(pool.map(lambda lo, hi: work(blocks, out, lo, hi), edges[:-1], edges[1:]))
+            list(_pool(len(edges) - 1).map(lambda lo, hi: block_sums(x, self.hop, out, lo, hi),
+                                           edges[:-1], edges[1:]))
         else:
-            work(blocks, out, 0, n_blocks)
+            block_sums(x, self.hop, out, 0, n_blocks)
         return out
-
-    def _float64_sums(self, blocks, out, lo, hi):
-        # Each ~2 MiB tile is converted once and reduced twice from cache: twice as fast
-        # as numpy's casting reductions over int16 blocks (two passes over memory).
-        n_ch = blocks.shape[2]
-        tile = max(1, (2 << 20) // (self.hop * n_ch * 8))
-        buf = np.empty((min(tile, hi - lo), n_ch, self.hop))
-        for i in range(lo, hi, tile):
-            b = blocks[i:min(i + tile, hi)]
-            t = buf[:len(b)]
-            np.copyto(t, b.transpose(0, 2, 1))
-            out[i:i + len(b), 0] = t.sum(axis=2)
-            out[i:i + len(b), 1] = np.einsum("ijk,ijk->ij", t, t)
-
-    def _int64_sums(self, blocks, out, lo, hi):
-        tile = max(1, (256 << 10) // (self.hop * blocks.shape[2] * blocks.itemsize))
-        for i in range(lo, hi, tile):
-            b = blocks[i:min(i + tile, hi)]
-            out[i:i + len(b), 0] = b.sum(axis=1, dtype=np.int64)
-            # einsum multiplies and accumulates in int64 without a widened copy.
-            out[i:i + len(b), 1] = np.einsum("ijk,ijk->ik", b, b, dtype=np.int64)
 
     def _windows(self, sums):
         k = self.blocks_per_window

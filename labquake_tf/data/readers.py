@@ -9,6 +9,10 @@ standard deviation instead (``std_ch1``, the reference PyTorch code's input).
 ``.npz`` keys: ``time`` (n_steps,) s, END of each AE window; ``logvar``
 (n_steps, n_channels) log10 variance; ``shear_stress`` (n_steps,) MPa; optional
 ``ttsf`` and ``ttef`` (s) to use published labels instead of derived ones.
+Raw layout instead of ``logvar``: ``ae`` (n_samples,) or (n_samples, n_channels) AE
+waveform, streamed from the archive in chunks; ``ae_sample_rate`` Hz; optional ``ae_t0``
+s (time of sample 0, default 0); ``time`` and ``shear_stress`` then are the stress
+samples, interpolated onto the AE window ends as from HDF5.
 """
 
 import csv
@@ -20,6 +24,7 @@ import zipfile
 import numpy as np
 
 from labquake_tf.data import features as features_lib
+from labquake_tf.data import raw_ae
 from labquake_tf.data import targets as targets_lib
 from labquake_tf.data.record import Record
 from labquake_tf.errors import DataError, UsageError, more_text, row_text
@@ -280,17 +285,22 @@ def read_npz(path, channels=None, name=None, features="logvar", **target_options
         raise DataError(f"{path}: a single array, not an .npz archive of time, logvar and "
                         "shear_stress (save with np.savez)")
     with archive as z:
-        missing = [k for k in ("time", "logvar", "shear_stress") if k not in z.files]
+        raw = "ae" in z.files and "logvar" not in z.files
+        needed = ("time", "shear_stress", "ae_sample_rate") if raw else ("time", "logvar",
+                                                                         "shear_stress")
+        missing = [k for k in needed if k not in z.files]
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; "
                             f"found {', '.join(z.files) or 'none'}")
         arrays = {}
         for k in z.files:
-            if k in ("time", "logvar", "shear_stress", "ttsf", "ttef"):
+            if k in ("time", "logvar", "shear_stress", "ttsf", "ttef", "ae_sample_rate", "ae_t0"):
                 try:
                     arrays[k] = z[k]
                 except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                     raise DataError(f"{path}: array {k!r} cannot be read ({e})") from None
+    if raw:
+        return _read_npz_ae(path, arrays, channels, name, features, **target_options)
     time = _numeric(path, "time", arrays["time"]).reshape(-1)
     lengths = {k: len(v) for k, v in arrays.items() if np.ndim(v)}
     if len(set(lengths.values())) > 1 or len(lengths) < len(arrays):
@@ -312,9 +322,39 @@ def read_npz(path, channels=None, name=None, features="logvar", **target_options
                    kind=features, **target_options)
 
 
+def _read_npz_ae(path, arrays, channels, name, features, window=0.1, hop=0.01,
+                 **target_options):
+    """The raw layout of an ``.npz``: ``ae`` streamed to features, ``shear_stress`` sampled
+    at ``time`` and interpolated onto the window ends, as from HDF5."""
+    if "ttsf" in arrays or "ttef" in arrays:
+        raise DataError(f"{path}: ttsf/ttef (published labels per feature step) need the "
+                        "logvar layout; with raw 'ae' the labels are derived from the stress")
+    rate = _numeric(path, "ae_sample_rate", arrays["ae_sample_rate"]).reshape(-1)
+    t0 = _numeric(path, "ae_t0", arrays.get("ae_t0", 0.0)).reshape(-1)
+    if len(rate) != 1 or not rate[0] > 0 or len(t0) != 1 or not np.isfinite(t0[0]):
+        raise DataError(f"{path}: ae_sample_rate must be one positive number and ae_t0 one "
+                        f"finite number, got {arrays['ae_sample_rate']!r}, "
+                        f"{arrays.get('ae_t0', 0.0)!r}")
+    stress_time = _numeric(path, "time", arrays["time"]).reshape(-1)
+    _check_finite(path, "time", stress_time)
+    _check_increasing(path, "time", stress_time)
+    stress = _numeric(path, "shear_stress", arrays["shear_stress"], stress_time).reshape(-1)
+    if len(stress) != len(stress_time) or len(stress) < 2:
+        raise DataError(f"{path}: shear_stress {stress.shape} and time {stress_time.shape} "
+                        "must be one stress sample per time, two or more")
+    _check_finite(path, "shear_stress", stress, stress_time)
+    lv, values, channels = raw_ae.npz_ae_features(
+        path, rate[0], lambda n: _channels(channels, n, path), window, hop, features)
+    time, values, stress = _onto_windows(path, "time", lv.window_end_time(
+        np.arange(len(values)), t0[0]), values, stress_time, stress)
+    return _finish(name or _stem(path), path, time, values, channels, stress,
+                   kind=features, **target_options)
+
+
 def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_seconds=1.0,
               output="logvar", features=None, **target_options):
-    """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed through tfio.
+    """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed in chunks
+    (``data.raw_ae``: bounded memory, reads overlapped with the feature kernel).
 
     ``features="std"`` (or ``output="std"``) gives the square root of the variance
     instead (features named ``std_chN``), the reference PyTorch code's input; from
@@ -361,24 +401,31 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
             if output != "logvar":
                 logvar = (10.0 ** logvar if output == "var"
                           else features_lib.from_logvar(logvar, output))
-            ae = None
         elif "ae" in f:
             ae = f["ae"]
-            n_ch = ae.shape[1] if ae.ndim == 2 else 1
-            channels = _channels(channels, n_ch, path)
             if ae.dtype.kind not in "iuf":
                 raise DataError(f"{path}: dataset /ae holds {ae.dtype} values, not numbers")
+            channels = _channels(channels, ae.shape[1] if ae.ndim == 2 else 1, path)
             sample_rate, t0 = _attr(ae, "sample_rate", path, positive=True), _attr(ae, "t0", path)
+            hop_samples = max(1, features_lib.samples(hop, sample_rate))
+            rows = max(hop_samples, int(chunk_seconds * sample_rate) // hop_samples * hop_samples)
+            lv, logvar = raw_ae.features(raw_ae.hdf5_chunks(ae, rows, path), sample_rate,
+                                         channels, window, hop, output)
+            time = lv.window_end_time(np.arange(len(logvar)), t0)
         else:
             raise DataError(f"{path}: neither /ae nor /features/logvar present; found "
                             f"{_h5_datasets(f, h5py)}")
-    if ae is not None:
-        lv = features_lib.LogVariance(sample_rate, window, hop, output)
-        chunk = max(lv.hop, int(chunk_seconds * sample_rate) // lv.hop * lv.hop)
-        parts = [lv.update(c[:, [c_ - 1 for c_ in channels]])
-                 for c in iter_hdf5_ae(path, chunk)]
-        logvar = np.concatenate(parts)
-        time = lv.window_end_time(np.arange(len(logvar)), t0)
+    time, logvar, stress = _onto_windows(path, "/mech/shear_stress", time, logvar,
+                                         stress_time, stress)
+    record = _finish(name, path, time, logvar, channels, stress, kind=output, **target_options)
+    if "seed" in simulator:
+        record.attrs["simulator"] = simulator
+    return record
+
+
+def _onto_windows(path, label, time, values, stress_time, stress):
+    """Keep the windows (ending at ``time``) inside the stress record; interpolate the
+    stress onto them, so a step's target never comes from after the AE it has seen."""
     # t0 + hop * k rounds up past a stress sample on the same instant (1e-15 s); a
     # microsecond of slack keeps that window, far below any hop or sample interval.
     slack = 1e-6
@@ -386,14 +433,9 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
     if not inside.any():
         raise DataError(f"{path}: the AE feature times ({_seconds(time[0]) if len(time) else '-'}"
                         f"..{_seconds(time[-1]) if len(time) else '-'} s) do not overlap "
-                        f"/mech/shear_stress ({_seconds(stress_time[0])}.."
-                        f"{_seconds(stress_time[-1])} s)")
-    time, logvar = time[inside], logvar[inside]
-    record = _finish(name, path, time, logvar, channels, np.interp(time, stress_time, stress),
-                     kind=output, **target_options)
-    if "seed" in simulator:
-        record.attrs["simulator"] = simulator
-    return record
+                        f"{label} ({_seconds(stress_time[0])}..{_seconds(stress_time[-1])} s)")
+    time = time[inside]
+    return time, values[inside], np.interp(time, stress_time, stress)
 
 
 def _plain(value):
@@ -419,27 +461,6 @@ def _h5_datasets(f, h5py):
     names = []
     f.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
     return ", ".join(names) or "no datasets"
-
-
-def iter_hdf5_ae(path, chunk_samples):
-    """Yield ``(n, n_channels)`` chunks of ``/ae`` read through tensorflow-io.
-
-    ``IOTensor`` slices read only the rows asked for. (``IODataset.from_hdf5``
-    yields one row per element; re-batching 2 MHz samples through tf.data costs
-    ~20 us per row, 1000x slower than the slices.)
-    """
-    import tensorflow as tf
-    import tensorflow_io as tfio
-
-    try:
-        ae = tfio.IOTensor.from_hdf5(str(path))("/ae")
-        n = int(ae.shape[0])
-        for start in range(0, n, chunk_samples):
-            x = ae[start:min(start + chunk_samples, n)].numpy()
-            yield x[:, None] if x.ndim == 1 else x
-    except tf.errors.OpError as e:
-        raise DataError(f"{path}: dataset /ae cannot be read "
-                        f"({e.message.splitlines()[0]})") from None
 
 
 def _attr(ds, key, path, positive=False):
