@@ -38,6 +38,7 @@ def keras_bench(args):
     from labquake_tf.data import prepare
     from labquake_tf.jobs.finetune import _arrays, forward_windows
     from labquake_tf.models import PRESETS, build_tcn
+    from labquake_tf.models import heads
     from labquake_tf.training import TrainConfig, cache, ensemble
     from labquake_tf.training import finetune as ft
 
@@ -82,10 +83,10 @@ def keras_bench(args):
     cache.forget()
     early, _ = forward_windows(tmp / "data", seq_len)
     start = time.perf_counter()
-    model = ensemble.add_heads(finetune_model(), args.members, seed=config.seed)
+    model = heads.add_heads(finetune_model(), args.members, seed=config.seed)
     main_h = ensemble.fit_members(model, train_xy, val_xy, config, tmp / "main")
     seen = len(cache._MEMO["rows"])
-    twin = ensemble.add_heads(finetune_model(), args.members, seed=config.seed)
+    twin = heads.add_heads(finetune_model(), args.members, seed=config.seed)
     twin_h = ensemble.fit_members(twin, early, val_xy, config, tmp / "forward")
     result["keras_s"] = round(time.perf_counter() - start, 2)
     result["twin_windows_run_again"] = len(cache._MEMO["rows"]) - seen
