@@ -88,7 +88,10 @@ def run_command(argv):
     module.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true",
                         help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
-    args = parser.parse_args(rest)
+    if getattr(module, "PASSES_UNKNOWN_OPTIONS", False):  # prepare --runner beam: Beam's own
+        args, args.unknown_options = parser.parse_known_args(rest)
+    else:
+        args = parser.parse_args(rest)
     return module.run(args) or 0
 
 

@@ -42,6 +42,8 @@ SHARD_VERSION = 2
 """1: one label mask for all targets; 2: one mask column per target (``target_names``)."""
 CHUNK_LEN = 1024
 RECORDS_PER_SHARD = 64
+PASSES_UNKNOWN_OPTIONS = True
+"""The CLI hands options it does not know to ``run``: Beam's, with ``--runner beam``."""
 
 
 def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATIOS,
@@ -322,24 +324,47 @@ def add_arguments(parser):
     parser.add_argument("--features", choices=sorted(features_lib.FEATURE_KINDS), default="logvar",
                         help="AE feature: log10 variance (default) or standard deviation "
                              "(std, the reference PyTorch models' input)")
+    parser.add_argument("--columns", default=None, metavar="KEY=COLUMN,...",
+                        help="a raw record's own column layout (CSV, Parquet, HDF5), e.g. "
+                             "ae=acoustic_data,ttf=time_to_failure,rate=4e6; keys: ae, "
+                             "stress, ttf, ttef, rate (see data/columns.py)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--runner", default="local",
+                        help="local (default), or beam: an Apache Beam pipeline (pip install "
+                             "labquake_tf[beam]); beam options follow (--direct_num_workers, "
+                             "--runner flink|spark|dataflow after --runner beam, ...)")
 
 
 def run(args):
     options = {"lowpass_hz": args.lowpass_hz, "detrend": args.detrend}
     if args.ttf:
         options["ttf"] = args.ttf
+    if args.columns:
+        options["columns"] = args.columns
     try:
         channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     except ValueError:
         raise UsageError(f"--channels: expected 1-based channel numbers like 1,2; "
                          f"got {args.channels!r}") from None
-    manifest = prepare(args.dataset, args.out, seq_len=args.seq_len, targets=args.targets,
-                       split=args.split, channels=channels, force=args.force,
-                       features=args.features, **options)
-    summary = {n: {"events": s["events"], "steps": s["n_steps"], "t": [s["t_start"], s["t_end"]]}
-               for n, s in manifest["splits"].items()}
-    print(json.dumps({"out": os.path.abspath(args.out), "dataset": manifest["dataset"],
-                      "n_events": manifest["n_events"], "seq_len": manifest["seq_len"],
-                      "splits": summary}))
+    unknown = getattr(args, "unknown_options", [])
+    kwargs = dict(seq_len=args.seq_len, targets=args.targets, split=args.split,
+                  channels=channels, force=args.force, features=args.features, **options)
+    if args.runner == "local":
+        if unknown:
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (Beam's options "
+                             "need --runner beam; see 'labquake prepare --help')")
+        manifests = [prepare(args.dataset, args.out, **kwargs)]
+    else:
+        from labquake_tf.data import beam
+
+        manifests = beam.prepare(args.dataset, args.out, runner=args.runner,
+                                 beam_args=unknown, **kwargs)
+    for manifest in manifests:
+        summary = {n: {"events": s["events"], "steps": s["n_steps"],
+                       "t": [s["t_start"], s["t_end"]]} for n, s in manifest["splits"].items()}
+        out = args.out if len(manifests) == 1 else os.path.join(
+            args.out, os.path.basename(os.path.splitext(manifest["sources"][0]["path"])[0]))
+        print(json.dumps({"out": os.path.abspath(out), "dataset": manifest["dataset"],
+                          "n_events": manifest["n_events"], "seq_len": manifest["seq_len"],
+                          "splits": summary}))
     return 0

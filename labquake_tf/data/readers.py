@@ -313,7 +313,7 @@ def read_npz(path, channels=None, name=None, features="logvar", **target_options
 
 
 def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_seconds=1.0,
-              output="logvar", features=None, **target_options):
+              output="logvar", features=None, ae_features=None, **target_options):
     """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed through tfio.
 
     ``features="std"`` (or ``output="std"``) gives the square root of the variance
@@ -322,6 +322,8 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
 
     Mechanical channels are interpolated onto the feature grid (window ENDS), so
     the target at a step never comes from after the AE that step has seen.
+    ``ae_features``: the windows of ``/ae`` already computed elsewhere (``data.beam``,
+    in parallel chunks), used instead of reading ``/ae`` here.
     """
     import h5py
 
@@ -374,10 +376,13 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
                             f"{_h5_datasets(f, h5py)}")
     if ae is not None:
         lv = features_lib.LogVariance(sample_rate, window, hop, output)
-        chunk = max(lv.hop, int(chunk_seconds * sample_rate) // lv.hop * lv.hop)
-        parts = [lv.update(c[:, [c_ - 1 for c_ in channels]])
-                 for c in iter_hdf5_ae(path, chunk)]
-        logvar = np.concatenate(parts)
+        if ae_features is not None:
+            logvar = np.asarray(ae_features, np.float32)
+        else:
+            chunk = max(lv.hop, int(chunk_seconds * sample_rate) // lv.hop * lv.hop)
+            parts = [lv.update(c[:, [c_ - 1 for c_ in channels]])
+                     for c in iter_hdf5_ae(path, chunk)]
+            logvar = np.concatenate(parts)
         time = lv.window_end_time(np.arange(len(logvar)), t0)
     # t0 + hop * k rounds up past a stress sample on the same instant (1e-15 s); a
     # microsecond of slack keeps that window, far below any hop or sample interval.
