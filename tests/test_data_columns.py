@@ -151,3 +151,24 @@ def test_the_default_install_never_imports_beam(lanl_csv, tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_lanl_file_fine_tunes_a_ttsf_head(lanl_csv, tmp_path):
+    from labquake_tf.cli import run_command
+    from labquake_tf.models import build_tcn
+
+    from tests.test_training_finetune import source_run
+
+    data = tmp_path / "data"
+    run_command(["prepare", "--dataset", str(lanl_csv), "--columns", LANL, "--out", str(data),
+                 "--seq-len", "32", "--split", "0.5,0.1,0.4"])
+    src = source_run(build_tcn(16, filters=8, kernel_size=3, blocks=3), tmp_path / "src",
+                     dataset="x", target_names=["shear_stress"], feature_names=["logvar_ch1"])
+    out = tmp_path / "ft"
+    assert run_command(["finetune", "--from", str(src), "--data", str(data), "--target", "ttsf",
+                        "--blocks", "2", "--seq-len", "12", "--epochs", "3", "--ensemble", "1",
+                        "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["test"]["targets"]["ttsf"]
+    assert json.loads((out / "manifest.json").read_text())["target_names"] == ["ttsf"]
+    # learnt: the AE grows louder as failure nears (0.89 on this file; the mean scores 0)
+    assert metrics["r2"] > 0.3 and metrics["units"] == "s"

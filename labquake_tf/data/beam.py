@@ -120,6 +120,7 @@ def prepare(datasets, out, runner="beam", beam_args=(), workers=None, seq_len=No
     dirs = [os.path.abspath(d) for d in out_dirs(records, out)]
     # Staged beside the output, so the final renames stay on one filesystem.
     parent = os.path.dirname(dirs[0]) if len(records) == 1 else os.path.abspath(out)
+    made = not os.path.exists(parent)
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".prepare-beam-", dir=parent)
     params = {"records": records, "seq_len": seq_len, "targets": targets, "ratios": ratios,
@@ -150,6 +151,8 @@ def prepare(datasets, out, runner="beam", beam_args=(), workers=None, seq_len=No
             os.replace(os.path.join(stage, str(i)), d)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if made and not os.listdir(parent):  # a failed run leaves no trace
+            os.rmdir(parent)
     return manifests
 
 
