@@ -39,7 +39,7 @@ import numpy as np
 
 from labquake_tf.data import columns as columns_lib
 from labquake_tf.data import features as features_lib
-from labquake_tf.data import prepare as prepare_lib
+from labquake_tf.data import shards
 from labquake_tf.data import readers, registry, splits
 from labquake_tf.errors import DataError, UsageError
 from labquake_tf.files import MANIFEST_FILE, read_json, write_json
@@ -108,12 +108,12 @@ def pipeline_options(runner="beam", beam_args=(), workers=None):
 
 def prepare(datasets, out, runner="beam", beam_args=(), workers=None, seq_len=None,
             targets=None, split=splits.PRETRAIN_RATIOS, channels=None, force=False,
-            chunk_len=prepare_lib.CHUNK_LEN, records_per_shard=prepare_lib.RECORDS_PER_SHARD,
+            chunk_len=shards.CHUNK_LEN, records_per_shard=shards.RECORDS_PER_SHARD,
             features="logvar", chunk_samples=columns_lib.CHUNK_SAMPLES, **record_options):
     """Prepare every record of ``datasets`` as the local ``prepare`` would; returns the
     manifests in record order (one record: into ``out``, several: ``out/<stem>``)."""
     beam = import_beam()
-    ratios = prepare_lib.check_request(targets, split, features)
+    ratios = shards.check_request(targets, split, features)
     records = expand(datasets)
     if not records:
         raise UsageError(f"--dataset {datasets!r}: no records")
@@ -139,9 +139,9 @@ def prepare(datasets, out, runner="beam", beam_args=(), workers=None, seq_len=No
         manifests, fresh = [], []
         for i, d in enumerate(dirs):
             manifest = read_json(os.path.join(stage, str(i), MANIFEST_FILE))
-            existing = prepare_lib._existing(d, manifest["request"], force)
-            manifests.append(manifest if existing is None else existing)
-            fresh.append(existing is None)
+            done = shards.existing(d, manifest["request"], force)
+            manifests.append(manifest if done is None else done)
+            fresh.append(done is None)
         for i, d in enumerate(dirs):  # every record succeeded: move them into place
             if not fresh[i]:
                 continue  # the same request was prepared there already
@@ -249,13 +249,13 @@ def _combine(item, params):
         if errors:
             raise _ERRORS.get(errors[0][2], DataError)(errors[0][3])
         record = _record(params, parts, i)
-        job = prepare_lib.plan(record, record.dataset_arg, seq_len=params["seq_len"],
+        job = shards.plan(record, record.dataset_arg, seq_len=params["seq_len"],
                                targets=params["targets"], ratios=params["ratios"],
                                channels=params["channels"], features=params["features"],
                                chunk_len=params["chunk_len"],
                                records_per_shard=params["records_per_shard"],
                                record_options=params["options"])
-        prepare_lib.check_parts(job, record, record.dataset_arg)
+        shards.check_parts(job, record, record.dataset_arg)
     except Exception as e:  # noqa: BLE001 -- one line for the driver, as the local prepare
         kind, message = _error(e)
         with open(os.path.join(params["stage"], f"{i}.error"), "w") as f:
@@ -333,7 +333,7 @@ def _write(item, params):
                                             ".partial.tmp"), "wb") as f:
             f.write(b"half a shard")
         raise RuntimeError("simulated worker death while writing a shard")
-    return i, prepare_lib.write_shard(tf, folder, _Staged(staged, job["targets"]), job, shard)
+    return i, shards.write_shard(tf, folder, _Staged(staged, job["targets"]), job, shard)
 
 
 def _manifest(item, params):
@@ -345,4 +345,4 @@ def _manifest(item, params):
     for name in os.listdir(folder):  # what a dead worker left half-written
         if name.endswith(".tmp"):
             os.remove(os.path.join(folder, name))
-    write_json(os.path.join(folder, MANIFEST_FILE), prepare_lib.finish_manifest(jobs[0], written))
+    write_json(os.path.join(folder, MANIFEST_FILE), shards.finish_manifest(jobs[0], written))
