@@ -41,12 +41,16 @@ from labquake_tf.data import columns as columns_lib
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import shards
 from labquake_tf.data import readers, registry, splits
-from labquake_tf.errors import DataError, UsageError
+from labquake_tf.errors import DataError, LabquakeError, UsageError
 from labquake_tf.files import MANIFEST_FILE, read_json, write_json
 
 RUNNERS = {"beam": "DirectRunner", "direct": "DirectRunner", "flink": "FlinkRunner",
            "spark": "SparkRunner", "dataflow": "DataflowRunner"}
-_ERRORS = {c.__name__: c for c in (DataError, UsageError, FileNotFoundError, ValueError)}
+_USER_ERRORS = (LabquakeError, OSError, ValueError)
+"""What a record's reader or the plan raise for bad input: passed to the driver as the local
+``prepare`` raises it. Anything else is a bug and fails the pipeline with its traceback."""
+_ERRORS = {c.__name__: c for c in (DataError, UsageError, FileNotFoundError, FileExistsError,
+                                   PermissionError, IsADirectoryError, OSError, ValueError)}
 
 
 def import_beam():
@@ -180,7 +184,7 @@ def _tasks(item, params):
     i, dataset = item
     try:
         raw = _raw_source(dataset, params)
-    except Exception as e:  # noqa: BLE001 -- reported as the local prepare reports it
+    except _USER_ERRORS as e:  # reported as the local prepare reports it
         yield i, ("error", 0, *_error(e))
         return
     if raw is None:
@@ -230,7 +234,7 @@ def _compute(item, params):
     _, k0, k1, source, lv_args, channels = task
     try:
         return i, ("chunk", k0, *columns_lib.chunk_steps(source, k0, k1, lv_args, channels))
-    except Exception as e:  # noqa: BLE001
+    except _USER_ERRORS as e:
         return i, ("error", k0, *_error(e))
 
 
@@ -256,7 +260,7 @@ def _combine(item, params):
                                records_per_shard=params["records_per_shard"],
                                record_options=params["options"])
         shards.check_parts(job, record, record.dataset_arg)
-    except Exception as e:  # noqa: BLE001 -- one line for the driver, as the local prepare
+    except _USER_ERRORS as e:  # one line for the driver, as the local prepare
         kind, message = _error(e)
         with open(os.path.join(params["stage"], f"{i}.error"), "w") as f:
             f.write(f"{kind}\n{message}")

@@ -22,6 +22,7 @@ failures the TTF column counts down to: step ``i`` is an event (onset = end) whe
 the TTF rises after it (the next cycle's countdown starts).
 """
 
+import io
 import os
 import re
 
@@ -157,20 +158,22 @@ class CsvSource(_Source):
         hi = self.offsets[last] if last < len(self.offsets) else self.size
         with open(self.path, "rb") as f:
             f.seek(lo)
-            lines = f.read(hi - lo).split(b"\n")
+            text = f.read(hi - lo)
         skip = r0 % self.stride
-        lines = lines[skip:skip + (r1 - r0)]
+        if skip:  # from the indexed row to row r0
+            text = text[int(np.flatnonzero(np.frombuffer(text, np.uint8) == 10)[skip - 1]) + 1:]
         try:
-            data = np.loadtxt(lines, delimiter=",", usecols=self.usecols, dtype=np.float64,
-                              ndmin=2, encoding="latin-1")
+            # one buffer, parsed by numpy's C reader: no Python object per row
+            data = np.loadtxt(io.BytesIO(text), delimiter=",", usecols=self.usecols,
+                              dtype=np.float64, ndmin=2, max_rows=r1 - r0, encoding="latin-1")
         except ValueError as e:
             m = re.search(r"at row (\d+), column (\d+)", str(e))
             # numpy counts rows from 0, columns from 1
             where = (f"{self._row(r0 + int(m.group(1)))}, column "
                      f"{self.header[self.usecols[int(m.group(2)) - 1]]}") if m else \
                 f"rows {row_text(r0 + 2)}..{row_text(r1 + 1)}"
-            text = str(e).split(" at row")[0]
-            raise DataError(f"{self.path} {where}: {text} (not a number, or a short row)") \
+            why = str(e).split(" at row")[0]
+            raise DataError(f"{self.path} {where}: {why} (not a number, or a short row)") \
                 from None
         if len(data) != r1 - r0:
             raise DataError(f"{self.path} {self._row(r0 + len(data))}: the file ends early "
@@ -283,10 +286,11 @@ def chunk_rows(k0, k1, lv):
     return k0 * lv.hop, (k1 - 1) * lv.hop + lv.window
 
 
-def chunk_steps(source, k0, k1, lv_args, channels):
+def chunk_steps(source, k0, k1, lv_args, channels, workers=1):
     """Windows ``[k0, k1)`` of ``source``: ``(features (k1-k0, n_ch) float32, {key: values
-    at each window's last sample})``. ``lv_args``: ``LogVariance``'s arguments."""
-    lv = features_lib.LogVariance(*lv_args, workers=1)
+    at each window's last sample})``. ``lv_args``: ``LogVariance``'s arguments; ``workers``
+    its threads (one per Beam worker; every core when chunks run one after another)."""
+    lv = features_lib.LogVariance(*lv_args, workers=workers)
     r0, r1 = chunk_rows(k0, k1, lv)
     rows = source.read(r0, r1)
     ae = rows["ae"][:, [c - 1 for c in channels]]
@@ -313,8 +317,8 @@ def read(path, columns, channels=None, name=None, window=0.1, hop=0.01, features
     source = open_source(path, columns)
     lv = features_lib.LogVariance(*lv_args(columns, window, hop, output))
     channels = readers._channels(channels, len(columns["ae"]), path)
-    parts = [chunk_steps(source, k0, k1, lv_args(columns, window, hop, output), channels)
-             for k0, k1 in step_chunks(source.n_rows, lv, chunk_samples)]
+    parts = [chunk_steps(source, k0, k1, lv_args(columns, window, hop, output), channels,
+                         workers=None) for k0, k1 in step_chunks(source.n_rows, lv, chunk_samples)]
     return finish(path, columns, parts, channels, name=name, window=window, hop=hop,
                   output=output, **target_options)
 
