@@ -110,7 +110,7 @@ def test_chunk_edges_inside_a_window_an_event_and_at_a_split_boundary(wave_recor
     # that straddle it, whose samples both chunks read
     for per, edge in [(val_start, val_start), (onset + 1, onset + 1)]:
         edges = [k0 for k0, _ in columns.step_chunks(n_rows, lv, per * lv.hop)]
-        assert edge in edges and len(edges) > 2
+        assert edge in edges and len(edges) >= 2
         out = tmp_path / f"beam-{per}"
         beam_prepare(wave_record, out, seq_len=50, chunk_samples=per * lv.hop)
         assert_same_output(local, out)  # float32 AE: within 1e-6
