@@ -190,3 +190,14 @@ def test_the_cli_passes_beam_options_through(lanl_csv, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["out"] == str(out) and printed["n_events"] == 9
     assert prepare_lib.PASSES_UNKNOWN_OPTIONS
+
+
+def test_an_option_neither_prepare_nor_beam_knows_is_refused_before_any_work(lanl_csv,
+                                                                             tmp_path):
+    from labquake_tf.cli import run_command
+    from labquake_tf.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown option.*--direct_num_workrs=2"):
+        run_command(["prepare", "--runner", "beam", "--dataset", str(lanl_csv), "--columns",
+                     LANL, "--out", str(tmp_path / "o"), "--direct_num_workrs=2"])
+    assert os.listdir(tmp_path) == []

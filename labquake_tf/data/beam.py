@@ -107,7 +107,14 @@ def pipeline_options(runner="beam", beam_args=(), workers=None):
             args.append("--direct_running_mode=multi_processing")
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")  # workers' INFO lines
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    known = options.get_all_options()
+    unknown = [a for a in args if a.startswith("--")
+               and a[2:].split("=", 1)[0].replace("-", "_") not in known]
+    if unknown:  # Beam only logs these and drops them: a typo would pass unseen
+        raise UsageError(f"unknown option(s) {' '.join(unknown)}: neither labquake prepare's "
+                         "nor Beam's (see 'labquake prepare --help' and Beam's pipeline options)")
+    return options
 
 
 def prepare(datasets, out, runner="beam", beam_args=(), workers=None, seq_len=None,
