@@ -201,3 +201,26 @@ def test_an_option_neither_prepare_nor_beam_knows_is_refused_before_any_work(lan
         run_command(["prepare", "--runner", "beam", "--dataset", str(lanl_csv), "--columns",
                      LANL, "--out", str(tmp_path / "o"), "--direct_num_workrs=2"])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_raw_hdf5_fails_with_the_local_error(wave_record, tmp_path):
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(wave_record, bad)
+    with h5py.File(bad, "r+") as f:
+        f["ae"][1_500_000, 0] = np.nan  # 75 s in: a late chunk
+    with pytest.raises(DataError) as local:
+        prepare(bad, tmp_path / "local")
+    with pytest.raises(DataError) as on_beam:
+        beam_prepare(bad, tmp_path / "beam", chunk_samples=200 * 500)
+    # The same line up to its count of further bad windows: a NaN sample spoils the running
+    # window sums to the end of the chunk it is in (features.LogVariance), and the local
+    # reader's chunks are not Beam's
+    first = str(local.value).split(" (and ")[0]
+    assert str(on_beam.value).split(" (and ")[0] == first
+    assert first.endswith("not finite in the window ending t = 75.01 s (a zero-variance or "
+                          "non-finite stretch of the AE)")
+    assert sorted(os.listdir(tmp_path)) == ["bad.h5"]

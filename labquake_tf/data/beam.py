@@ -229,8 +229,11 @@ def _raw_source(dataset, params):
             ae = f["ae"]
             rate, n_ch = float(ae.attrs["sample_rate"]), ae.shape[1] if ae.ndim == 2 else 1
     except (OSError, KeyError, TypeError, ValueError):
+        rate = float("nan")
+    if not np.isfinite(rate) or rate <= 0:
         return None  # read_hdf5 in the combine step says what is wrong, as locally
     source = columns_lib.Hdf5Source(path, {"ae": ["ae"], "rate": rate})
+    source.check_finite = False  # read_hdf5 reports a bad window, as locally
     return source, (rate, window, hop, output), readers._channels(params["channels"], n_ch, path)
 
 
