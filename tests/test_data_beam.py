@@ -1,6 +1,5 @@
 """``prepare --runner beam`` on the DirectRunner: the local prepare's shards, from chunks."""
 
-import importlib.util
 import json
 import os
 
@@ -13,8 +12,8 @@ from labquake_tf.errors import DataError
 
 from tests.test_data_columns import LANL, write_lanl_csv
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("apache_beam") is None,
-                                reason="apache-beam not installed (pip install -e '.[beam,test]')")
+# one skip line for the module when the beam extra is not installed
+pytest.importorskip("apache_beam", reason="apache-beam not installed (pip install -e '.[beam,test]')")
 
 IN_PROCESS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
