@@ -89,7 +89,10 @@ def run_command(argv):
     module.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true",
                         help=f"show tracebacks and TensorFlow's logs (or {VERBOSE_ENV}=1)")
-    args = parser.parse_args(rest)
+    if getattr(module, "PASSES_UNKNOWN_OPTIONS", False):  # prepare --runner beam: Beam's own
+        args, args.unknown_options = parser.parse_known_args(rest)
+    else:
+        args = parser.parse_args(rest)
     return module.run(args) or 0
 
 
@@ -237,7 +240,7 @@ def _quiet(verbose, filter_fd, prog="labquake"):
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    loggers = {name: logging.getLogger(name) for name in ("tensorflow", "absl")}
+    loggers = {name: logging.getLogger(name) for name in ("tensorflow", "absl", "apache_beam")}
     levels = {name: logger.level for name, logger in loggers.items()}
     fd_filter = _LogLineFilter.start() if filter_fd else None
     try:
@@ -269,7 +272,12 @@ class _LogLineFilter:
     # In a template, '#' stands for a digit and '%' for a severity letter.
     _TEMPLATES = (b"####-##-## ##:##:##.",  # TSL: 2026-11-30 09:43:18.713805: E ...
                   b"%#### ##:##:",  # abseil: I1114 09:32:22.28 ..., before init I0000 00:00:1718...
-                  b"WARNING: All log messages before absl::InitializeLog()")
+                  b"WARNING: All log messages before absl::InitializeLog()",
+                  # Beam's worker processes (prepare --runner beam), before their options apply
+                  b"WARNING:root:apitools not found", b"INFO:__main__:Logging handler created",
+                  b"WARNING:__main__:No semi_persistent_directory found",
+                  b"WARNING:apache_beam.options.pipeline_options:Discarding unparseable args: "
+                  b"['--direct_runner_use_stacked_bundle'")
     _CONTINUATIONS = (b"\t", b"To enable the following instructions")
 
     def __init__(self, out_fd):

@@ -10,10 +10,8 @@ The context of a split's first chunk comes from the steps before the split (the
 end of the previous part): windows there are inputs only (AE the model would
 have seen live), their labels are never used, so every labelled step of val and
 test can be scored, the first ``seq_len - 1`` included. Only the record's very
-first steps have no window.
-Arrays travel as raw little-endian bytes (float32 features/targets, float64
-time, uint8 masks, one column per target: format version 2): exact, and one
-``decode_raw`` each.
+first steps have no window. The steps between a record and its files (plan,
+shard, manifest) are ``data/shards.py``.
 
 The whole output is written into a temporary folder beside ``--out`` and renamed
 at the end, so a failed run leaves nothing half-written.
@@ -23,24 +21,19 @@ import argparse
 import json
 import os
 
-import numpy as np
-
 import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
-from labquake_tf.data import targets as targets_lib
-from labquake_tf.data.readers import sha256
 from labquake_tf.data.record import channels_of
+from labquake_tf.data.shards import (CHUNK_LEN, DEFAULT_WINDOW_SECONDS, RECORDS_PER_SHARD,
+                                     check_parts,
+                                     check_request, dataset_key, existing, finish_manifest,
+                                     plan, write_shard)
 from labquake_tf.errors import DataError, UsageError
-from labquake_tf.files import MANIFEST_FILE, atomic_dir, read_json, write_json
+from labquake_tf.files import MANIFEST_FILE, atomic_dir, write_json
 
-DEFAULT_WINDOW_SECONDS = 5.12
-"""Default window length: the paper's 512 steps at 100 Hz, in seconds of record."""
-
-SHARD_VERSION = 2
-"""1: one label mask for all targets; 2: one mask column per target (``target_names``)."""
-CHUNK_LEN = 1024
-RECORDS_PER_SHARD = 64
+PASSES_UNKNOWN_OPTIONS = True
+"""The CLI hands options it does not know to ``run``: Beam's, with ``--runner beam``."""
 
 
 def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATIOS,
@@ -49,97 +42,28 @@ def prepare(dataset, out, seq_len=None, targets=None, split=splits.PRETRAIN_RATI
     """Write shards and manifest for ``dataset`` (name or path) into ``out``; returns the manifest.
 
     ``features``: ``"logvar"`` (log10 AE variance, the default) or ``"std"`` (its square
-    root, the reference PyTorch code's input); the manifest's ``feature_kind``."""
+    root, the reference PyTorch code's input); the manifest's ``feature_kind``.
+    ``targets`` None: every target the record has (a TTF-only record has ``ttsf``).
+    ``data.beam.prepare`` runs the same steps (``shards.plan``, ``write_shard``,
+    ``finish_manifest``) spread over a Beam pipeline."""
     import tensorflow as tf
 
-    targets = list(targets or labquake_tf.TARGETS)
-    unknown = [t for t in targets if t not in labquake_tf.TARGETS]
-    if unknown:
-        raise UsageError(f"unknown target(s) {unknown}; known: {list(labquake_tf.TARGETS)}")
-    ratios = splits.parse_ratios(split)
-    features_lib.check_kind(features)
+    ratios = check_request(targets, split, features)
     # The detrend line and event threshold are fitted on this split's training part.
     record = registry.load_record(dataset, channels=channels, features=features,
                                   fit_split=ratios, **record_options)
-    dt = record.dt
-    seq_len = int(seq_len or max(1, round(DEFAULT_WINDOW_SECONDS / dt)))
-    if seq_len < 1:
-        raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
-    request = {"dataset": dataset_key(dataset), "sha256": record.sha256, "seq_len": seq_len,
-               "targets": targets, "split": list(ratios),
-               "channels": None if channels is None else [int(c) for c in channels],
-               "features": features, "feature_names": record.feature_names,
-               "options": _options(record_options),
-               "chunk_len": chunk_len}
-    if "simulator" in record.attrs:  # how to regenerate a simulated file
-        request["simulator"] = record.attrs["simulator"]
-    existing = _existing(out, request, force)
-    if existing is not None:
-        return existing
-
-    try:
-        parts = splits.split_by_events(record.events, len(record), ratios)
-    except DataError as e:
-        raise DataError(f"{record.source or dataset}: {e}") from None
-    for name, part in parts.items():
-        n = part["steps"][1] - part["steps"][0]
-        if n < seq_len:
-            raise DataError(f"{dataset}: split {name!r} has {n} steps, shorter than one window "
-                            f"of seq_len={seq_len}; pass --seq-len {n} or less, or give {name} "
-                            "a larger share with --split")
-    feature_scaler, target_scaler = splits.fit_scalers(record, parts["train"]["steps"], targets)
-
+    job = plan(record, dataset, seq_len=seq_len, targets=targets, ratios=ratios,
+               channels=channels, features=features, chunk_len=chunk_len,
+               records_per_shard=records_per_shard, record_options=record_options)
+    done = existing(out, job["request"], force)
+    if done is not None:
+        return done
+    check_parts(job, record, dataset)
     with atomic_dir(os.path.abspath(out), prefix=".prepare-") as tmp:
-        split_info = {}
-        for name, part in parts.items():
-            start, stop = part["steps"]
-            first, last = part["events"]
-            shards = _write_split(tf, tmp, name, record, start, stop, targets, seq_len,
-                                  chunk_len, records_per_shard)
-            split_info[name] = {
-                "events": last - first, "event_range": [first, last], "step_range": [start, stop],
-                "t_start": float(record.time[start]), "t_end": float(record.time[stop - 1]),
-                "n_steps": stop - start,
-                "n_labelled": {t: int(record.label_mask[t][start:stop].sum()) for t in targets},
-                "shards": shards}
-        manifest = {
-            "format": "labquake-shards", "version": SHARD_VERSION, "dataset": record.name,
-            "feature_names": record.feature_names, "target_names": targets,
-            "feature_kind": features,
-            "units": {"features": features_lib.FEATURE_KINDS[features],
-                      **{t: labquake_tf.TARGET_UNITS[t] for t in targets},
-                      **({"shear_stress": record.attrs["shear_stress_units"]}
-                         if "shear_stress" in targets and "shear_stress_units" in record.attrs
-                         else {})},
-            "dt": dt, "seq_len": seq_len, "chunk_len": chunk_len,
-            "scaler": {"features": feature_scaler.to_dict(), "targets": target_scaler.to_dict()},
-            "n_events": int(len(record.events)), "events": record.events.tolist(),
-            "event_times": record.time[record.events].tolist() if len(record.events) else [],
-            "splits": split_info, "processing": record.attrs,
-            "sources": [{"path": record.source, "sha256": record.sha256}],
-            "package_version": labquake_tf.__version__, "request": request}
+        written = [write_shard(tf, tmp, record, job, shard) for shard in job["shards"]]
+        manifest = finish_manifest(job, written)
         write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
     return manifest
-
-
-_DEFAULT_OPTIONS = {"lowpass_hz": targets_lib.DEFAULT_LOWPASS_HZ, "detrend": False,
-                    "rel_drop": targets_lib.DEFAULT_REL_DROP, "min_drop": None, "ttf": "published"}
-
-
-def _options(options):
-    """Reader options minus the defaults, so the same data asked for two ways (CLI flags
-    at their defaults, or nothing) makes the same request."""
-    return {k: v for k, v in sorted(options.items())
-            if not (k in _DEFAULT_OPTIONS and v == _DEFAULT_OPTIONS[k])}
-
-
-def dataset_key(dataset):
-    """A registry name as it is; a file as its absolute path, so a run's request
-    finds its record from any working directory."""
-    dataset = os.fspath(dataset)
-    if dataset in registry.DATASETS or not os.path.exists(dataset):
-        return dataset
-    return os.path.abspath(dataset)
 
 
 PORTABLE_OPTIONS = ("lowpass_hz", "detrend", "rel_drop", "window", "hop", "output")
@@ -193,61 +117,6 @@ def prepare_like(request, out, dataset=None, split=None):
     return manifest
 
 
-def _existing(out, request, force):
-    """The manifest already in ``out`` if it was made by the same request, else None."""
-    if not os.path.isdir(out) or not os.listdir(out) or force:
-        return None
-    try:
-        manifest = read_json(os.path.join(out, MANIFEST_FILE))
-    except (OSError, ValueError):
-        manifest = {}
-    if manifest.get("request") == json.loads(json.dumps(request)):
-        return manifest
-    raise FileExistsError(f"{out}: not empty and not prepared from the same dataset and "
-                          "options; choose another --out or pass --force")
-
-
-
-def _write_split(tf, folder, name, record, start, stop, targets, seq_len, chunk_len,
-                 records_per_shard):
-    y = np.stack([record.targets[t] for t in targets], axis=1).astype(np.float32)
-    # Masked rows may hold NaN (no next event); the mask says they are not labels.
-    y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
-    mask = np.stack([record.label_mask[t] for t in targets], axis=1).astype(np.uint8)
-    chunk_starts = list(range(start, stop, chunk_len))
-    shards = []
-    for s, first in enumerate(range(0, len(chunk_starts), records_per_shard)):
-        filename = f"{name}-{s:05d}.tfrecord"
-        path = os.path.join(folder, filename)
-        n_records = 0
-        with tf.io.TFRecordWriter(path) as writer:
-            for c0 in chunk_starts[first:first + records_per_shard]:
-                c1 = min(c0 + chunk_len, stop)
-                lo = max(0, c0 - (seq_len - 1))
-                writer.write(_example(tf, record, y, mask, lo, c0, c1, start).SerializeToString())
-                n_records += 1
-        shards.append({"file": filename, "n_records": n_records,
-                       "bytes": os.path.getsize(path), "sha256": sha256(path)})
-    return shards
-
-
-def _example(tf, record, y, mask, lo, c0, c1, split_start):
-    def raw(a):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(a).tobytes()]))
-
-    def int64(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-    return tf.train.Example(features=tf.train.Features(feature={
-        "features": raw(record.features[lo:c1].astype("<f4")),
-        "targets": raw(y[lo:c1].astype("<f4")),
-        "time": raw(record.time[lo:c1].astype("<f8")),
-        "mask": raw(mask[lo:c1]),
-        "n_context": int64(c0 - lo),
-        "start": int64(c0 - split_start),
-    }))
-
-
 def add_arguments(parser):
     parser.add_argument("--dataset", required=True, help="registry name (p4581, p5198, "
                         "synthetic-*) or a .csv/.h5/.npz path")
@@ -270,24 +139,47 @@ def add_arguments(parser):
     parser.add_argument("--features", choices=sorted(features_lib.FEATURE_KINDS), default="logvar",
                         help="AE feature: log10 variance (default) or standard deviation "
                              "(std, the reference PyTorch models' input)")
+    parser.add_argument("--columns", default=None, metavar="KEY=COLUMN,...",
+                        help="a raw record's own column layout (CSV, Parquet, HDF5), e.g. "
+                             "ae=acoustic_data,ttf=time_to_failure,rate=4e6; keys: ae, "
+                             "stress, ttf, ttef, rate (see data/columns.py)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--runner", default="local",
+                        help="local (default), or beam: an Apache Beam pipeline (pip install "
+                             "labquake_tf[beam]); beam options follow (--direct_num_workers, "
+                             "--runner flink|spark|dataflow after --runner beam, ...)")
 
 
 def run(args):
     options = {"lowpass_hz": args.lowpass_hz, "detrend": args.detrend}
     if args.ttf:
         options["ttf"] = args.ttf
+    if args.columns:
+        options["columns"] = args.columns
     try:
         channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     except ValueError:
         raise UsageError(f"--channels: expected 1-based channel numbers like 1,2; "
                          f"got {args.channels!r}") from None
-    manifest = prepare(args.dataset, args.out, seq_len=args.seq_len, targets=args.targets,
-                       split=args.split, channels=channels, force=args.force,
-                       features=args.features, **options)
-    summary = {n: {"events": s["events"], "steps": s["n_steps"], "t": [s["t_start"], s["t_end"]]}
-               for n, s in manifest["splits"].items()}
-    print(json.dumps({"out": os.path.abspath(args.out), "dataset": manifest["dataset"],
-                      "n_events": manifest["n_events"], "seq_len": manifest["seq_len"],
-                      "splits": summary}))
+    unknown = getattr(args, "unknown_options", [])
+    kwargs = dict(seq_len=args.seq_len, targets=args.targets, split=args.split,
+                  channels=channels, force=args.force, features=args.features, **options)
+    if args.runner == "local":
+        if unknown:
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (Beam's options "
+                             "need --runner beam; see 'labquake prepare --help')")
+        manifests = [prepare(args.dataset, args.out, **kwargs)]
+    else:
+        from labquake_tf.data import beam
+
+        manifests = beam.prepare(args.dataset, args.out, runner=args.runner,
+                                 beam_args=unknown, **kwargs)
+    for manifest in manifests:
+        summary = {n: {"events": s["events"], "steps": s["n_steps"],
+                       "t": [s["t_start"], s["t_end"]]} for n, s in manifest["splits"].items()}
+        out = args.out if len(manifests) == 1 else os.path.join(
+            args.out, os.path.basename(os.path.splitext(manifest["sources"][0]["path"])[0]))
+        print(json.dumps({"out": os.path.abspath(out), "dataset": manifest["dataset"],
+                          "n_events": manifest["n_events"], "seq_len": manifest["seq_len"],
+                          "splits": summary}))
     return 0

@@ -352,9 +352,11 @@ def _read_npz_ae(path, arrays, channels, name, features, window=0.1, hop=0.01,
 
 
 def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_seconds=1.0,
-              output="logvar", features=None, **target_options):
+              output="logvar", features=None, ae_features=None, **target_options):
     """An HDF5 record: ``/features/logvar`` if present, else ``/ae`` streamed in chunks
     (``data.raw_ae``: bounded memory, reads overlapped with the feature kernel).
+    ``ae_features``: the features of ``/ae`` computed elsewhere (Beam's chunks), used
+    instead of reading it.
 
     ``features="std"`` (or ``output="std"``) gives the square root of the variance
     instead (features named ``std_chN``), the reference PyTorch code's input; from
@@ -362,6 +364,8 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
 
     Mechanical channels are interpolated onto the feature grid (window ENDS), so
     the target at a step never comes from after the AE that step has seen.
+    ``ae_features``: the windows of ``/ae`` already computed elsewhere (``data.beam``,
+    in parallel chunks), used instead of reading ``/ae`` here.
     """
     import h5py
 
@@ -407,10 +411,15 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
                 raise DataError(f"{path}: dataset /ae holds {ae.dtype} values, not numbers")
             channels = _channels(channels, ae.shape[1] if ae.ndim == 2 else 1, path)
             sample_rate, t0 = _attr(ae, "sample_rate", path, positive=True), _attr(ae, "t0", path)
-            hop_samples = max(1, features_lib.samples(hop, sample_rate))
-            rows = max(hop_samples, int(chunk_seconds * sample_rate) // hop_samples * hop_samples)
-            lv, logvar = raw_ae.features(raw_ae.hdf5_chunks(ae, rows, path), sample_rate,
-                                         channels, window, hop, output)
+            if ae_features is not None:
+                lv = features_lib.LogVariance(sample_rate, window, hop, output)
+                logvar = np.asarray(ae_features, np.float32)
+            else:
+                hop_samples = max(1, features_lib.samples(hop, sample_rate))
+                rows = max(hop_samples,
+                           int(chunk_seconds * sample_rate) // hop_samples * hop_samples)
+                lv, logvar = raw_ae.features(raw_ae.hdf5_chunks(ae, rows, path), sample_rate,
+                                             channels, window, hop, output)
             time = lv.window_end_time(np.arange(len(logvar)), t0)
         else:
             raise DataError(f"{path}: neither /ae nor /features/logvar present; found "

@@ -50,9 +50,16 @@ def load_record(name_or_path, **options):
     """A ``Record`` from a registry name or a file path (``.csv``, ``.h5``, ``.npz``).
 
     ``options`` go to the reader: ``channels``, ``ttf``, ``lowpass_hz``,
-    ``detrend``, ``min_drop``, ``rel_drop``, and for raw AE ``window``/``hop``.
+    ``detrend``, ``min_drop``, ``rel_drop``, and for raw AE ``window``/``hop``;
+    ``columns`` (``data.columns``) reads a raw record in another column layout.
     """
     name_or_path = os.fspath(name_or_path)
+    if options.get("columns"):  # a raw record in its own column layout
+        from labquake_tf.data import columns
+
+        return columns.read(dataset_path(name_or_path) if name_or_path in DATASETS
+                            else name_or_path, **options)
+    options.pop("columns", None)
     if name_or_path in DATASETS:
         options.setdefault("name", name_or_path)
         return readers.read(dataset_path(name_or_path), **options)
