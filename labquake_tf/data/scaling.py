@@ -3,8 +3,9 @@
 Every later step (training, evaluation, export, serving, streaming) rebuilds the
 scaler from ``to_dict()`` (the model's ``Preprocessor`` holds one per side) and
 scales through ``transform`` / ``inverse_transform`` alone: the same two functions
-run on numpy arrays and inside graphs (tf.data, a SavedModel signature), so a
-window is scaled with the same float32 numbers wherever it is scaled.
+run on numpy arrays and inside graphs (tf.data, a SavedModel signature), with the
+same float32 constants and operations wherever a window is scaled (numpy and TF may
+still round a division one float32 step apart).
 """
 
 import numpy as np

@@ -168,6 +168,8 @@ def _scaler(value, names):
     if value is None:
         return None
     scaler = value if isinstance(value, MinMaxScaler) else MinMaxScaler.from_dict(value)
+    if scaler.names and list(scaler.names) != list(names):  # columns are matched by name
+        raise ValueError(f"scaler fitted on columns {scaler.names}, given for {names}")
     if np.shape(scaler.data_min) != (len(names),):
         raise ValueError(f"scaler of {np.shape(scaler.data_min)} values for columns {names}")
     return MinMaxScaler(scaler.data_min, scaler.data_max, names)

@@ -193,8 +193,8 @@ def _metadata(task):
                              "score": iv.get("score"), "members": iv.get("members"),
                              "outputs": [f"{t}_{b}" for t in pre.target_names
                                          for b in ("lower", "upper")]}
-    if task.metadata.get("source"):
-        meta["source"] = task.metadata["source"]
+    # what made it, as the export's metadata signature reports it
+    meta.update({k: task.metadata[k] for k in ("source", "run", "tuning") if k in task.metadata})
     return meta
 
 
