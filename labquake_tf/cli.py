@@ -37,7 +37,7 @@ COMMANDS = {
     "tune": ("labquake_tf.jobs.tune", "KerasTuner search over the TCN and its training"),
     "export": ("labquake_tf.serving.export", "export a model as a TF Serving SavedModel"),
     "serving-config": ("labquake_tf.serving.config", "write a TF Serving models.config"),
-    "serve": ("labquake_tf.serving.server", "serve SavedModels over TF Serving's REST and gRPC APIs"),
+    "serve": ("labquake_tf.serving.serve", "serve SavedModels over TF Serving's REST and gRPC APIs"),
     "predict": ("labquake_tf.serving.predict", "stream a record through a REST server"),
     "stream": ("labquake_tf.streaming.cli", "real-time predictions and alarms on a live AE stream"),
 }

@@ -1,0 +1,268 @@
+"""One REST connection's HTTP/1.1, parsed by h11, within ``Limits``.
+
+``Connection`` is an ``asyncio.Protocol`` around an ``h11.Connection``: the event loop
+drives it, or a thread per connection through a socket transport (``http_front``); both
+fronts share it, so one parser decides every request.
+
+Framing is RFC 9112's, as h11 reads it, plus what h11 lets through: obsolete line folding,
+control bytes in field values and Content-Length with Transfer-Encoding are refused. Every
+framing error is a 400 (431 for a head over ``max_head_bytes``) and closes the connection,
+so a proxy in front and this server never disagree on where a request ends. Chunked bodies
+are accepted. Pipelined requests are answered in order: the next is parsed once the one
+before has its answer.
+"""
+
+import asyncio
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import h11
+
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the one control byte allowed
+_HEAD_END = re.compile(rb"\n\r?\n")
+_FOLD = re.compile(rb"\n[ \t]")
+
+
+@dataclass
+class Limits:
+    """What one client, and all of them together, may hold (``labquake serve``'s flags)."""
+
+    max_body_bytes: int = 64 << 20  # one request's body; 413 beyond
+    max_buffered_bytes: int = 256 << 20  # request bodies held at once, server-wide; 503 beyond
+    timeout_s: float = 30.0  # --rest_api_timeout_in_ms: a request's first byte to its last; 408
+    idle_s: float = 60.0  # a keep-alive connection with no request in progress is closed
+    max_connections: int = 2048  # open at once; a new one beyond gets a 503 and is closed
+    # --rest_api_num_threads: model calls at once on REST; TF Serving's default.
+    threads: int = field(default_factory=lambda: 4 * (os.cpu_count() or 1))
+    max_head_bytes: int = 65536  # request line and headers; 431 beyond
+    max_headers: int = 100
+
+
+class Budget:
+    """Body bytes held across the server; taken when a request says its size, given back
+    once it is answered."""
+
+    def __init__(self, total):
+        self.left, self._lock = total, threading.Lock()
+
+    def take(self, n):
+        with self._lock:
+            if n > self.left:
+                return False
+            self.left -= n
+            return True
+
+    def give(self, n):
+        with self._lock:
+            self.left += n
+
+
+def refusal(status, message):
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: bytes in (``data_received``), answers out through its
+    transport; driven by the event loop, or by the connection's own thread."""
+
+    def __init__(self, front):
+        self.front, self.limits, self.transport = front, front.limits, None
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=front.limits.max_head_bytes)
+        self.busy = self.parsing = self.close = False
+        self.started = None  # when the request being received began (None: none is)
+        self.last = time.monotonic()  # last bytes in or out
+        self.request, self.parts, self.size, self.held, self.ahead = None, [], 0, 0, 0
+        self.chunked = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if len(self.front.connections) >= self.limits.max_connections:
+            transport.write(refusal(
+                503, f"the server has {self.limits.max_connections} connections open "
+                     "(--max-connections); retry"))
+            transport.close()
+            self.transport = None
+            return
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc):
+        self.front.connections.discard(self)
+        self.transport = None  # an answer for a client that left is dropped
+        self._release()
+
+    def data_received(self, data):
+        self.last = time.monotonic()
+        if self.started is None and not self.busy:
+            self.started = self.last
+        self.h11.receive_data(data)
+        if not self.busy:
+            self._next()
+        else:  # a client that sends ahead waits for its answers
+            self.ahead += len(data)
+            if self.ahead > self.limits.max_head_bytes:
+                self.transport.pause_reading()
+
+    def eof_received(self):
+        self.h11.receive_data(b"")
+        if not self.busy:
+            self._next()
+        return True  # half-closed: what was asked is still answered
+
+    def wait_s(self, now):
+        """Seconds until this connection's deadline: the request's, or the idle one's."""
+        if self.started is None:
+            return self.last + self.limits.idle_s - now
+        return self.started + self.limits.timeout_s - now
+
+    def expire(self):
+        """The deadline passed: a partial request gets a 408, an idle connection is closed."""
+        if self.transport is None or self.busy:
+            return
+        if self.started is None:
+            self.transport.close()
+        else:
+            self._error(408, f"the request was not received in full within "
+                             f"{self.limits.timeout_s * 1e3:.0f} ms (--rest_api_timeout_in_ms)")
+
+    def _next(self):
+        self.parsing = True
+        try:
+            conn = self.h11
+            while self.transport is not None and not self.busy:
+                if conn.their_state is h11.IDLE and _folded(conn.trailing_data[0]):
+                    return self._error(400, "Bad request: obsolete line folding in the head "
+                                            "(RFC 9112 section 5.2)")
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as e:
+                    return self._error(431 if e.error_status_hint == 431 else 400,
+                                       f"Bad request: {e}")
+                kind = type(event)
+                if kind is h11.Request:
+                    if not self._begin(event):
+                        return
+                elif kind is h11.Data:
+                    if not self._take(event.data):
+                        return
+                elif kind is h11.EndOfMessage:
+                    body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+                    self.parts, self.busy = [], True
+                    method, target = self.request
+                    self.front.respond(method, target, body, self.answer, self.front.pool)
+                elif kind is h11.ConnectionClosed:
+                    return self.transport.close()
+                else:  # NEED_DATA, or PAUSED until our answer is out
+                    return
+        finally:
+            self.parsing = False
+
+    def _begin(self, request):
+        """Checks on a request's head that h11 leaves to us; the body's share of the budget."""
+        headers, limits = request.headers, self.limits
+        if len(headers) > limits.max_headers:
+            return self._error(431, f"Too many headers (over {limits.max_headers})")
+        # h11 bounds a head that arrives in pieces; one read can bring a whole larger one.
+        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers) > \
+                limits.max_head_bytes:
+            return self._error(431, f"Request head over {limits.max_head_bytes} bytes")
+        size, chunked = 0, False
+        for name, value in headers:
+            if _CTL.search(value):
+                return self._error(400, f"Bad request: a control byte in the value of the "
+                                        f"{name.decode()!r} header")
+            if name == b"content-length":
+                size = int(value)  # h11 checked it: digits, and one value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if chunked and any(name == b"content-length" for name, _ in headers):
+            return self._error(400, "Bad request: both Content-Length and Transfer-Encoding "
+                                    "(RFC 9112 section 6.3); send one")
+        method = request.method.decode()
+        if method not in ("GET", "POST"):
+            return self._error(501, f"Unsupported method ({method!r})")
+        if not self._hold(size):
+            return False
+        self.request, self.chunked = (method, request.target.decode("latin-1")), chunked
+        if self.h11.they_are_waiting_for_100_continue:  # curl waits 1 s without
+            self.transport.write(self.h11.send(h11.InformationalResponse(
+                status_code=100, headers=[], reason="Continue")))
+        return True
+
+    def _take(self, data):
+        # A chunked body has no size up front: it is counted as it comes.
+        if self.chunked and not self._hold(self.size + len(data)):
+            return False
+        self.size += len(data)
+        self.parts.append(data)
+        return True
+
+    def _hold(self, size):
+        """Reserve ``size`` body bytes in all (more than held already), or answer why not."""
+        limit = self.limits.max_body_bytes
+        if size > limit:
+            return self._error(413, f"request body of {size} bytes is over the limit of "
+                                    f"{limit} bytes (--max-body-bytes)")
+        if size > self.held:
+            if not self.front.budget.take(size - self.held):
+                return self._error(503, "the server holds its limit of request bodies "
+                                        "(--max-buffered-body-bytes); retry")
+            self.held = size
+        return True
+
+    def _release(self):
+        if self.held:
+            self.front.budget.give(self.held)
+            self.held = 0
+
+    def _error(self, status, message):
+        self.close = True
+        self.answer(status, json.dumps({"error": message}).encode())
+        return False
+
+    def answer(self, status, data, content_type="application/json"):
+        """Send one answer; from a batch or pool thread, through the event loop."""
+        front = self.front
+        if front.loop is not None and threading.get_ident() != front.thread_id:
+            try:
+                return front.loop.call_soon_threadsafe(self.answer, status, data, content_type)
+            except RuntimeError:  # the server is closing
+                return
+        self._release()
+        if self.transport is None:
+            return
+        conn = self.h11
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+        if self.close:
+            headers.append(("Connection", "close"))
+        try:
+            out = conn.send(h11.Response(status_code=status, headers=headers,
+                                         reason=HTTPStatus(status).phrase))
+            out += conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:  # no answer fits the state h11 is in: only close
+            out, self.close = b"", True
+        self.transport.write(out)  # one write: one packet for a small answer
+        self.last = time.monotonic()
+        if self.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            self.busy = True  # HTTP/1.0, Connection: close, or an error: nothing more is read
+            self.transport.close()
+            return
+        conn.start_next_cycle()
+        self.busy, self.size, self.ahead = False, 0, 0
+        self.started = self.last if conn.trailing_data[0] else None
+        self.transport.resume_reading()
+        if not self.parsing:
+            self._next()
+
+
+def _folded(data):
+    """Whether the head at the start of ``data`` has an obsolete line fold (h11 unfolds them;
+    a proxy may not, and would see other headers than we do)."""
+    end = _HEAD_END.search(data)
+    return _FOLD.search(data, 0, end.start() if end else len(data)) is not None
