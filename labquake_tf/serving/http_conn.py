@@ -235,7 +235,8 @@ class Connection(asyncio.Protocol):
             except RuntimeError:  # the server is closing
                 return
         self._release()
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return
         conn = self.h11
         headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))]
@@ -247,16 +248,16 @@ class Connection(asyncio.Protocol):
             out += conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:  # no answer fits the state h11 is in: only close
             out, self.close = b"", True
-        self.transport.write(out)  # one write: one packet for a small answer
+        transport.write(out)  # one write: one packet for a small answer
         self.last = time.monotonic()
         if self.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             self.busy = True  # HTTP/1.0, Connection: close, or an error: nothing more is read
-            self.transport.close()
+            transport.close()
             return
         conn.start_next_cycle()
         self.busy, self.size, self.ahead = False, 0, 0
         self.started = self.last if conn.trailing_data[0] else None
-        self.transport.resume_reading()
+        transport.resume_reading()
         if not self.parsing:
             self._next()
 
