@@ -96,13 +96,19 @@ def read_all(sock, deadline_s=10):
     return data, False
 
 
+_LEFT = {}  # bytes read past an answer, by socket
+
+
 def answer(sock):
     """The next answer on a kept-alive connection: ``(status, headers, body)``."""
-    data = b""
+    data = _LEFT.pop(id(sock), b"")
     while True:
         head, sep, body = data.partition(b"\r\n\r\n")
-        if sep and len(body) >= int(re.search(rb"(?i)content-length: (\d+)", head)[1]):
-            return responses(data)[0]
+        if sep:
+            size = int(re.search(rb"(?i)content-length: (\d+)", head)[1])
+            if len(body) >= size:
+                _LEFT[id(sock)] = body[size:]
+                return responses(head + sep + body[:size])[0]
         chunk = sock.recv(65536)
         assert chunk, data
         data += chunk
