@@ -15,7 +15,7 @@ import tensorflow as tf
 from test_serving_export import TARGETS, raw_windows, shared_export
 
 from labquake_tf.serving import Client, ServingError
-from labquake_tf.serving import serve as server_lib
+from labquake_tf.serving import serve
 from labquake_tf.serving.config import models_config
 from labquake_tf.serving.http_conn import Limits
 from labquake_tf.serving.server import Server
@@ -396,7 +396,7 @@ def test_warmup_runs_before_a_version_serves_and_a_bad_one_fails_the_load(base, 
 
 def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     parser = argparse.ArgumentParser()
-    server_lib.add_arguments(parser)
+    serve.add_arguments(parser)
     (tmp_path / "models.config").write_text(models_config(
         [{"name": "first", "base_path": str(base)},
          {"name": "second", "base_path": str(base), "labels": {"stable": 1}}]))
@@ -407,8 +407,14 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     args = parser.parse_args([f"--model_config_file={tmp_path / 'models.config'}", "--port=0",
                               "--rest_api_port=0", "--enable_batching=true",
                               f"--batching_parameters_file={tmp_path / 'batching.txt'}",
-                              f"--monitoring_config_file={tmp_path / 'monitoring.txt'}"])
-    with server_lib.server_from_args(args) as server:
+                              f"--monitoring_config_file={tmp_path / 'monitoring.txt'}",
+                              "--rest_api_timeout_in_ms=1500", "--rest_api_num_threads=3",
+                              "--max-connections=50", "--max-buffered-body-bytes=99999999",
+                              "--max-body-bytes=1000000"])
+    with serve.server_from_args(args) as server:
+        assert server.httpd.limits == Limits(
+            max_body_bytes=1000000, max_buffered_bytes=99999999, timeout_s=1.5,
+            max_connections=50, threads=3)
         assert sorted(server.models) == ["first", "second"] and server.grpc_port > 0
         assert f"gRPC at 127.0.0.1:{server.grpc_port}" in server.describe()
         batcher = server.model("second").get()._batchers["serving_default"]
@@ -421,9 +427,13 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     assert parser.parse_args(["--enable_model_warmup=false"]).enable_model_warmup is False
     for argv, message in ([["--model_base_path", str(base), "--port", "8501"], "both 8501"],
                           [["--port", "0"], "--model_base_path or --model_config_file"],
-                          [["--model_base_path", str(base), "--port", "70000"], "0..65535"]):
+                          [["--model_base_path", str(base), "--port", "70000"], "0..65535"],
+                          [["--model_base_path", str(base), "--rest_api_timeout_in_ms", "0"],
+                           "--rest_api_timeout_in_ms 0: must be positive"],
+                          [["--model_base_path", str(base), "--max-buffered-body-bytes", "10"],
+                           "less than --max-body-bytes"]):
         with pytest.raises(SystemExit, match=message):
-            server_lib.server_from_args(parser.parse_args(argv))
+            serve.server_from_args(parser.parse_args(argv))
 
 
 def test_event_loop_front_closes_idle_keep_alive_connections_only(base):
