@@ -190,11 +190,17 @@ def test_chunked_bodies_are_read_and_the_connection_kept(front):
     assert json.loads(answers[1][2])["target"] == "/after"
 
 
-def test_pipelined_requests_are_answered_in_order(front):
+@pytest.mark.parametrize("piece", [None, 7], ids=["one-write", "7-byte-pieces"])
+def test_pipelined_requests_are_answered_in_order(front, piece):
     # The first is answered last by its API (0.2 s later, from another thread).
-    sent = [post(b"one", "/later"), get("/two"), post(b"three", "/three"), get("/later")]
+    sent = b"".join([post(b"one", "/later"), get("/two"), post(b"three", "/three"),
+                     get("/later")])
     with connect(front) as sock:
-        sock.sendall(b"".join(sent))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(sent), piece or len(sent)):
+            sock.sendall(sent[i:i + (piece or len(sent))])
+            if piece:
+                time.sleep(0.002)
         data = b""
         while data.count(b"HTTP/1.1 200") < 4:
             chunk = sock.recv(65536)
