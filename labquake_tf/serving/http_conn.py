@@ -145,9 +145,13 @@ class Connection(asyncio.Protocol):
         try:
             while self.transport is not None and not self.busy and not self.body_left:
                 conn = self.h11  # a new one for each request
-                if conn.their_state is h11.IDLE and _folded(conn.trailing_data[0]):
-                    return self._error(400, "Bad request: obsolete line folding in the head "
-                                            "(RFC 9112 section 5.2)")
+                if conn.their_state is h11.IDLE:
+                    data, ended = conn.trailing_data
+                    if not data and not ended:
+                        return  # nothing of the next request yet: h11 would say NEED_DATA
+                    if _folded(data):
+                        return self._error(400, "Bad request: obsolete line folding in the "
+                                                "head (RFC 9112 section 5.2)")
                 try:
                     event = conn.next_event()
                 except h11.RemoteProtocolError as e:
