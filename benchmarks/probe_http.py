@@ -14,6 +14,7 @@ probe failed.
 import argparse
 import json
 import pathlib
+import re
 import resource
 import socket
 import sys
@@ -78,8 +79,7 @@ def probe(address, timeout_s):
             if not chunk:
                 break
             data += chunk
-    statuses = [int(line.split()[1]) for line in data.split(b"\r\n")
-                if line.startswith(b"HTTP/1.1 ")]
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
     results.append(("pipelining: 4 requests in one write", statuses == [200, 404, 200, 404],
                     str(statuses)))
     with socket.create_connection(address, timeout=10) as sock:
