@@ -11,7 +11,10 @@ message our own code raised) ends in one line on stderr, ``labquake CMD: error:
 ...``, exit status 1 (data) or 2 (usage). Anything else is a bug: its traceback
 is kept and the last line says so (exit status 70, sysexits' EX_SOFTWARE).
 ``--verbose`` or ``LABQUAKE_VERBOSE=1`` adds the traceback to user errors and
-lets TensorFlow's logs through; by default they are silenced (``_quiet``).
+lets TensorFlow's logs through; by default they are silenced (``_quiet``): environment
+variables set before TensorFlow loads, and, for a real process, a parent process that
+filters the child's stderr (``_run_filtered``), so that a crash inside TensorFlow (a
+``Check failed``, SIGABRT) still prints its own message and a line naming the signal.
 """
 
 import argparse
@@ -21,8 +24,9 @@ import importlib
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
-import threading
 import traceback
 import warnings
 
@@ -37,7 +41,7 @@ COMMANDS = {
     "tune": ("labquake_tf.jobs.tune", "KerasTuner search over the TCN and its training"),
     "export": ("labquake_tf.jobs.export", "export a model as a TF Serving SavedModel"),
     "serving-config": ("labquake_tf.serving.config", "write a TF Serving models.config"),
-    "serve": ("labquake_tf.serving.server", "serve SavedModels over TF Serving's REST and gRPC APIs"),
+    "serve": ("labquake_tf.serving.serve", "serve SavedModels over TF Serving's REST and gRPC APIs"),
     "predict": ("labquake_tf.jobs.predict", "predict a record with intervals (locally or through a server)"),
     "stream": ("labquake_tf.jobs.stream", "real-time predictions and alarms on a live AE stream"),
     "presets": ("labquake_tf.jobs.presets", "list the pretrained models that ship with the package"),
@@ -45,14 +49,16 @@ COMMANDS = {
 
 EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 VERBOSE_ENV = "LABQUAKE_VERBOSE"
+FILTERED_ENV = "LABQUAKE_STDERR_FILTERED"  # set in the child whose stderr a parent filters
 
 
 def main(argv=None, filter_stderr=None):
     """Run ``labquake ARGV``; returns the exit status.
 
     ``filter_stderr`` (default: ``argv is None``, a real process reading
-    ``sys.argv``) filters C++ log lines out of stderr's file descriptor; in-process
-    callers (tests) own their stderr. Wrappers that are processes pass True.
+    ``sys.argv``) runs the command in a child process whose stderr this one filters
+    of C++ log lines; in-process callers (tests) own their stderr. Wrappers that are
+    processes pass True.
     """
     as_program = argv is None if filter_stderr is None else filter_stderr
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -73,7 +79,10 @@ def main(argv=None, filter_stderr=None):
     # Decided before the module (and TensorFlow) is imported: the log settings
     # only take effect if they are in place when TensorFlow starts.
     verbose = verbose or any(a == "--verbose" or a.startswith("--verbose=") for a in rest)
-    with _quiet(verbose, filter_fd=as_program, prog=f"labquake {name}"):
+    if as_program and not verbose and os.environ.get(FILTERED_ENV) != "1" \
+            and getattr(sys, "orig_argv", None):
+        return _run_filtered(f"labquake {name}")
+    with _quiet(verbose, prog=f"labquake {name}"):
         return _run(name, rest, verbose)
 
 
@@ -225,14 +234,14 @@ _SPURIOUS_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _quiet(verbose, filter_fd, prog="labquake"):
+def _quiet(verbose, prog="labquake"):
     """Silence TensorFlow's C++ and Python logs and known spurious Keras warnings.
 
     Other warnings stay, as one line each: ``labquake CMD: warning: ...``.
 
-    ``TF_CPP_MIN_LOG_LEVEL=3`` hides TensorFlow's own C++ logs, read when
+    ``TF_CPP_MIN_LOG_LEVEL=3`` hides TensorFlow's own C++ logs below FATAL, read when
     TensorFlow loads; lines that XLA/abseil print before ``absl::InitializeLog()``
-    ignore it, so a real process also filters those out of file descriptor 2.
+    ignore it, which ``_run_filtered``'s parent process drops.
     """
     if verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
@@ -242,7 +251,6 @@ def _quiet(verbose, filter_fd, prog="labquake"):
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     loggers = {name: logging.getLogger(name) for name in ("tensorflow", "absl", "apache_beam")}
     levels = {name: logger.level for name, logger in loggers.items()}
-    fd_filter = _LogLineFilter.start() if filter_fd else None
     try:
         with warnings.catch_warnings():
             for pattern in _SPURIOUS_WARNINGS:
@@ -254,8 +262,53 @@ def _quiet(verbose, filter_fd, prog="labquake"):
     finally:
         for name, logger in loggers.items():
             logger.setLevel(levels[name])
-        if fd_filter is not None:
-            fd_filter.stop()
+
+
+def _run_filtered(prog):
+    """This process's own command line again, as a child whose stderr is filtered here;
+    returns its exit status (128 + N for a child killed by signal N, as a shell says).
+
+    The filter lives in this parent, not in a thread of the process that runs TensorFlow,
+    so whatever the child prints before it dies (an abort's ``Check failed``) is read to
+    the end and passed on. SIGTERM and SIGHUP are handed to the child; SIGINT from a
+    terminal reaches both, and only the child acts on it.
+    """
+    sys.stdout.flush()
+    env = dict(os.environ, **{FILTERED_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
+                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    handlers = {sig: signal.signal(sig, lambda n, _: child.send_signal(n))
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        out = _LogLineFilter(sys.stderr.fileno())
+        while data := os.read(child.stderr.fileno(), 1 << 16):
+            out.feed(data)
+        out.feed(b"", final=True)
+        code = child.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if code < 0:
+        name = signal.Signals(-code).name
+        print(f"{prog}: error: the process was killed by {name}" +
+              (" (a crash inside TensorFlow or another library: the lines above say why)"
+               if -code in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE,
+                            signal.SIGILL) else ""), file=sys.stderr)
+        return 128 - code
+    return code
+
+
+def _die_with_parent():
+    # A child left running by a killed parent would hold its ports (``serve``): Linux's
+    # PR_SET_PDEATHSIG ends it with the parent; elsewhere this does nothing.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _show_warning(prog, message, category, filename, lineno, file=None, line=None):
@@ -263,14 +316,15 @@ def _show_warning(prog, message, category, filename, lineno, file=None, line=Non
 
 
 class _LogLineFilter:
-    """Copies fd 2 to the real stderr through a pipe, dropping C++ log lines.
+    """Copies a child's stderr to ``out_fd``, dropping C++ log lines below FATAL.
 
     Decided on each line's first bytes, so progress bars (``\\r`` lines) and
     prompts pass at once; only what could still become a log line waits.
     """
 
-    # In a template, '#' stands for a digit and '%' for a severity letter.
-    _TEMPLATES = (b"####-##-## ##:##:##.",  # TSL: 2026-11-30 09:43:18.713805: E ...
+    # In a template, '#' stands for a digit and '%' for a severity letter other than F:
+    # FATAL lines ("Check failed: ...") are why a process died, and always pass.
+    _TEMPLATES = (b"####-##-## ##:##:##.######: %",  # TSL: 2026-11-30 09:43:18.713805: E ...
                   b"%#### ##:##:",  # abseil: I1114 09:32:22.28 ..., before init I0000 00:00:1718...
                   b"WARNING: All log messages before absl::InitializeLog()",
                   # Beam's worker processes (prepare --runner beam), before their options apply
@@ -282,41 +336,6 @@ class _LogLineFilter:
 
     def __init__(self, out_fd):
         self.out, self.buf, self.mode, self.after_drop = out_fd, b"", "start", False
-
-    @classmethod
-    def start(cls):
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):
-            return None
-        self = cls(saved)
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self.read_fd = read_fd
-        self.thread = threading.Thread(target=self._pump, name="labquake-stderr", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self.out, 2)  # closes the pipe's last write end: the pump sees EOF
-        self.thread.join(timeout=5.0)
-        if not self.thread.is_alive():  # a child process may still hold the pipe
-            os.close(self.out)
-
-    def _pump(self):
-        while True:
-            data = os.read(self.read_fd, 1 << 16)
-            if not data:
-                break
-            self.feed(data)
-        self.feed(b"", final=True)
-        os.close(self.read_fd)
 
     def feed(self, data, final=False):
         out = []
@@ -365,7 +384,7 @@ def _fits(template_char, char):
     if template_char == ord("#"):
         return 48 <= char <= 57
     if template_char == ord("%"):
-        return char in b"IWEF"
+        return char in b"IWE"
     return template_char == char
 
 

@@ -112,7 +112,7 @@ def test_a_real_process_filters_lines_that_ignore_tf_cpp_min_log_level(tmp_path)
         "    raise DataError('r.csv row 3, column Time: oops')\n")
     code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from labquake_tf import cli; "
             "cli.COMMANDS['noisy'] = ('noisy_cmd', 'test'); sys.exit(cli.main())")
-    env = {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (cli.VERBOSE_ENV, cli.FILTERED_ENV)}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     run = [sys.executable, "-c", code, str(tmp_path), "noisy"]
     done = subprocess.run(run, capture_output=True, env=env, timeout=60)
@@ -120,6 +120,54 @@ def test_a_real_process_filters_lines_that_ignore_tf_cpp_min_log_level(tmp_path)
     assert done.stderr == KEPT + b"labquake noisy: error: r.csv row 3, column Time: oops\n"
     done = subprocess.run(run + ["--verbose"], capture_output=True, env=env, timeout=60)
     assert done.stderr.startswith(NOISE + KEPT + b"Traceback")
+
+
+FATAL = (b"2026-11-30 09:44:23.789647: F tensorflow/core/framework/tensor_shape.cc:45] Check "
+         b"failed: NDIMS == dims() (2 vs. 3)\n")
+
+
+def test_a_crash_inside_tf_prints_its_own_message_and_the_signal(tmp_path):
+    # What TF does on a failed CHECK: a FATAL log line, then abort(). The parent that
+    # filters stderr reads the child's last words and names the signal.
+    (tmp_path / "crash_cmd.py").write_text(
+        "import os\n"
+        "def add_arguments(parser):\n    pass\n"
+        "def run(args):\n"
+        f"    os.write(2, {NOISE!r} + {FATAL!r})\n"
+        "    os.abort()\n")
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from labquake_tf import cli; "
+            "cli.COMMANDS['crash'] = ('crash_cmd', 'test'); sys.exit(cli.main())")
+    env = {k: v for k, v in os.environ.items() if k not in (cli.VERBOSE_ENV, cli.FILTERED_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), "crash"],
+                          capture_output=True, env=env, timeout=60)
+    assert done.returncode == 128 + 6  # SIGABRT, as a shell reports it
+    assert done.stderr.startswith(FATAL)  # the noise before it dropped, the reason kept
+    assert done.stderr.splitlines()[-1].startswith(
+        b"labquake crash: error: the process was killed by SIGABRT (a crash inside")
+
+
+def test_the_filtering_parent_hands_sigterm_to_the_command(tmp_path):
+    (tmp_path / "wait_cmd.py").write_text(
+        "import sys, time\n"
+        "def add_arguments(parser):\n    pass\n"
+        "def run(args):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n")
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from labquake_tf import cli; "
+            "cli.COMMANDS['wait'] = ('wait_cmd', 'test'); sys.exit(cli.main())")
+    env = {k: v for k, v in os.environ.items() if k not in (cli.VERBOSE_ENV, cli.FILTERED_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), "wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+        assert b"killed by SIGTERM" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_warnings_are_one_line_and_known_spurious_ones_are_dropped(monkeypatch, capsys):

@@ -169,7 +169,7 @@ def test_a_request_over_max_batch_size_is_split_and_answers_as_unbatched(servers
     ({"max_batch_size": 5}, {1, 2, 3, 4, 5})])
 def test_warmup_runs_every_batch_size_the_batcher_can_form(tmp_path_factory, monkeypatch,
                                                            batching, sizes):
-    from labquake_tf.serving.server import Signature
+    from labquake_tf.serving.servable import Signature
 
     base = shared_export(tmp_path_factory)[1].parent
     seen, run = [], Signature.run

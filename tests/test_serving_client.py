@@ -26,6 +26,9 @@ class Scripted(BaseHTTPRequestHandler):
         self.server.requests.append((self.path, body))
         if self.server.script:
             status, reply = self.server.script.pop(0)
+            if status is None:  # read the request, then hang up without an answer
+                self.close_connection = True
+                return
         elif "instances" in body:
             status, reply = 200, {"predictions": [
                 {"sum": float(np.sum(w)), "first": float(np.ravel(w)[0])}
@@ -108,14 +111,46 @@ def test_error_body_becomes_serving_error_without_retry(stub):
     assert e.value.status == 400 and len(stub.requests) == 1
 
 
-def test_server_errors_are_retried(stub):
-    stub.script = [(503, {"error": "busy"}), (500, {"error": "oops"})]
+def test_only_busy_answers_are_retried_and_a_500_comes_back_at_once(stub):
+    stub.script = [(503, {"error": "busy"}), (503, {"error": "busy"})]
     out = Client(url(stub), "m", retries=2, backoff=0).predict(np.ones((2, 3, 1)))
     np.testing.assert_allclose(out["sum"], [3, 3])
     assert len(stub.requests) == 3
+    stub.requests.clear()
     stub.script = [(503, {"error": "still busy"})] * 2
-    with pytest.raises(ServingError, match="still busy"):
+    with pytest.raises(ServingError, match="still busy") as e:
         Client(url(stub), "m", retries=1, backoff=0).status()
+    assert e.value.status == 503 and len(stub.requests) == 2
+    stub.requests.clear()
+    stub.script = [(500, {"error": "InvalidArgumentError: oops"})]
+    with pytest.raises(ServingError, match="HTTP 500: InvalidArgumentError: oops") as e:
+        Client(url(stub), "m", retries=3, backoff=0).predict(np.ones((1, 3, 1)))
+    assert e.value.status == 500 and len(stub.requests) == 1
+
+
+def test_a_post_that_reached_the_server_is_not_sent_again(stub):
+    stub.script = [(None, None)]  # the server read it, then the connection dropped
+    with pytest.raises(ConnectionError, match="after 1 tries"):
+        Client(url(stub), "m", retries=3, backoff=0).predict(np.ones((1, 3, 1)))
+    assert len(stub.requests) == 1
+
+
+def test_backoff_grows_with_jitter_and_grpc_retries_unavailable_only():
+    from urllib3.exceptions import ConnectTimeoutError
+
+    from labquake_tf.serving.client import grpc_service_config
+
+    retry = Client("http://127.0.0.1:1", "m", retries=3, backoff=0.1)._pool().retries
+    waits = []
+    for _ in range(3):
+        retry = retry.increment("POST", "/", error=ConnectTimeoutError())
+        waits.append(retry.get_backoff_time())
+    assert 0.1 <= waits[0] <= 0.2 and 0.2 <= waits[1] <= 0.3 and 0.4 <= waits[2] <= 0.5
+    assert retry.status_forcelist == {503} and retry.read == 0
+    policy = json.loads(grpc_service_config(3, 0.1))["methodConfig"][0]["retryPolicy"]
+    assert policy == {"maxAttempts": 4, "initialBackoff": "0.100s", "maxBackoff": "0.800s",
+                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    assert "retryPolicy" not in json.loads(grpc_service_config(0, 0.1))["methodConfig"][0]
 
 
 def test_unreachable_server_and_timeouts_are_clear():

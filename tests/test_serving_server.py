@@ -15,8 +15,9 @@ import tensorflow as tf
 from test_serving_export import TARGETS, raw_windows, shared_export
 
 from labquake_tf.serving import Client, ServingError
-from labquake_tf.serving import server as server_lib
+from labquake_tf.serving import serve
 from labquake_tf.serving.config import models_config
+from labquake_tf.serving.http_conn import Limits
 from labquake_tf.serving.server import Server
 
 
@@ -202,21 +203,22 @@ BAD_BODIES = [
     (post(GOOD_BYTES, {"Content-Length": "-5"}), 400, "bad Content-Length"),
     (post(GOOD_BYTES, {"Content-Length": "\u00b2"}), 400,  # isdigit(), yet not int()
      "bad Content-Length"),
-    (post(GOOD_BYTES, {"Content-Length": str(len(GOOD_BYTES) + 10)}), 400, "the body ended"),
+    (post(GOOD_BYTES, {"Content-Length": str(len(GOOD_BYTES) + 10)}), 400,
+     "the body ended after"),
     (post(b"5\r\nhello\r\n0\r\n\r\n", {"Content-Length": None, "Transfer-Encoding": "chunked"}),
-     400, "Transfer-Encoding"),
+     400, "JSON Parse error"),  # chunked bodies are read: this one is not JSON
     (post(b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}"), 400, "nesting too deep"),
     (post(b'{"instances": "\xff\xfe"}'), 400, "not UTF-8"),
     (post(b'{"instances": [' + b"9" * 5000 + b"]}"), 400, "JSON Parse error"),
     (b"GARBAGE\r\n\r\n", 400, "Bad request"),
     (post(GOOD_BYTES).replace(b"Host: x\r\n", b"Host: x\r\nContent-Length: 3\r\n"), 400,
-     "bad Content-Length"),  # two lengths: which one ends the body is not ours to guess
-    (b"PUT /v1/models/tiny:predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 501,
+     "conflicting Content-Length"),  # two lengths: which one ends the body is not ours to guess
+    (b"PUT /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 501,
      "Unsupported method"),
-    (b"GET /v1/models/tiny HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431,
+    (b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431,
      "Too many headers"),
-    (b"GET /v1/models/tiny HTTP/1.1\r\nX-A: " + b"b" * 70000 + b"\r\n\r\n", 431,
-     "Line too long"),
+    (b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\nX-A: " + b"b" * 70000 + b"\r\n\r\n", 431,
+     "over 65536 bytes"),
 ]
 
 
@@ -225,8 +227,9 @@ def test_bad_bodies_get_tf_serving_errors_not_500(server, data, code, message):
     status, head, reply = raw(server, data)
     assert status == code and list(reply) == ["error"] and message in reply["error"]
     assert "content-type: application/json" in head
-    if code == 413 or "content-length" in message.lower():
-        assert "connection: close" in head  # the stream is out of step: never reused
+    # A framing error puts the stream out of step: never reused. A bad JSON body does not.
+    in_body = message in ("JSON Parse error", "nesting too deep", "not UTF-8")
+    assert ("connection: close" in head) != in_body
     assert call(server, "POST", "/v1/models/tiny:predict", GOOD)[0] == 200
 
 
@@ -393,7 +396,7 @@ def test_warmup_runs_before_a_version_serves_and_a_bad_one_fails_the_load(base, 
 
 def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     parser = argparse.ArgumentParser()
-    server_lib.add_arguments(parser)
+    serve.add_arguments(parser)
     (tmp_path / "models.config").write_text(models_config(
         [{"name": "first", "base_path": str(base)},
          {"name": "second", "base_path": str(base), "labels": {"stable": 1}}]))
@@ -404,8 +407,14 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     args = parser.parse_args([f"--model_config_file={tmp_path / 'models.config'}", "--port=0",
                               "--rest_api_port=0", "--enable_batching=true",
                               f"--batching_parameters_file={tmp_path / 'batching.txt'}",
-                              f"--monitoring_config_file={tmp_path / 'monitoring.txt'}"])
-    with server_lib.server_from_args(args) as server:
+                              f"--monitoring_config_file={tmp_path / 'monitoring.txt'}",
+                              "--rest_api_timeout_in_ms=1500", "--rest_api_num_threads=3",
+                              "--max-connections=50", "--max-buffered-body-bytes=99999999",
+                              "--max-body-bytes=1000000"])
+    with serve.server_from_args(args) as server:
+        assert server.httpd.limits == Limits(
+            max_body_bytes=1000000, max_buffered_bytes=99999999, timeout_s=1.5,
+            max_connections=50, threads=3)
         assert sorted(server.models) == ["first", "second"] and server.grpc_port > 0
         assert f"gRPC at 127.0.0.1:{server.grpc_port}" in server.describe()
         batcher = server.model("second").get()._batchers["serving_default"]
@@ -418,15 +427,19 @@ def test_cli_takes_tf_servings_flags_and_config_files(base, tmp_path):
     assert parser.parse_args(["--enable_model_warmup=false"]).enable_model_warmup is False
     for argv, message in ([["--model_base_path", str(base), "--port", "8501"], "both 8501"],
                           [["--port", "0"], "--model_base_path or --model_config_file"],
-                          [["--model_base_path", str(base), "--port", "70000"], "0..65535"]):
+                          [["--model_base_path", str(base), "--port", "70000"], "0..65535"],
+                          [["--model_base_path", str(base), "--rest_api_timeout_in_ms", "0"],
+                           "--rest_api_timeout_in_ms 0: must be positive"],
+                          [["--model_base_path", str(base), "--max-buffered-body-bytes", "10"],
+                           "less than --max-body-bytes"]):
         with pytest.raises(SystemExit, match=message):
-            server_lib.server_from_args(parser.parse_args(argv))
+            serve.server_from_args(parser.parse_args(argv))
 
 
-def test_event_loop_front_closes_idle_keep_alive_connections_only(base, monkeypatch):
-    monkeypatch.setattr(server_lib, "IDLE_TIMEOUT_S", 0.4)
+def test_event_loop_front_closes_idle_keep_alive_connections_only(base):
     request = b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n"
-    with Server(base, port=0, grpc_port=0, batching={"max_batch_size": 8}) as s:
+    with Server(base, port=0, grpc_port=0, batching={"max_batch_size": 8},
+                limits=Limits(idle_s=0.4)) as s:
         idle, busy = (socket.create_connection(s.httpd.server_address[:2], timeout=5)
                       for _ in range(2))
         idle.sendall(request)

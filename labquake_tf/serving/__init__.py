@@ -4,6 +4,7 @@
 or to ``labquake serve`` (``server.Server``), which speaks the same REST API.
 """
 
-from labquake_tf.serving.client import Client, ServingError
+from labquake_tf.serving.client import Client
+from labquake_tf.serving.status import ServingError
 
 __all__ = ["Client", "ServingError"]

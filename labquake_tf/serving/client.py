@@ -5,58 +5,37 @@
     out = client.predict(windows)         # POST /v1/models/p4581:predict  (Predict)
     out["shear_stress"]                   # MPa, one value per window
 
-Over REST it needs the standard library and numpy only (no TensorFlow import). Over
-gRPC it uses ``grpcio`` and ``tensorflow-serving-api``'s stubs, whose protos import
-TensorFlow; the answers (status, metadata, outputs) have the same form either way.
+Over REST it needs ``urllib3`` and numpy only (no TensorFlow import). Over gRPC it uses
+``grpcio`` and ``tensorflow-serving-api``'s stubs, whose protos import TensorFlow; the
+answers (status, metadata, outputs) have the same form either way.
+
+Retries are the libraries' own policies, the same on both APIs: a request is sent again
+only when it never reached the server (the connection failed) or the server said it is
+busy (HTTP 503, gRPC UNAVAILABLE), after an exponential backoff with jitter; any other
+answer (a 500 included) comes back at once with the server's message.
 """
 
-import http.client
 import json
+import random
 import threading
-import time
 import urllib.parse
 
 import numpy as np
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError
+from urllib3.util import Retry, Timeout
 
+from labquake_tf.serving.status import HTTP_STATUS, ServingError
 from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
-
-
-# gRPC status code name -> the HTTP status TF Serving's REST API gives the same error.
-_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-                "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501}
-# HTTP status -> gRPC status code name, as TF Serving maps them (the server's direction).
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
-               503: "UNAVAILABLE"}
-
-
-class ServingError(RuntimeError):
-    """An error with the HTTP ``status`` TF Serving answers it with, on both sides of the
-    wire: the server raises it (``ServingError(400, message)``) and the client raises it for
-    the server's answer, with ``message`` its ``{"error": ...}`` text (REST) or the status
-    details (gRPC) and ``url`` where it came from. ``code`` is the gRPC status code name
-    (the one received, or the one TF Serving maps ``status`` to)."""
-
-    def __init__(self, status, message, url=None, code=None):
-        if url is None:
-            super().__init__(message)
-        else:
-            super().__init__(f"{url}: {f'gRPC {code}' if code else f'HTTP {status}'}: {message}")
-        self.status, self.message, self.url = status, message, url
-        self.code = code or _GRPC_CODES.get(status, "INTERNAL" if status >= 500
-                                            else "INVALID_ARGUMENT")
-
-    @property
-    def http_status(self):
-        return self.status
 
 
 class Client:
     """Talks to one model (optionally one version) on a TF Serving REST (``http://``) or
     gRPC (``grpc://``) endpoint.
 
-    REST connections are kept alive, one per thread; gRPC shares one channel. Connection
-    failures and 5xx (UNAVAILABLE) answers are retried ``retries`` times with a growing
-    pause; 4xx answers are not.
+    REST connections are kept alive, one per thread; gRPC shares one channel. A failed
+    connection, a 503 and UNAVAILABLE are retried ``retries`` times, after ``backoff``
+    seconds doubled on each retry plus up to ``backoff`` of jitter; nothing else is.
     """
 
     def __init__(self, base_url, model, version=None, timeout=10.0, retries=2, backoff=0.2):
@@ -64,7 +43,8 @@ class Client:
         if url.scheme not in ("http", "https", "grpc") or not url.hostname:
             raise ValueError(f"base_url must look like http://host:port or grpc://host:port, "
                              f"got {base_url!r}")
-        self._grpc = _Grpc(url, model, version, timeout) if url.scheme == "grpc" else None
+        self._grpc = _Grpc(url, model, version, timeout, retries, backoff) \
+            if url.scheme == "grpc" else None
         self.base_url, self.model, self.version = base_url.rstrip("/"), model, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._url = url
@@ -176,53 +156,48 @@ class Client:
         return self._names[name]
 
     def _retrying(self, call):
+        """``call()`` (a gRPC call, retried by the channel's service config), its errors
+        as ``ServingError``, or ``ConnectionError`` when no server answered."""
         import grpc
 
-        for attempt in range(self.retries + 1):
-            try:
-                return call()
-            except grpc.RpcError as e:
-                code, details = e.code(), e.details()
-                retry = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 grpc.StatusCode.INTERNAL)
-                if not retry or attempt == self.retries:
-                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                            and not self._grpc.answered:
-                        raise ConnectionError(f"{self.base_url}: gRPC {code.name}: {details} "
-                                              f"(after {attempt + 1} tries)") from None
-                    raise ServingError(_HTTP_STATUS.get(code.name, 500), details,
-                                       self.base_url, code.name) from None
-            time.sleep(self.backoff * 2 ** attempt)
+        try:
+            return call()
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    and not self._grpc.answered:
+                tries = self.retries + 1 if code == grpc.StatusCode.UNAVAILABLE else 1
+                raise ConnectionError(f"{self.base_url}: gRPC {code.name}: {details} "
+                                      f"(after {tries} tries)") from None
+            raise ServingError(HTTP_STATUS.get(code.name, 500), details, self.base_url,
+                               code.name) from None
 
-    def _connection(self, fresh=False):
-        conn = getattr(self._local, "conn", None)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            cls = http.client.HTTPSConnection if self._url.scheme == "https" \
-                else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._url.hostname, self._url.port,
-                                          timeout=self.timeout)
-        return conn
+    def _pool(self):
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            retry = _Backoff(total=self.retries, connect=self.retries, read=0, other=0,
+                             status=self.retries, redirect=0, status_forcelist={503},
+                             allowed_methods=None, backoff_factor=self.backoff,
+                             backoff_jitter=self.backoff, raise_on_status=False)
+            cls = urllib3.HTTPSConnectionPool if self._url.scheme == "https" \
+                else urllib3.HTTPConnectionPool
+            pool = self._local.pool = cls(self._url.hostname, self._url.port, maxsize=1,
+                                          retries=retry, timeout=Timeout(self.timeout))
+        return pool
 
     def _request(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         url = self.base_url + path[len(self._url.path.rstrip("/")):]
-        for attempt in range(self.retries + 1):
-            try:
-                conn = self._connection(fresh=attempt > 0)
-                conn.request(method, path, body=data, headers=headers)
-                response = conn.getresponse()
-                status, payload = response.status, response.read()
-            except (OSError, http.client.HTTPException) as e:
-                if attempt == self.retries:
-                    raise ConnectionError(f"{url}: {type(e).__name__}: {e} "
-                                          f"(after {attempt + 1} tries)") from e
-            else:
-                if status < 500 or attempt == self.retries:
-                    break
-            time.sleep(self.backoff * 2 ** attempt)
+        try:
+            response = self._pool().urlopen(method, path, body=data, headers=headers)
+        except HTTPError as e:
+            reason = getattr(e, "reason", None) or e
+            # Only a connection that was never made is tried again (see ``_Backoff``).
+            tries = self.retries + 1 if isinstance(reason, ConnectTimeoutError) else 1
+            raise ConnectionError(f"{url}: {type(reason).__name__}: {reason} "
+                                  f"(after {tries} tries)") from e
+        status, payload = response.status, response.data
         try:
             reply = json.loads(payload)
         except ValueError:
@@ -235,16 +210,42 @@ class Client:
     def close(self):
         if self._grpc:
             self._grpc.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        pool = getattr(self._local, "pool", None)
+        if pool is not None:
+            pool.close()
+            self._local.pool = None
+
+
+class _Backoff(Retry):
+    """urllib3's policy, except that the first retry waits too: a 503 means busy now."""
+
+    def get_backoff_time(self):
+        n = len(self.history)
+        if n == 0:
+            return 0.0
+        wait = min(self.backoff_max, self.backoff_factor * 2 ** (n - 1))
+        return wait + random.uniform(0, self.backoff_jitter)
+
+
+def grpc_service_config(retries, backoff):
+    """gRPC's retry policy for TF Serving's services: UNAVAILABLE only, ``retries`` times,
+    exponential backoff (gRPC adds the jitter)."""
+    services = [{"service": "tensorflow.serving.PredictionService"},
+                {"service": "tensorflow.serving.ModelService"}]
+    config = {"name": services}
+    if retries > 0:
+        config["retryPolicy"] = {
+            "maxAttempts": min(retries + 1, 5),  # gRPC's own cap
+            "initialBackoff": f"{max(backoff, 0.001):.3f}s",
+            "maxBackoff": f"{max(backoff, 0.001) * 2 ** retries:.3f}s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    return json.dumps({"methodConfig": [config]})
 
 
 class _Grpc:
     """The gRPC half of ``Client``: TF Serving's own stubs on one channel."""
 
-    def __init__(self, url, model, version, timeout):
+    def __init__(self, url, model, version, timeout, retries=2, backoff=0.2):
         import grpc
         from tensorflow_serving.apis import (model_service_pb2_grpc,
                                              prediction_service_pb2_grpc)
@@ -253,7 +254,9 @@ class _Grpc:
         self.channel = grpc.insecure_channel(
             f"{url.hostname}:{url.port or 8500}",
             options=[("grpc.max_receive_message_length", -1),
-                     ("grpc.max_send_message_length", -1)])
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.enable_retries", 1),
+                     ("grpc.service_config", grpc_service_config(retries, backoff))])
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.answered = False  # once the server answered, UNAVAILABLE means busy, not absent

@@ -8,7 +8,7 @@ The answers are the REST ones in proto form: the metadata and status JSON that
 
 import logging
 
-from labquake_tf.serving.client import ServingError
+from labquake_tf.serving.status import ServingError
 from labquake_tf.serving.tensors import to_ndarray, to_tensor_proto
 
 log = logging.getLogger(__name__)
