@@ -28,6 +28,7 @@ from bench_serving import TARGETS, manifest  # noqa: E402
 
 from labquake_tf.models import build_from_preset  # noqa: E402
 from labquake_tf.serving.export import export_model  # noqa: E402
+from labquake_tf.task import LabquakeRegressor  # noqa: E402
 
 ROOTS = {"old": str(pathlib.Path(sys.argv[1]).resolve()),
          "new": str(pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else ".").resolve())}
@@ -68,8 +69,8 @@ with tempfile.TemporaryDirectory() as tmp:
 
     m = Floor()
     tf.saved_model.save(m, str(tmp / "floor" / "1"), signatures={"serving_default": m.serve})
-    small = export_model(build_from_preset("small", seq_len=64, n_targets=3), manifest(64),
-                         "bench", base_dir=tmp)
+    small = export_model(LabquakeRegressor.from_manifest(
+        build_from_preset("small", seq_len=64, n_targets=3), manifest(64)), "bench", base_dir=tmp)
     for name, base in (("floor", tmp / "floor"), ("bench", small.parent)):
         procs = {who: serve(root, base) for who, root in ROOTS.items()}
         try:

@@ -126,11 +126,13 @@ def main(argv=None):
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     from labquake_tf.models import build_from_preset
     from labquake_tf.serving.export import export_model
+    from labquake_tf.task import LabquakeRegressor
 
     model = build_from_preset("small", seq_len=64, n_targets=3)
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_model(model, manifest(64), "bench", base_dir=pathlib.Path(tmp))
+        path = export_model(LabquakeRegressor.from_manifest(model, manifest(64)), "bench",
+                            base_dir=pathlib.Path(tmp))
         (pathlib.Path(tmp) / "batching.txt").write_text("max_batch_size { value: 64 }\n")
         for batching in (False, True):
             flags = ["--rest_api_timeout_in_ms", str(args.timeout_ms)]

@@ -103,3 +103,19 @@ def test_an_exported_preset_served_over_rest_gives_the_task_s_numbers(p4581_task
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_takes_a_shipped_preset_name_as_its_base_path():
+    import argparse
+
+    from labquake_tf.serving import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--model_base_path", "p5198-ttsf", "--port", "-1",
+                              "--rest_api_port", "0"])
+    server = serve.server_from_args(args)
+    try:
+        assert args.model_base_path == str(saving.SHIPPED_DIR / "p5198-ttsf")
+    finally:
+        getattr(server, "close", lambda: None)()

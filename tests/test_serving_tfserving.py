@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_serving_export import TARGETS, raw_windows, tiny_manifest, tiny_model
+from test_serving_export import TARGETS, raw_windows, tiny_task
 
 from labquake_tf.serving import Client, ServingError
 from labquake_tf.serving.export import WARMUP_FILE, export_model
@@ -28,7 +28,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def tf_serving(tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models")
-    path = export_model(tiny_model(), tiny_manifest(), "tiny", base_dir=base)
+    path = export_model(tiny_task(), "tiny", base_dir=base)
     assert (path / WARMUP_FILE).exists()
     port, grpc_port = free_port(), free_port()
     # --enable_model_warmup (TF Serving's default, spelled out): a warmup file TF Serving

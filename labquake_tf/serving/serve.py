@@ -6,7 +6,9 @@ dashed forms work too) and prints one line once every version is loaded and answ
 """
 
 import logging
+import os
 
+from labquake_tf.models import saving
 from labquake_tf.serving.http_conn import Limits
 from labquake_tf.serving.server import Server
 
@@ -39,7 +41,8 @@ def add_arguments(parser):
     # TF Serving's flag names (scripts for tensorflow_model_server run unchanged) and
     # this project's dashed ones are the same options.
     parser.add_argument("--model_base_path", "--model-base-path", dest="model_base_path",
-                        help="folder of integer version dirs, e.g. saved_models/NAME")
+                        help="folder of integer version dirs, e.g. saved_models/NAME, or a "
+                             "shipped preset's name (labquake presets)")
     parser.add_argument("--model_name", "--model-name", dest="model_name", default=None,
                         help="default: the base path's last part")
     parser.add_argument("--model_config_file", "--model-config-file", dest="model_config_file",
@@ -107,6 +110,9 @@ def server_from_args(args):
 
     if (args.model_base_path is None) == (args.model_config_file is None):
         raise SystemExit("give --model_base_path or --model_config_file (one of them)")
+    if args.model_base_path in saving.shipped_names() and not os.path.exists(args.model_base_path):
+        # a shipped preset's folder is a TF Serving base path as it is
+        args.model_base_path = str(saving.resolve(args.model_base_path))
     labels = {}
     for item in args.label:
         label, _, version = item.partition("=")
