@@ -36,6 +36,10 @@ def rewrite_run(run, **changes):
     """The run's task again, its data manifest changed (``intervals`` become the task's)."""
     task = LabquakeRegressor.from_preset(run)
     manifest = {**task.metadata["data"], **changes}
+    if "feature_names" in changes:  # a manifest names its scaler's columns as its features
+        scaler = manifest["scaler"]
+        manifest["scaler"] = {**scaler, "features": {**scaler["features"],
+                                                    "names": changes["feature_names"]}}
     save_model(LabquakeRegressor.from_manifest(task.network, manifest), run / "model.keras")
     (run / "manifest.json").write_text(json.dumps(
         {k: v for k, v in manifest.items() if k != "intervals"}))

@@ -66,7 +66,7 @@ def run_data_dir(model_path, manifest):
     for data in candidates:
         if (data / MANIFEST_FILE).exists():
             theirs = read_json(data / MANIFEST_FILE)
-            for key in ("scaler", "splits", "feature_names"):
+            for key in ("feature_names", "scaler", "splits"):  # the most telling first
                 if key in manifest and theirs.get(key) != manifest[key]:
                     raise DataError(f"{data}: its manifest's {key!r} differs from the run's "
                                     f"{base / MANIFEST_FILE}: not the data the run trained on")
