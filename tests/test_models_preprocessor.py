@@ -41,8 +41,13 @@ def test_from_manifest_reads_names_window_scalers_and_units():
     np.testing.assert_array_equal(one.target_scaler.data_max, [10.0])
     assert one.units == {"ttsf": "s"} and one.target_scale.tolist() == [10.0]
     # units as a list aligned with target_names (older manifests), and std features
+    std = MinMaxScaler([0.0, 0.0], [3.0, 4.0], ["std_ch1", "std_ch2"]).to_dict()
     old = Preprocessor.from_manifest(manifest(units=["MPa", "s", "s"], feature_kind="std",
-                                              feature_names=["std_ch1", "std_ch2"]))
+                                              feature_names=["std_ch1", "std_ch2"],
+                                              scaler={**manifest()["scaler"], "features": std}))
+    # a scaler is matched to its columns by name
+    with pytest.raises(ValueError, match=r"fitted on columns \['logvar_ch1', 'logvar_ch2'\]"):
+        Preprocessor.from_manifest(manifest(feature_names=["std_ch1", "std_ch2"]))
     assert old.units["ttef"] == "s" and old.feature_kind == "std"
 
 
