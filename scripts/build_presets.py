@@ -106,5 +106,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # TensorFlow reads its log level once, when it is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.exit(main())
