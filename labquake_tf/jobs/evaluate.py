@@ -30,9 +30,6 @@ loss curves when MODEL is a run dir with ``history.csv``).
 import csv
 import pathlib
 
-import numpy as np
-
-from labquake_tf.data import prepare
 from labquake_tf.data.pipeline import load_manifest
 from labquake_tf.data.record import check_feature_names
 from labquake_tf.data.splits import parse_ratios
@@ -98,17 +95,13 @@ def evaluate(model_path, dataset=None, split="test", out=None, ratios=None, data
     name = (pathlib.Path(data).resolve().name if data is not None
             else dataset or manifest.get("dataset") or "data")
     out = pathlib.Path(out or base / f"eval-{pathlib.Path(str(name)).stem}-{split}")
-    request = manifest.get("request") or {}
-    own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
-    if ratios is not None:
-        own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
     if data is not None:
         data_manifest = load_manifest(data)
         check_feature_names(task.preprocessor.feature_names, data_manifest["feature_names"],
                             f"{model_path}", f"{data}")
         check_matches_run(data, data_manifest, model_path, task.preprocessor.target_names,
                           task.preprocessor.input_len)
-    elif own:
+    elif task.is_own_data(dataset, ratios):
         data = run_data_dir(model_path, manifest)
     # task.evaluate's steps, inside one scoring_data: data prepared again lives in a
     # temporary dir, whose manifest is read below before it goes

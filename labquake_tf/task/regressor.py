@@ -31,7 +31,7 @@ from labquake_tf.data.registry import load_record
 from labquake_tf.data.windows import cut
 from labquake_tf.errors import DataError
 from labquake_tf.evaluation.metrics import evaluate_model, predict_windows
-from labquake_tf.files import DATA_FOLDER, write_json
+from labquake_tf.files import DATA_FOLDER, MANIFEST_FILE, read_json, write_json
 from labquake_tf.models import decoder_blocks, is_streamable
 from labquake_tf.models import saving
 from labquake_tf.models.heads import head_layers, member_outputs
@@ -75,7 +75,7 @@ class LabquakeRegressor(keras.Model):
         self.network = network
         self.preprocessor = preprocessor
         self.intervals = intervals or None
-        self.metadata = json.loads(json.dumps(metadata or {}, default=_plain))
+        self.metadata = _jsonable(metadata or {})
 
     # -- roles ---------------------------------------------------------------------
     @property
@@ -186,7 +186,7 @@ class LabquakeRegressor(keras.Model):
         """
         preset_dir = pathlib.Path(preset_dir)
         if card is not None:
-            self.metadata["card"] = json.loads(json.dumps(card, default=_plain))
+            self.metadata["card"] = _jsonable(card)
         path = self.export(preset_dir / str(version), force=True)
         if weights_dtype is not None:
             saving.store_weights_as(path / saving.EXPORT_MODEL, weights_dtype)
@@ -320,8 +320,8 @@ class LabquakeRegressor(keras.Model):
         """Yield ``(data_dir, description, own)``: prepared data to score on, and whether
         it is the task's own (its scalers and splits), where the interval applies."""
         manifest = self.metadata.get("data") or {}
-        if data is not None and (pathlib.Path(data) / "manifest.json").is_file():
-            theirs = json.loads((pathlib.Path(data) / "manifest.json").read_text())
+        if data is not None and (pathlib.Path(data) / MANIFEST_FILE).is_file():
+            theirs = read_json(pathlib.Path(data) / MANIFEST_FILE)
             own = all(theirs.get(k) == manifest.get(k) for k in ("scaler", "splits"))
             yield (pathlib.Path(data), theirs.get("request", {}).get("dataset")
                    or theirs.get("dataset") or pathlib.Path(data).name, own)
@@ -332,9 +332,7 @@ class LabquakeRegressor(keras.Model):
         request = manifest.get("request") or {
             "seq_len": pre.input_len, "targets": pre.target_names,
             "feature_names": pre.feature_names, "features": pre.feature_kind}
-        own = data is None or prepare.dataset_key(data) == request.get("dataset")
-        if ratios is not None:
-            own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
+        own = self.is_own_data(data, ratios)
         if own and not request.get("dataset"):
             raise DataError("this model records no dataset it was trained on: give one")
         with tempfile.TemporaryDirectory(prefix=".labquake-eval-") as tmp:
@@ -343,6 +341,15 @@ class LabquakeRegressor(keras.Model):
             check_feature_names(pre.feature_names, prepared["feature_names"], "the model",
                                 f"{data or request['dataset']}")
             yield data_dir, data or request["dataset"], own
+
+    def is_own_data(self, dataset=None, ratios=None):
+        """Whether ``dataset`` split by ``ratios`` (None: as recorded) is the data the task
+        was trained on: its record and its split, where its interval was calibrated."""
+        request = (self.metadata.get("data") or {}).get("request") or {}
+        own = dataset is None or prepare.dataset_key(dataset) == request.get("dataset")
+        if ratios is not None:
+            own = own and bool(request.get("split")) and np.allclose(ratios, request["split"])
+        return own
 
     def _predict_series(self, features, time, batch_size):
         n = self.preprocessor.input_len
@@ -363,5 +370,8 @@ class LabquakeRegressor(keras.Model):
         return out
 
 
-def _plain(obj):
-    return obj.item() if hasattr(obj, "item") else str(obj)
+def _jsonable(tree):
+    """``tree`` as plain JSON values (numpy scalars -> numbers, paths -> strings): what
+    the task's config can hold."""
+    return json.loads(json.dumps(tree, default=lambda o: o.item() if hasattr(o, "item")
+                                 else str(o)))
