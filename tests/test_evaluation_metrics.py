@@ -99,3 +99,25 @@ def test_p4581_last_cycle_is_scored_for_shear_stress_and_masked_for_ttsf(dds_dir
     # the task's own path from raw windows gives the same physical numbers
     np.testing.assert_allclose(task.predict(arrays["features"][None, -16:])["shear_stress"], p2["pred"][-1:, 0],
                                rtol=1e-6, atol=1e-6)
+
+
+def test_near_failure_marks_two_seconds_before_onset_through_the_end():
+    from labquake_tf.evaluation.metrics import near_failure
+    time = np.arange(0.0, 20.0, 0.5)
+    near = near_failure(time, [[5.0, 6.0], [15.0, 15.5]])
+    expected = ((time >= 3.0) & (time <= 6.0)) | ((time >= 13.0) & (time <= 15.5))
+    np.testing.assert_array_equal(near, expected)
+    assert not near_failure(time, np.zeros((0, 2))).any()
+
+
+def test_coverage_by_phase_scores_each_phase_apart():
+    from labquake_tf.evaluation.metrics import coverage_by_phase
+    y = np.zeros(10)
+    lower, upper = np.full(10, -1.0), np.full(10, 1.0)
+    y[:2] = 5.0  # two misses, both near a failure
+    near = np.zeros(10, bool)
+    near[:4] = True
+    out = coverage_by_phase(y, lower, upper, near)
+    assert out["near_failure"] == {"coverage": 0.5, "width": 2.0, "n": 4}
+    assert out["loading"] == {"coverage": 1.0, "width": 2.0, "n": 6}
+    assert "near_failure" not in coverage_by_phase(y, lower, upper, np.zeros(10, bool))

@@ -245,6 +245,10 @@ def test_evaluate_reports_the_runs_interval_coverage_and_width(run_dir, tmp_path
         m = metrics["targets"][name]
         assert m["coverage"] == pytest.approx(inside.mean(), abs=2 / len(labelled))
         assert m["width"] == pytest.approx(0.1, rel=1e-4) and m["interval_target"] == 0.9
+        phases = m["coverage_by_phase"]  # the two phases partition the labelled steps
+        assert sum(p["n"] for p in phases.values()) == m["n_labelled"] == len(labelled)
+        assert sum(p["coverage"] * p["n"] for p in phases.values()) == pytest.approx(
+            m["coverage"] * m["n_labelled"])
 
 
 def test_evaluate_scores_a_prepared_dir_given_with_data(run_dir, sim_record, tmp_path, capsys):

@@ -17,6 +17,30 @@ from labquake_tf.evaluation import intervals as conformal
 from labquake_tf.models.heads import predict_members
 
 EVENT_TARGETS = ("ttsf", "ttef")
+NEAR_FAILURE_S = 2.0
+"""A step is "near failure" from this many seconds before an event's onset to its end;
+the rest of the cycle is "loading". Intervals are scored per phase because their
+misses gather near failures, where an average over the cycle hides them."""
+
+
+def near_failure(time, events_time, before_s=NEAR_FAILURE_S):
+    """Bool per ``time``: within ``before_s`` before an event's onset, or during it.
+    ``events_time``: ``(n, 2)`` onset and end times."""
+    time = np.asarray(time, np.float64)
+    near = np.zeros(time.shape, bool)
+    for onset, end in np.asarray(events_time, np.float64).reshape(-1, 2):
+        near |= (time >= onset - before_s) & (time <= end)
+    return near
+
+
+def coverage_by_phase(y, lower, upper, near):
+    """``{"loading": {"coverage", "width", "n"}, "near_failure": {...}}``; a phase
+    with no step is left out."""
+    out = {}
+    for phase, m in (("loading", ~near), ("near_failure", near)):
+        if m.any():
+            out[phase] = {**conformal.summary(y[m], lower[m], upper[m]), "n": int(m.sum())}
+    return out
 
 
 def regression_metrics(y_true, y_pred):
@@ -60,7 +84,8 @@ def predict(task, data_dir, split, intervals=True):
     """A task's predictions (physical units) at every window end of a prepared split
     where any target is labelled.
 
-    Returns a dict: ``time`` (n,), ``names`` (the targets), ``units``, ``pred``
+    Returns a dict: ``time`` (n,), ``events_time`` (the split's events' onset and end
+    times), ``names`` (the targets), ``units``, ``pred``
     and ``pred_scaled`` (n, n_targets), ``true`` and ``true_scaled`` (n, n_targets,
     NaN where that target is not a label) and ``mask`` (n, n_targets) bool: target
     ``i`` is scored on ``mask[:, i]`` only (``target_arrays`` cuts them out).
@@ -94,7 +119,9 @@ def predict(task, data_dir, split, intervals=True):
                           task.intervals if intervals else None)
     mask = labelled[ends]
     truth = np.where(mask, np.stack([arrays["targets"][n][ends] for n in names], axis=1), np.nan)
-    out.update(time=arrays["time"][ends], names=names, units=manifest["units"], true=truth,
+    steps = arrays["time"]
+    events_time = steps[np.clip(arrays["events"], 0, len(steps) - 1)].reshape(-1, 2)
+    out.update(time=arrays["time"][ends], events_time=events_time, names=names, units=manifest["units"], true=truth,
                mask=mask, true_scaled=preprocessor.scale_targets(truth).astype(np.float64))
     return out
 
@@ -128,8 +155,10 @@ def evaluate_model(task, data_dir, split, plots_dir=None, title="", intervals=Tr
         if "lower" in p:
             i, m = p["names"].index(name), p["mask"][:, p["names"].index(name)]
             band = (p["lower"][m, i], p["upper"][m, i])
-            result["targets"][name].update(conformal.summary(true, *band),
-                                           interval_target=task.intervals["coverage"])
+            result["targets"][name].update(
+                conformal.summary(true, *band), interval_target=task.intervals["coverage"],
+                coverage_by_phase=coverage_by_phase(true, *band,
+                                                    near_failure(time, p["events_time"])))
         if name in EVENT_TARGETS:
             result["events"][name] = events.event_scores(time, true, pred)
         if plots_dir is not None:

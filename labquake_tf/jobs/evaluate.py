@@ -178,6 +178,8 @@ def run(args):
         if "coverage" in m:
             line += (f"; {m['interval_target']:.0%} interval covers {m['coverage']:.1%}, "
                      f"mean width {m['width']:.4g} {m['units']}")
+            line += "".join(f", {phase.replace('_', ' ')} {c['coverage']:.1%}"
+                            for phase, c in m.get("coverage_by_phase", {}).items())
         if name in result["events"]:
             line += f"; per-event failure-time MAE {result['events'][name]['mae_s']:.3g} s"
         print(line)
