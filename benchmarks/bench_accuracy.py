@@ -100,13 +100,12 @@ def score_run(run_dir):
 
 def one_run(args, dataset, target, seed, out):
     """Fine-tune with the defaults and one seed, then score every labelled test step."""
-    from labquake_tf.training import TrainConfig
-    from labquake_tf.jobs.finetune import finetune
+    from labquake_tf.jobs.finetune import finetune, finetune_config
 
     run = out / f"{dataset}-{target}-seed{seed}"
     start = time.perf_counter()
     task = finetune(args.pretrained, dataset, run, target=target,
-                    config=TrainConfig(seed=seed, verbose=0), ensemble=args.ensemble,
+                    config=finetune_config(seed=seed, verbose=0), ensemble=args.ensemble,
                     coverage=args.coverage)
     summary = task.metadata["training"]
     wall = time.perf_counter() - start

@@ -31,7 +31,7 @@ LIMIT_BYTES = 25_000_000
 
 
 def build(out, work, seed=0, weights_dtype="float16", epochs=None):
-    from labquake_tf.jobs.finetune import finetune
+    from labquake_tf.jobs.finetune import finetune, finetune_config
     from labquake_tf.jobs.pretrain import DEFAULTS, pretrain
     from labquake_tf.models import saving
     from labquake_tf.task import LabquakeRegressor
@@ -47,7 +47,7 @@ def build(out, work, seed=0, weights_dtype="float16", epochs=None):
     for name, dataset, target, heads in (("p4581-shear-stress", "p4581", "shear_stress", 3),
                                          ("p5198-ttsf", "p5198", "ttsf", None)):
         task = finetune(work / "pretrain", dataset, work / name, target=target,
-                        config=TrainConfig(seed=seed, verbose=0), ensemble=heads)
+                        config=finetune_config(seed=seed, verbose=0), ensemble=heads)
         runs[name] = (task, f"labquake finetune --from synthetic-biaxial-small --dataset "
                             f"{dataset} --target {target} --seed {{seed}}"
                             + (f" --ensemble {heads}" if heads else ""),

@@ -195,3 +195,17 @@ def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_recor
     f = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(train["features"])
     first_late = np.flatnonzero(mask[cut:])[0] + cut
     np.testing.assert_array_equal(x_late[0, :, 0], f[first_late - 7:first_late + 1, 0])
+
+
+def test_finetune_trains_longer_than_pretraining_by_default_and_the_cli_agrees():
+    import argparse
+
+    from labquake_tf.training import TrainConfig, config as config_lib
+
+    parser = argparse.ArgumentParser()
+    job.add_arguments(parser)
+    args = parser.parse_args(["--from", "x", "--dataset", "p4581"])
+    assert config_lib.from_args(args) == job.finetune_config(verbose=2)
+    assert (job.finetune_config().epochs, job.finetune_config().patience) == (300, 40)
+    assert TrainConfig().epochs == 100  # pretraining keeps the reference's budget
+    assert job.finetune_config(seed=3, epochs=5).epochs == 5

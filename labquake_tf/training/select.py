@@ -34,6 +34,8 @@ RMSEs 0.021-0.030 MPa; the test RMSEs of those runs spread 0.050-0.068 MPa again
 0.056 for the source's 4 x 64), so it keeps the source's shape unless ``--search on``."""
 SEARCH_PATIENCE = 10
 """Early-stopping patience of a candidate's head: a ranking needs less than a final fit."""
+SEARCH_EPOCHS = 100
+"""At most this many epochs per candidate (the final heads may train longer)."""
 
 
 def candidates(n_blocks, source_seq_len, blocks=None, seq_len=None):
@@ -49,7 +51,8 @@ def search(source, train_xy, val_xy, target_scale, config, blocks=None, seq_len=
 
     ``train_xy``/``val_xy`` are scaled windows at least as long as the longest
     candidate; ``target_scale`` turns a scaled RMSE into physical units. Candidates
-    train with ``config``'s seed and at most ``SEARCH_PATIENCE`` epochs of patience.
+    train with ``config``'s seed, at most ``SEARCH_EPOCHS`` epochs and ``SEARCH_PATIENCE``
+    epochs of patience.
     """
     n_blocks, source_len = len(decoder_blocks(source)), head_length(source)
     arch = ft.architecture(source)
@@ -63,7 +66,8 @@ def search(source, train_xy, val_xy, target_scale, config, blocks=None, seq_len=
     if need > longest:
         raise ValueError(f"windows of {longest} steps cannot be cut to the {need} steps a "
                          f"candidate reads (seq_len up to {max(seq_list)})")
-    cfg = dataclasses.replace(config, patience=min(config.patience, SEARCH_PATIENCE), verbose=0)
+    cfg = dataclasses.replace(config, patience=min(config.patience, SEARCH_PATIENCE),
+                              epochs=min(config.epochs, SEARCH_EPOCHS), verbose=0)
     table = []
     for length in seq_list:
         for depth in block_list:
