@@ -34,7 +34,8 @@ ROOTS = {"old": str(pathlib.Path(sys.argv[1]).resolve()),
          "new": str(pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else ".").resolve())}
 
 def serve(root, base, flags=()):
-    env = dict(os.environ, PYTHONPATH=root)
+    path = [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]  # deps outside the venv
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     p = subprocess.Popen([sys.executable, "-m", "labquake_tf.cli", "serve", "--model_base_path",
                           str(base), "--port", "-1", "--rest_api_port", "0", *flags],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,

@@ -162,6 +162,10 @@ FRAMING = {
     "not HTTP": b"GARBAGE\r\n\r\n",
     "bad chunk size": b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
                       b"zz\r\nhello\r\n0\r\n\r\n",
+    # llhttp lets these through; http_conn checks them.
+    "Transfer-Encoding in HTTP/1.0": b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+    "two Hosts": b"GET /x HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
 }
 
 
@@ -177,6 +181,22 @@ def test_framing_errors_get_400_and_a_closed_connection(front, case):
     with connect(front) as sock:  # and the server goes on
         sock.sendall(get())
         assert answer(sock)[0] == 200
+
+
+@pytest.mark.parametrize("sent, status", [
+    (b"GET /x HTTP/2.0\r\nHost: h\r\n\r\n", 505),
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+     + SMUGGLED, 200),
+    (b"GET /x HTTP/1.1\r\nHost: h\r\nX-A: " + b"b" * 70000 + b"\r\n\r\n", 431),
+], ids=["HTTP/2.0", "an Upgrade answered, never followed", "a 70 kB head"])
+def test_versions_upgrades_and_big_heads_close_the_connection(front, sent, status):
+    with connect(front) as sock:
+        for i in range(0, len(sent), 1000):  # a big head arrives in pieces
+            sock.sendall(sent[i:i + 1000])
+        data, closed = read_all(sock)
+    answers = responses(data)
+    assert closed and [a[0] for a in answers] == [status], data[:200]
+    assert answers[0][1]["connection"] == "close"
 
 
 def test_chunked_bodies_are_read_and_the_connection_kept(front):

@@ -1,6 +1,6 @@
 """A server speaking TensorFlow Serving's REST and gRPC APIs, for machines without Docker.
 
-``Server`` binds the REST port (``http_front``: HTTP/1.1 parsed by h11, the routes of
+``Server`` binds the REST port (``http_front``: HTTP/1.1 parsed by httptools, the routes of
 ``rest_api``) and the gRPC port (``grpc_api``), loads each model's versions (``registry``,
 ``servable``), warms them up, then answers. Like TF Serving it serves each model's versions
 by policy, polls for new ones, retries a version that failed to load on the next poll,
