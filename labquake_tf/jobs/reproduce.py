@@ -162,7 +162,7 @@ def reproduce(out="runs/reproduce", seeds=(0, 1, 2), size="small", jobs=2, quick
     if quick:
         header += ["> **Smoke run** (`--quick`: 1 seed, a few epochs per fit, the default "
                    "fine-tunes cut to 3 epochs): it shows the job works, not what the method "
-                   "reaches. The full run (below) replaces it.", ""]
+                   "reaches; the full run's figures replace it.", ""]
     header += [f"Command: `{command}`  ", f"Size: {size}; seeds: {', '.join(map(str, seeds))}; "
                f"{jobs} worker processes  ",
                f"Wall time: {wall / 60:.1f} min (pieces already in `{out}/pieces` are reused)  ",
@@ -174,7 +174,11 @@ def reproduce(out="runs/reproduce", seeds=(0, 1, 2), size="small", jobs=2, quick
                f"`{runs.DEFAULT_SOURCE}`; the lab sources (p4581, p5198 shear stress, "
                f"preset `{(QUICK if quick else SIZES[size])['preset']}`) are one pretraining "
                "each (seed 0); the spread is over the fine-tuning seeds. Criteria: "
-               "`labquake_tf/jobs/reproduce_report.py`, fixed before the first run."]
+               "`labquake_tf/jobs/reproduce_report.py`, fixed before the first run.  ",
+               "Scores: each run's own test metrics (`metrics.json`), every labelled test "
+               "step; on the default fine-tunes they equal `benchmarks/bench_accuracy.py`'s "
+               "independent scoring (same steps, RMSE, R² and coverage to every digit, "
+               "checked on p4581 shear stress and p5198 TTsF)."]
     doc = pathlib.Path(doc)
     figures = doc.parent / doc.stem
     report.plot(summary, figures)

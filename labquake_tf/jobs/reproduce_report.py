@@ -35,7 +35,10 @@ def ms(values):
 
 def pm(values, digits=4):
     mean, sd = ms(values)
-    return "—" if np.isnan(mean) else f"{mean:.{digits}g} ± {sd:.2g}"
+    if np.isnan(mean):
+        return "—"
+    one = len([v for v in values if v is not None]) == 1
+    return f"{mean:.{digits}g} ± {'–' if one else f'{sd:.2g}'}"  # no spread from one seed
 
 
 def _pick(results, prefix):
@@ -102,7 +105,7 @@ def summarise(results, seeds):
           f"({'/'.join(plan_lib.SWEEP)})", "mean test RMSE lower", wins[small],
           f"{pm([r['rmse'] for r in sweep[('pretrained-frozen', small)]])} vs "
           f"{pm([r['rmse'] for r in sweep[('from-scratch', small)]])}; stops beating it at "
-          + (f"{stops:.0%}" if stops is not None else "no fraction tried"))
+          + (f"{stops:.0%}" if stops is not None else "none (beats it at every fraction)"))
     # Wang 2021
     wang = {k: _pick(results, f"wang-{k}") for k in ("simulator", "lab-pretrained", "lab-only")}
     tables["wang"] = wang
