@@ -16,7 +16,10 @@ import platform
 import time
 
 from labquake_tf.files import write_json
+from labquake_tf.jobs import reproduce_report as report
 from labquake_tf.jobs import reproduce_runs as runs
+from labquake_tf.jobs.reproduce_runs import (ABLATION, ABLATION_WINDOW, DEFAULTS, FRACTIONS,
+                                              HEADLINE, LAB_SOURCES, SWEEP, WANG)
 
 SIZES = {
     # epochs of the lab pretrainings, and of the ablation / sweep / Wang / transfer fine-tunes
@@ -26,15 +29,6 @@ SIZES = {
 QUICK = dict(preset="small", pretrain_epochs=2, epochs=3, transfer_epochs=2, default_epochs=3)
 """A smoke run: every piece, a few epochs each (the default fine-tunes too: not default)."""
 
-HEADLINE = (("p4581", "shear_stress"), ("p5198", "ttsf"))
-DEFAULTS = HEADLINE + (("p4581", "ttsf"), ("p4581", "ttef"))
-ABLATION = (("p4581", "shear_stress"), ("p5198", "ttsf"))
-ABLATION_WINDOW = dict(blocks=3, seq_len=32)  # one depth and window (inside its 43-step field)
-SWEEP = ("p4581", "shear_stress")
-FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-WANG = "p5198"
-"""The smaller experiment (3010 rows and fewer training events than p4581's)."""
-LAB_SOURCES = ("p4581", "p5198")
 
 
 def plan(seeds, size, quick=False):
@@ -152,8 +146,6 @@ def reproduce(out="runs/reproduce", seeds=(0, 1, 2), size="small", jobs=2, quick
               doc="docs/reproduce.md", readme="README.md", command="", log=print):
     """The whole job: run the pieces, check the claims, write the doc, its figures,
     ``OUT/results.csv`` and the README's table; returns the claims' summary line."""
-    from labquake_tf.jobs import reproduce_report as report  # it reads this module's plan
-
     start = time.perf_counter()
     results = run_all(out, seeds, size, jobs, quick, log)
     summary = report.summarise(results, seeds)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from labquake_tf.jobs import reproduce as plan_lib
+from labquake_tf.jobs import reproduce_runs as plan_lib
 
 THRESHOLD = 1.5
 """Ablation convergence: epochs until member 0's validation loss is at most THRESHOLD x

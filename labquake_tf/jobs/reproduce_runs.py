@@ -25,6 +25,17 @@ from labquake_tf.training import TrainConfig
 DEFAULT_SOURCE = "synthetic-biaxial-small"
 """The simulator-pretrained source: the shipped preset (never retrained here)."""
 
+# What runs, for which claim (``jobs.reproduce.plan`` makes the pieces, the report reads them)
+HEADLINE = (("p4581", "shear_stress"), ("p5198", "ttsf"))
+DEFAULTS = HEADLINE + (("p4581", "ttsf"), ("p4581", "ttef"))
+ABLATION = (("p4581", "shear_stress"), ("p5198", "ttsf"))
+ABLATION_WINDOW = dict(blocks=3, seq_len=32)  # one depth and window (inside its 43-step field)
+SWEEP = ("p4581", "shear_stress")
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+WANG = "p5198"
+"""The smaller experiment (3010 rows and fewer training events than p4581's)."""
+LAB_SOURCES = ("p4581", "p5198")
+
 
 def default_finetune(out, dataset, target, seed, epochs=None):
     """The default fine-tune (every argument but the seed left to ``finetune``'s default;
