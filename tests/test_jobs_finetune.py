@@ -201,6 +201,7 @@ def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_recor
 
 def test_train_fraction_keeps_the_events_nearest_validation(sim_record, tmp_path):
     from labquake_tf.data import prepare
+    from labquake_tf.data import train_fraction as tf_
     from labquake_tf.data.pipeline import split_arrays
 
     data = tmp_path / "data"
@@ -209,22 +210,22 @@ def test_train_fraction_keeps_the_events_nearest_validation(sim_record, tmp_path
     events = split_arrays(data, "train")["events"]
     n = len(events)
     assert n >= 6
-    kept = job.kept_events(data, 0.25)
+    kept = tf_.kept_events(data, 0.25)
     assert len(kept) == int(np.ceil(0.25 * n)) and np.array_equal(kept, events[n - len(kept):])
-    assert np.array_equal(job.kept_events(data, 1.0), events)
-    assert len(job.kept_events(data, 1e-6)) == 1  # never none
-    cut = job.first_kept_step(data, 0.25)
-    assert cut == int(events[n - len(kept) - 1, 1]) + 1 and job.first_kept_step(data, 1) == 0
-    (x, y), ends = job.training_windows(data, 8, 0.25)
-    (x_all, y_all), ends_all = job.training_windows(data, 8)
+    assert np.array_equal(tf_.kept_events(data, 1.0), events)
+    assert len(tf_.kept_events(data, 1e-6)) == 1  # never none
+    cut = tf_.first_kept_step(data, 0.25)
+    assert cut == int(events[n - len(kept) - 1, 1]) + 1 and tf_.first_kept_step(data, 1) == 0
+    (x, y), ends = tf_.training_windows(data, 8, 0.25)
+    (x_all, y_all), ends_all = tf_.training_windows(data, 8)
     assert ends.min() >= cut and np.array_equal(ends, ends_all[ends_all >= cut])
     np.testing.assert_array_equal(x, x_all[ends_all >= cut])
     assert x.shape == (len(y), 8, 1) and 0 < len(y) < len(y_all)
     # forward calibration splits the kept events only
     (_, y_early), (_, y_late) = job.forward_windows(data, 8, 0.5)
-    assert len(y_early) + len(y_late) == len(job.training_windows(data, 8, 0.5)[1])
+    assert len(y_early) + len(y_late) == len(tf_.training_windows(data, 8, 0.5)[1])
     with pytest.raises(ValueError, match="train_fraction"):
-        job.kept_events(data, -0.1)
+        tf_.kept_events(data, -0.1)
 
 
 def test_finetune_on_a_fraction_leaves_val_and_test_as_they_were(pretrained, sim_record,

@@ -6,7 +6,6 @@ a file (a rerun skips finished pieces). Every score is on the run's test split, 
 labelled step (``evaluation.metrics.evaluate_model``, what ``metrics.json`` holds).
 """
 
-import math
 import pathlib
 
 import keras
@@ -14,6 +13,7 @@ import numpy as np
 
 from labquake_tf.data.pipeline import load_manifest, split_arrays
 from labquake_tf.data.scaling import MinMaxScaler
+from labquake_tf.data.train_fraction import kept_events
 from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.files import DATA_FOLDER, read_json
 from labquake_tf.jobs.finetune import finetune
@@ -152,10 +152,9 @@ def _val_loss(run):
 
 
 def _n_train_windows(run, fraction):
-    """Training windows the run learnt from (labelled steps from the first kept one)."""
+    """The training events the run learnt from, of how many, and its calibration."""
     data = pathlib.Path(run) / DATA_FOLDER
     cfg = read_json(pathlib.Path(run) / "config.json")["finetune"]
-    events = split_arrays(data, "train")["events"]
-    keep = max(1, math.ceil(fraction * len(events) - 1e-9))
-    return {"events": int(min(keep, len(events))), "of": int(len(events)),
+    return {"events": int(len(kept_events(data, fraction))),
+            "of": int(len(split_arrays(data, "train")["events"])),
             "calibration": cfg["calibration"]}
