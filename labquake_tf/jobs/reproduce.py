@@ -105,7 +105,11 @@ def run_all(out, seeds=(0, 1, 2), size="small", jobs=2, quick=False, log=print):
             done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
             for future in done:
                 name = running.pop(future)[0]
-                results[name] = {**future.result(), "request": _jsonable(running_kwargs[name])}
+                try:
+                    result = future.result()
+                except Exception as e:  # the finished pieces stay kept for a rerun
+                    raise RuntimeError(f"reproduce: piece {name} failed: {e}") from e
+                results[name] = {**result, "request": _jsonable(running_kwargs[name])}
                 write_json(out / "pieces" / f"{name}.json", results[name])
                 log(f"done {name} ({results[name]['wall_s']:.0f} s)")
     return results
@@ -157,7 +161,9 @@ def reproduce(out="runs/reproduce", seeds=(0, 1, 2), size="small", jobs=2, quick
                    "reaches; the full run's figures replace it.", ""]
     header += [f"Command: `{command}`  ", f"Size: {size}; seeds: {', '.join(map(str, seeds))}; "
                f"{jobs} worker processes  ",
-               f"Wall time: {wall / 60:.1f} min (pieces already in `{out}/pieces` are reused)  ",
+               f"Wall time: {wall / 60:.1f} min (pieces already in `{out}/pieces` are reused); "
+               f"the pieces' own times add up to "
+               f"{sum(r.get('wall_s', 0) for r in results.values()) / 60:.1f} min  ",
                f"Machine: {machine()}  ",
                "Full run (CPU, < 1 h quiet): `LABQUAKE_DATA_DIR=... python scripts/reproduce.py "
                "--seeds 3`; paper size (GPU): `python scripts/reproduce.py --size paper "

@@ -136,7 +136,7 @@ def summarise(results, seeds):
         cov = ms([r.get("coverage") for r in rows])[0]
         claim(f"90 % interval covers 87–93 %: {dataset} {target}",
               "mean test coverage in [0.87, 0.93]", COVERAGE[0] <= cov <= COVERAGE[1],
-              f"coverage {pm([r.get('coverage') for r in rows], 3)}")
+              f"coverage {pm([r.get('coverage') for r in rows], 3)}; by phase: {_phase(rows)}")
     return {"claims": claims, "tables": tables}
 
 
