@@ -131,3 +131,35 @@ def test_a_piece_runs_as_the_worker_runs_it(sim_record, tmp_path):
     assert result["n_train_windows"]["events"] < result["n_train_windows"]["of"]
     assert np.isfinite(result["rmse"]) and result["n_labelled"] == result["n_labelled_test_steps"]
     assert result["baseline_rmse"] > 0 and result["ensemble"] == 1
+
+
+def test_the_job_runs_its_pieces_in_workers_quietly_and_keeps_them(sim_record, tmp_path,
+                                                                   monkeypatch, capfd):
+    """The real pool at a tiny size: two pieces in two spawned workers, the doc and the
+    last line from what they return (claims without their pieces do not hold), nothing
+    from TensorFlow on stderr (the workers' too: they write to the same fd), and a rerun
+    that reuses both pieces."""
+    tiny = [("zero-shot-p4581", "zero_shot",
+             dict(source=job.runs.DEFAULT_SOURCE, dataset=str(sim_record)), ()),
+            ("sweep-from-scratch-0.1-s0", "limited",
+             dict(dataset=str(sim_record), target="shear_stress", mode="from-scratch",
+                  fraction=0.1, seed=0, epochs=2, blocks=1, seq_len=8), ())]
+    monkeypatch.setattr(job, "plan", lambda *a, **k: tiny)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # what scripts/reproduce.py sets first
+    readme = tmp_path / "README.md"
+    readme.write_text("\n".join(report.README_MARKERS) + "\n")
+    kw = dict(seeds=(0,), jobs=2, quick=True, doc=tmp_path / "reproduce.md", readme=readme)
+    line = job.reproduce(tmp_path / "out", **kw)
+    err = capfd.readouterr().err
+    assert "retracing" not in err and "cuda" not in err.lower() and "cpu_feature_guard" not in err
+    assert line == {"claims": 17, "hold": 0, "p4581_shear_rmse": None, "p5198_ttsf_rmse": None}
+    pieces = sorted(p.name for p in (tmp_path / "out" / "pieces").iterdir())
+    assert pieces == ["sweep-from-scratch-0.1-s0.json", "zero-shot-p4581.json"]
+    kept = json.loads((tmp_path / "out" / "pieces" / "zero-shot-p4581.json").read_text())
+    assert kept["rmse"] > 0 and kept["rmse_target_scaled"] > 0 and kept["request"]["source"]
+    text = (tmp_path / "reproduce.md").read_text()
+    assert "DOES NOT HOLD" in text and re.search(r"\| 10% \| 2 of 12 \| — \| 0\.\d+ ± – \|", text)
+    # a rerun does nothing again: both pieces are kept, with the same settings
+    mtime = (tmp_path / "out" / "pieces" / "zero-shot-p4581.json").stat().st_mtime
+    assert job.reproduce(tmp_path / "out", **kw) == line
+    assert (tmp_path / "out" / "pieces" / "zero-shot-p4581.json").stat().st_mtime == mtime

@@ -189,5 +189,9 @@ def reproduce(out="runs/reproduce", seeds=(0, 1, 2), size="small", jobs=2, quick
     default = summary["tables"]["default"]
     return {"claims": len(summary["claims"]), "hold": sum(c["holds"] for c in summary["claims"]),
             **{f"{d}_{'shear' if t == 'shear_stress' else t}_rmse":
-               round(report.ms([r["rmse"] for r in default[(d, t)]])[0], 5)
-               for d, t in HEADLINE}}
+               _finite(report.ms([r["rmse"] for r in default[(d, t)]])[0]) for d, t in HEADLINE}}
+
+
+def _finite(value):
+    """Rounded, or None where there is no run (NaN is not JSON)."""
+    return round(value, 5) if value == value else None

@@ -196,7 +196,7 @@ def write_doc(summary, path, header, figures_dir=None):
               "|---|---|---|---|"]
     for f in plan_lib.FRACTIONS:
         pf, sc = t["sweep"][("pretrained-frozen", f)], t["sweep"][("from-scratch", f)]
-        ev = pf[0]["n_train_windows"] if pf else {"events": "?", "of": "?"}
+        ev = (pf or sc)[0]["n_train_windows"] if pf or sc else {"events": "?", "of": "?"}
         lines.append(f"| {f:.0%} | {ev['events']} of {ev['of']} | "
                      f"{pm([r['rmse'] for r in pf])} | {pm([r['rmse'] for r in sc])} |")
     lines += ["", f"## Wang 2021 ({plan_lib.WANG} shear stress)", "",
@@ -232,7 +232,8 @@ def plot(summary, folder):
                         label=m if i == 0 else None, lw=1)
         ax.axhline(level, color="k", ls=":", lw=1)
         ax.set(yscale="log", xlabel="epoch", ylabel="validation loss", title=f"{d} {tg}")
-        ax.legend(fontsize=7)
+        if any(modes.values()):
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "ablation.png", dpi=80)
     plt.close(fig)
