@@ -30,7 +30,6 @@ QUICK = dict(preset="small", pretrain_epochs=2, epochs=3, transfer_epochs=2, def
 """A smoke run: every piece, a few epochs each (the default fine-tunes too: not default)."""
 
 
-
 def plan(seeds, size, quick=False):
     """``[(name, function name, kwargs, after)]``: every piece, in the order to start
     them (``after``: the pieces whose results its kwargs need)."""
