@@ -69,7 +69,7 @@ def test_the_plan_runs_every_claims_piece_for_every_seed():
     assert all(p[2]["epochs"] == 3 for p in job.plan((0,), "small", quick=True)
                if p[1] == "default_finetune")
     waits = {p[0]: p[3] for p in pieces}
-    assert waits["wang-lab-pretrained-s0"] == ("source-p4581",)
+    assert waits["wang-lab-pretrained-s0"] == ("source-p5198",)  # the other experiment
 
 
 @pytest.mark.parametrize("good", [True, False])
