@@ -18,6 +18,7 @@ Example:
 """
 
 import importlib
+import os
 
 __version__ = "0.1.0"
 
@@ -35,3 +36,11 @@ def __getattr__(name):
     if name in PUBLIC:
         return getattr(importlib.import_module(PUBLIC[name]), name)
     raise AttributeError(f"module 'labquake_tf' has no attribute {name!r}")
+
+
+def quiet_tensorflow_logs():
+    """TensorFlow's C++ start-up lines off (CUDA factories, TF-TRT, cpu_feature_guard:
+    level 3, as ``labquake`` sets it): call before TensorFlow is first imported, which
+    reads the level once. A level the caller set is kept."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -121,3 +121,36 @@ def test_coverage_by_phase_scores_each_phase_apart():
     assert out["near_failure"] == {"coverage": 0.5, "width": 2.0, "n": 4}
     assert out["loading"] == {"coverage": 1.0, "width": 2.0, "n": 6}
     assert "near_failure" not in coverage_by_phase(y, lower, upper, np.zeros(10, bool))
+
+
+def test_evaluating_again_and_again_traces_no_new_function(caplog):
+    """Scoring runs predict many times, on several models (a run, its members, a fine-tune's
+    trunk): none may make TensorFlow warn of tf.function retracing (it did on every
+    evaluation when each call built its own members model and Keras predict function)."""
+    import logging
+
+    from labquake_tf.evaluation.metrics import predict_windows
+    from labquake_tf.models import Preprocessor, build_tcn, heads
+
+    pre = Preprocessor(["logvar_ch1"], ["shear_stress"], seq_len=8).with_scalers(
+        {"min": [0.0], "max": [1.0]}, {"min": [0.0], "max": [2.0]})
+    intervals = {"coverage": 0.9, "targets": {"shear_stress": {"coef": 0.0, "offset": 0.1}}}
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for seed in range(3):  # new models, as each fine-tune and its calibration twin make
+            model = heads.add_heads(build_tcn(8, filters=4, kernel_size=3, blocks=2), 3, seed)
+            for n in (7, 600, 33, 513, 1):  # last batches of every size
+                x = rng.normal(size=(n, 8, 1)).astype("float32")
+                out = predict_windows(model, pre, x, intervals)
+                plain = predict_windows(model, pre, x)
+                assert out["pred"].shape == (n, 1) and out["lower"].shape == (n, 1)
+                np.testing.assert_allclose(out["pred"], plain["pred"], rtol=1e-5, atol=1e-6)
+                trunk = heads.predict_batches(keras_trunk(model), x, 64)
+                assert trunk.shape[0] == n
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def keras_trunk(model):
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("decoder_block_1").output)

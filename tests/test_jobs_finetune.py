@@ -110,7 +110,9 @@ def test_finetune_refuses_bad_options_before_writing(tmp_path):
                           ({"ensemble": 3, "decoder": "trainable"}, "frozen decoder"),
                           ({"interval_score": "wide"}, "interval_score"),
                           ({"calibration": "test"}, "calibration"),
-                          ({"target": "slip"}, "target must be one of")):
+                          ({"target": "slip"}, "target must be one of"),
+                          ({"train_fraction": 0}, "train_fraction"),
+                          ({"train_fraction": 1.5}, "train_fraction")):
         with pytest.raises(ValueError, match=match):
             job.finetune(tmp_path / "nowhere", "p4581", tmp_path / "ft", **kwargs)
     assert list(tmp_path.iterdir()) == []
@@ -209,3 +211,51 @@ def test_finetune_trains_longer_than_pretraining_by_default_and_the_cli_agrees()
     assert (job.finetune_config().epochs, job.finetune_config().patience) == (300, 40)
     assert TrainConfig().epochs == 100  # pretraining keeps the reference's budget
     assert job.finetune_config(seed=3, epochs=5).epochs == 5
+
+
+def test_train_fraction_keeps_the_events_nearest_validation(sim_record, tmp_path):
+    from labquake_tf.data import prepare
+    from labquake_tf.data import train_fraction as tf_
+    from labquake_tf.data.pipeline import split_arrays
+
+    data = tmp_path / "data"
+    prepare.prepare(sim_record, data, seq_len=8, targets=["shear_stress"],
+                    split=(0.5, 0.1, 0.4))
+    events = split_arrays(data, "train")["events"]
+    n = len(events)
+    assert n >= 6
+    kept = tf_.kept_events(data, 0.25)
+    assert len(kept) == int(np.ceil(0.25 * n)) and np.array_equal(kept, events[n - len(kept):])
+    assert np.array_equal(tf_.kept_events(data, 1.0), events)
+    assert len(tf_.kept_events(data, 1e-6)) == 1  # never none
+    cut = tf_.first_kept_step(data, 0.25)
+    assert cut == int(events[n - len(kept) - 1, 1]) + 1 and tf_.first_kept_step(data, 1) == 0
+    (x, y), ends = tf_.training_windows(data, 8, 0.25)
+    (x_all, y_all), ends_all = tf_.training_windows(data, 8)
+    assert ends.min() >= cut and np.array_equal(ends, ends_all[ends_all >= cut])
+    np.testing.assert_array_equal(x, x_all[ends_all >= cut])
+    assert x.shape == (len(y), 8, 1) and 0 < len(y) < len(y_all)
+    # forward calibration splits the kept events only
+    (_, y_early), (_, y_late) = job.forward_windows(data, 8, 0.5)
+    assert len(y_early) + len(y_late) == len(tf_.training_windows(data, 8, 0.5)[1])
+    with pytest.raises(ValueError, match="train_fraction"):
+        tf_.kept_events(data, -0.1)
+
+
+def test_finetune_on_a_fraction_leaves_val_and_test_as_they_were(pretrained, sim_record,
+                                                                  tmp_path):
+    from labquake_tf.training import TrainConfig
+
+    config = TrainConfig(epochs=2, verbose=0)
+    src = source_run(pretrained, tmp_path / "src", dataset="x")
+    runs = {}
+    for fraction in (1.0, 0.05):
+        task = job.finetune(str(src), str(sim_record), tmp_path / f"ft{fraction}", blocks=1,
+                            seq_len=8, config=config, ensemble=2, train_fraction=fraction)
+        runs[fraction] = task.metadata["training"]
+    assert runs[0.05]["train_fraction"] == 0.05 and runs[1.0]["train_fraction"] == 1.0
+    # too few events kept for a forward split: calibrated on validation instead
+    assert runs[0.05]["calibration"] == "val" and runs[1.0]["calibration"] == "forward"
+    for split in ("val", "test"):
+        assert (runs[0.05]["metrics"][split]["targets"]["shear_stress"]["n_labelled"]
+                == runs[1.0]["metrics"][split]["targets"]["shear_stress"]["n_labelled"])

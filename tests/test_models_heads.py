@@ -25,7 +25,8 @@ def test_ensemble_mean_is_the_mean_of_its_members_and_round_trips(pretrained, wi
     mean, members = heads.predict_members(model, x)
     assert members.shape == (3, len(x), 1)
     np.testing.assert_allclose(mean, members.mean(axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.predict(x, verbose=0), mean, rtol=1e-6)
+    # eager batches vs Keras' traced predict: float32 rounding, a few ulps
+    np.testing.assert_allclose(model.predict(x, verbose=0), mean, rtol=1e-5, atol=1e-7)
 
     save_model(model, tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)

@@ -14,7 +14,7 @@ from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.windows import cut
 from labquake_tf.evaluation import events, figures
 from labquake_tf.evaluation import intervals as conformal
-from labquake_tf.models.heads import predict_members
+from labquake_tf.models.heads import predict_batches, predict_members
 
 EVENT_TARGETS = ("ttsf", "ttef")
 NEAR_FAILURE_S = 2.0
@@ -68,7 +68,7 @@ def predict_windows(network, preprocessor, windows, intervals=None, batch_size=5
     if intervals:
         mean, members = predict_members(network, x, batch_size)
     else:
-        mean = np.asarray(network.predict(x, batch_size=batch_size, verbose=0), np.float64)
+        mean = np.asarray(predict_batches(network, x, batch_size), np.float64)
     names = preprocessor.target_names
     if mean.shape[1] != len(names):
         raise ValueError(f"model predicts {mean.shape[1]} target(s), its preprocessor names {names}")

@@ -12,10 +12,11 @@ import keras
 import numpy as np
 
 from labquake_tf import TARGETS
-from labquake_tf.data import pipeline, prepare, windows
+from labquake_tf.data import pipeline, prepare
 from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.splits import parse_ratios
+from labquake_tf.data.train_fraction import check_fraction, kept_events, training_windows
 from labquake_tf.errors import UsageError
 from labquake_tf.evaluation import intervals
 from labquake_tf.evaluation.figures import plot_history
@@ -52,7 +53,8 @@ def finetune_config(**overrides):
 def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", blocks=None,
              seq_len=None, decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None,
              use_cache=True, input_norm="auto", ensemble=None, coverage=0.9,
-             interval_score="auto", search="auto", calibration="forward", data=None):
+             interval_score="auto", search="auto", calibration="forward", data=None,
+             train_fraction=1.0):
     """The whole job: prepare ``dataset`` (or reuse the prepared ``data`` dir, which must
     hold windows as long as any the job reads), build, fit, write a run dir; returns
     the fine-tuned ``LabquakeRegressor`` (``task.metadata["training"]``: the summary
@@ -76,6 +78,11 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
     ``blocks``/``seq_len`` is not given on the validation events (``training.select``);
     the choice and every candidate's score land in ``config.json`` and
     ``metrics.json`` (``selection``).
+
+    ``train_fraction`` (0 < f <= 1) trains on the last ``ceil(f * n)`` of the ``n``
+    training events only (those nearest the validation part; val and test are
+    unchanged): the data-limited sweep. Forward calibration then splits those kept
+    events, or falls back to ``"val"`` when fewer than two are kept.
 
     ``out_dir`` appears only when the run completes.
 
@@ -102,6 +109,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
                          f"got {interval_score!r}")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    train_fraction = check_fraction(train_fraction)
     if members is None:
         members = heads.DEFAULT_MEMBERS if decoder != "trainable" else 1
     members = heads.check_members(members)
@@ -145,6 +153,12 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         check_feature_names(names, manifest["feature_names"], source_name, f"{dataset}")
         train_xy, val_xy = (_arrays(data_dir, s, config.batch_size, prepared_len)
                             for s in ("train", "val"))
+        if train_fraction < 1:
+            train_xy = training_windows(data_dir, prepared_len, train_fraction)[0]
+            if calibration == "forward" and len(kept_events(data_dir, train_fraction)) < 2:
+                print(f"train_fraction {train_fraction}: fewer than two training events kept; "
+                      "calibrating on validation instead of forward")
+                calibration = "val"
         selection = None
         if search:
             scale = float(MinMaxScaler.from_dict(manifest["scaler"]["targets"]).scale[0])
@@ -162,6 +176,9 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
                     manifest = reuse_prepared(data_dir, window_of(seq_len, blocks), [target])
                 train_xy, val_xy = (_arrays(data_dir, s, config.batch_size,
                                             window_of(seq_len, blocks)) for s in ("train", "val"))
+                if train_fraction < 1:
+                    train_xy = training_windows(data_dir, window_of(seq_len, blocks),
+                                                train_fraction)[0]
         blocks = blocks or n_source
         seq_len = seq_len or source_len
 
@@ -185,7 +202,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         preprocessor = Preprocessor.from_manifest(manifest, int(model.input_shape[1]))
         cal_model, cal_xy, where = model, val_xy, "val"
         if calibration == "forward":
-            early, late = forward_windows(data_dir, int(model.input_shape[1]))
+            early, late = forward_windows(data_dir, int(model.input_shape[1]), train_fraction)
             with strategy.scope():
                 twin = build_finetune_model(source, seq_len, blocks, decoder=decoder,
                                             input_norm=input_norm)
@@ -205,6 +222,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
                    "decoder": decoder, "split": list(split), "cached": use_cache,
                    "input_norm": norm_source,
                    "ensemble": members, "coverage": coverage, "calibration": calibration,
+                   "train_fraction": train_fraction,
                    "selection": selection,
                    "trainable_fraction": fraction,
                    "trainable_params": int(sum(np.prod(w.shape)
@@ -258,38 +276,29 @@ def calibrate(model, val_xy, preprocessor, coverage=0.9, score="auto", where="va
                         for name, p in zip(preprocessor.target_names, params)}}
 
 
-def forward_windows(data_dir, seq_len):
-    """Scaled ``(early_xy, late_xy)`` windows of the training split, cut after the end of
-    its middle event: heads fit on the early part and scored on the late one err as
-    the run's heads do on test, on events after those they learnt from.
+def forward_windows(data_dir, seq_len, train_fraction=1.0):
+    """Scaled ``(early_xy, late_xy)`` windows of the training split (of its kept events,
+    ``train_fraction``), cut after the end of their middle event: heads fit on the early
+    part and scored on the late one err as the run's heads do on test, on events after
+    those they learnt from.
 
     Late windows may read AE from before the cut (input is causal; labels are not
-    shared). Raises ValueError when the training part has fewer than two events.
+    shared). Raises ValueError when fewer than two training events are kept.
     """
-    manifest = pipeline.load_manifest(data_dir)
-    arrays = pipeline.split_arrays(data_dir, "train")
-    events = arrays["events"]
+    events = kept_events(data_dir, train_fraction)
     if len(events) < 2:
         raise ValueError(f"{data_dir}: the training split has {len(events)} event(s); forward "
                          "calibration needs two (use --calibration val)")
     cut = int(events[len(events) // 2 - 1, 1]) + 1
-    x = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(arrays["features"])
-    names = manifest["target_names"]
-    y = MinMaxScaler.from_dict(manifest["scaler"]["targets"]).transform(
-        np.stack([arrays["targets"][n] for n in names], axis=1))
-    steps = np.arange(len(y))
-    mask = arrays["label_mask"]
-    if isinstance(mask, dict):  # one mask per target
-        mask = np.all([mask[n] for n in names], axis=0)
-    labelled = np.asarray(mask, bool) & (steps >= seq_len - 1)
+    (x, y), steps = training_windows(data_dir, seq_len, train_fraction)
 
-    def part(ends):
-        if len(ends) == 0:
+    def part(keep):
+        if not keep.any():
             raise ValueError(f"{data_dir}: no {seq_len}-step window on one side of the "
                              "training split's middle event (use --calibration val)")
-        return windows.cut(x, ends, seq_len).astype(np.float32), y[ends].astype(np.float32)
+        return x[keep], y[keep]
 
-    return part(steps[labelled & (steps < cut)]), part(steps[labelled & (steps >= cut)])
+    return part(steps < cut), part(steps >= cut)
 
 
 def _arrays(data_dir, split, batch_size, seq_len=None):

@@ -29,8 +29,11 @@ DEFAULT_TARGETS = ("p4581", "p5198")
 
 
 def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, seq_len=None,
-                    config=None):
+                    config=None, finetune_options=None):
     """Score every run in ``runs`` ({source name: run dir}) on every target dataset.
+
+    ``finetune_options``: more keyword arguments for ``jobs.finetune.finetune`` (e.g.
+    ``ensemble=1`` where the intervals do not matter, only the RMSE).
 
     Returns rows ``{"source", "target", "mode", "rmse", "r2", "units"}`` and writes
     the CSV, Markdown and heat maps into ``out_dir``.
@@ -49,7 +52,8 @@ def transfer_matrix(runs, targets, out_dir, target="shear_stress", blocks=None, 
             if dataset == source:
                 continue
             tuned = finetune(run, dataset, out_dir / "fine-tuned" / cell, target=target,
-                             blocks=blocks, seq_len=seq_len, config=config)
+                             blocks=blocks, seq_len=seq_len, config=config,
+                             **(finetune_options or {}))
             rows.append(transfer.row(source, dataset, "fine-tuned",
                                      tuned.metadata["training"]["metrics"]["test"], target))
     transfer.write_tables(rows, out_dir)

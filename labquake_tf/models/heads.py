@@ -13,6 +13,8 @@ returns every member's scaled output for it. Training the members is
 ``training.ensemble``'s job.
 """
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -82,13 +84,42 @@ def n_members(model):
     return len(member_outputs(model))
 
 
+_MEMBERS_MODELS = weakref.WeakKeyDictionary()
+
+
 def members_model(model):
-    """``x -> [mean, member_0, ..., member_{n-1}]``, sharing ``model``'s layers."""
-    return keras.Model(model.inputs, [model.outputs[0], *member_outputs(model)],
-                       name=f"{model.name}_members")
+    """``x -> [mean, member_0, ..., member_{n-1}]``, sharing ``model``'s layers.
+
+    One per ``model``, kept while it lives: a new Model per call traced a new predict
+    function each time (TensorFlow's "triggered tf.function retracing" warning on every
+    evaluation, and a trace's cost per call).
+    """
+    found = _MEMBERS_MODELS.get(model)
+    if found is None:
+        found = _MEMBERS_MODELS[model] = keras.Model(
+            model.inputs, [model.outputs[0], *member_outputs(model)], name=f"{model.name}_members")
+    return found
 
 
 def predict_members(model, x, batch_size=512):
     """``(mean, members)``: ``(n, n_targets)`` and ``(n_members, n, n_targets)``, scaled."""
-    out = members_model(model).predict(x, batch_size=batch_size, verbose=0)
+    out = predict_batches(members_model(model), x, batch_size)
     return np.asarray(out[0], np.float64), np.stack([np.asarray(o, np.float64) for o in out[1:]])
+
+
+def predict_batches(model, x, batch_size=512):
+    """``model`` on ``x`` in batches, eagerly: numpy out (a list for several outputs).
+
+    For one-off inference on a model made for it (a fine-tune's trunk, its members):
+    ``Model.predict`` traces a new tf.function per model and again for a last, shorter
+    batch, which costs more than these passes and makes TensorFlow warn of
+    "excessive" retracing when several such models predict in a row.
+    """
+    x = np.asarray(x)
+    # a model built on a list of one input wants a list (else Keras warns per call)
+    listed = isinstance(getattr(model, "_inputs_struct", None), (list, tuple))
+    parts = [model([x[i:i + batch_size]] if listed else x[i:i + batch_size], training=False)
+             for i in range(0, max(len(x), 1), batch_size)]  # 0 rows: 0-row outputs
+    if isinstance(parts[0], (list, tuple)):
+        return [np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(len(parts[0]))]
+    return np.concatenate([np.asarray(p) for p in parts])

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from labquake_tf.models import decoder_blocks, is_streamable
+from labquake_tf.models.heads import predict_batches
 
 
 def check_cacheable(model):
@@ -92,7 +93,7 @@ def decoder_activations(trunk, x, batch_size=256):
     digests = [hashlib.blake2b(w.tobytes(), digest_size=16).digest() for w in x]
     new = list({d: i for i, d in enumerate(digests) if d not in rows}.values())
     if new:
-        part = np.asarray(trunk.predict(x[new], batch_size=batch_size, verbose=0))
+        part = np.asarray(predict_batches(trunk, x[new], batch_size))
         for j, i in enumerate(new):
             rows[digests[i]] = (len(_MEMO["parts"]), j)
         _MEMO["parts"].append(part)
