@@ -16,7 +16,7 @@ from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.train_fraction import kept_events
 from labquake_tf.evaluation.metrics import evaluate_model
 from labquake_tf.files import DATA_FOLDER, read_json
-from labquake_tf.jobs.finetune import finetune
+from labquake_tf.jobs.finetune import finetune, finetune_config
 from labquake_tf.jobs.pretrain import pretrain
 from labquake_tf.jobs.transfer_matrix import transfer_matrix
 from labquake_tf.task import LabquakeRegressor
@@ -41,8 +41,7 @@ LAB_SOURCES = ("p4581", "p5198")
 def default_finetune(out, dataset, target, seed, epochs=None):
     """The default fine-tune (every argument but the seed left to ``finetune``'s default;
     ``epochs`` only for a smoke run) and its test scores."""
-    config = TrainConfig(seed=seed, verbose=0) if epochs is None else TrainConfig(
-        seed=seed, verbose=0, epochs=epochs)
+    config = finetune_config(seed=seed, verbose=0, **({} if epochs is None else {"epochs": epochs}))
     task = finetune(DEFAULT_SOURCE, dataset, out, target=target, config=config)
     return _scores(task, out, target)
 
