@@ -133,6 +133,9 @@ def test_legacy_and_new_run_dirs_and_their_export_predict_alike(ensemble_task, t
         for key in expected:
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6)
     assert LabquakeRegressor.from_preset(legacy).metadata["data"] == manifest_of(task)
+    moved = tmp_path / "moved.keras"  # saved after a load, it names where it is loaded next
+    save_model(LabquakeRegressor.from_preset(new), moved)
+    assert LabquakeRegressor.from_preset(moved).metadata["loaded_from"] == str(moved)
 
     # the export: its SavedModel serves the task's numbers, and loads back as the task
     version = LabquakeRegressor.from_preset(new).export(tmp_path / "saved" / "m" / "1")

@@ -171,7 +171,8 @@ class LabquakeRegressor(keras.Model):
         else:
             network, manifest = saving.read_legacy(keras_file, legacy_manifest)
             task = cls.from_manifest(network, manifest)
-        task.metadata.setdefault("loaded_from", str(preset))
+        # Where it was loaded from THIS time: a shipped preset must not name its build dir.
+        task.metadata["loaded_from"] = str(preset)
         return task
 
     def save_to_preset(self, preset_dir, weights_dtype=None, card=None, version=1):
