@@ -68,14 +68,10 @@ def test_hyperparameters_change_the_built_model(data_dir):
     assert float(large.optimizer.learning_rate) == pytest.approx(5e-3)
 
 
-def test_seq_len_beyond_the_receptive_field_is_skipped_not_used(data_dir):
-    hm = TCNHyperModel(data_dir, space={**SPACE, "seq_len": {"choice": [4, 8]}},
-                       config=TrainConfig(steps_per_epoch=2))
-    # one block of kernel 3 sees 5 steps
-    with pytest.raises(kt.errors.FailedTrialError, match="seq_len 8 exceeds the receptive field 5"):
-        hm.build(_hp(blocks=1, seq_len=8))
-    with pytest.raises(ValueError, match="its first values are invalid"):
-        TCNHyperModel(data_dir, space={**SPACE, "seq_len": 8})
+def test_a_window_longer_than_the_receptive_field_is_a_valid_trial(data_dir):
+    hm = TCNHyperModel(data_dir, space={**SPACE, "seq_len": 8}, config=TrainConfig(steps_per_epoch=2))
+    model = hm.build(_hp(blocks=1, seq_len=8))  # one block of kernel 3 sees 5 steps
+    assert model.input_shape == (None, 8, 1)
 
 
 def test_bayesian_search_resumes_and_writes_the_summary(data_dir, space_file, tmp_path):

@@ -27,17 +27,20 @@ def test_blocks_dilations_and_names():
     assert head == ["head_pad", "head_conv", "head_flatten", "head_dense"]
 
 
-def test_receptive_field_formula_and_warning():
+def test_receptive_field_formula_and_a_longer_window_read_whole():
     assert receptive_field(8, 9) == 1 + 2 * 7 * 511 == 7155
     assert receptive_field(8, 5) == 435
     assert receptive_field(2, 1) == 3
     for preset in PRESETS.values():  # every preset window fits its decoder
         assert preset["seq_len"] <= receptive_field(preset["kernel_size"], preset["blocks"])
-    with pytest.warns(UserWarning, match=r"seq_len=30 exceeds the receptive field \(13 steps\)"):
-        build_tcn(30, filters=4, kernel_size=3, blocks=2)
+    # A window longer than the field: the flattening head still reads its first step.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build_tcn(13, filters=4, kernel_size=3, blocks=2)
+        model = build_tcn(30, filters=4, kernel_size=3, blocks=2)
+    x = np.random.default_rng(0).random((1, 30, 1)).astype("float32")
+    moved = x.copy()
+    moved[0, 0, 0] += 1.0
+    assert abs(float(model(moved)[0, 0]) - float(model(x)[0, 0])) > 1e-4
 
 
 def test_unknown_preset_names_the_choices():

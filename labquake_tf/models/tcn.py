@@ -1,6 +1,5 @@
 """The functional TCN of Wang, Xia, Yao & Marone (2025) and its presets."""
 
-import warnings
 
 import keras
 
@@ -54,10 +53,8 @@ def build_tcn(seq_len, n_features=1, n_targets=1, filters=32, kernel_size=4, blo
     """
     seen = receptive_field(kernel_size, blocks)
     history = seen - 1 if streamable else 0
-    if seq_len > seen and not streamable:
-        warnings.warn(f"seq_len={seq_len} exceeds the receptive field ({seen} steps) of "
-                      f"{blocks} blocks with kernel {kernel_size}: the prediction ignores "
-                      f"the first {seq_len - seen} steps of each window", stacklevel=2)
+    # A window longer than the receptive field is fine: the head flattens every step's
+    # decoder output, so each step reaches the prediction (only no single output sees all).
     inputs = keras.Input((seq_len + history, n_features), name="ae_features")
     # axis=1: one mean/variance per time step, as the reference BatchNorm1d(seq_len) does;
     # the streamable variant keeps one per feature.

@@ -12,7 +12,7 @@ import numpy as np
 
 from labquake_tf.data import pipeline
 from labquake_tf.data.record import check_feature_names
-from labquake_tf.models import build_tcn, input_length, receptive_field
+from labquake_tf.models import build_tcn, input_length
 from labquake_tf.training import TrainConfig, compile_model, finetune
 from labquake_tf.training.trainer import count_steps
 from labquake_tf.tuning import space as space_lib
@@ -45,12 +45,10 @@ class TCNHyperModel(kt.HyperModel):
         self.physical_rmse = physical_rmse
         self.seed = seed
         self._steps = {}
-        self._check_first_trial()
 
     def build(self, hp):
         params = {name: space_lib.declare(hp, name, self.space[name])
                   for name in space_lib.HYPERPARAMETERS}
-        self._check_receptive_field(params)
         return self._compile(self.make_model(params), params)
 
     def make_model(self, params):
@@ -99,24 +97,6 @@ class TCNHyperModel(kt.HyperModel):
         if key not in self._steps:
             self._steps[key] = count_steps(self._dataset(params, "train"))
         return self._steps[key]
-
-    def _check_receptive_field(self, params):
-        # Steps before the receptive field cannot reach the prediction at the
-        # window's last step: such a trial would pay for data it never sees.
-        field = receptive_field(params["kernel_size"], params["blocks"])
-        if params["seq_len"] > field and not self.streamable:
-            raise kt.errors.FailedTrialError(
-                f"seq_len {params['seq_len']} exceeds the receptive field {field} of "
-                f"{params['blocks']} blocks with kernel {params['kernel_size']}; skipped")
-
-    def _check_first_trial(self):
-        # KerasTuner builds the first value of every spec to discover the space;
-        # if that one is out of reach the whole search cannot start.
-        first = {name: space_lib.values(self.space[name])[0] for name in space_lib.ARCHITECTURE + ("seq_len",)}
-        try:
-            self._check_receptive_field(first)
-        except kt.errors.FailedTrialError as err:
-            raise ValueError(f"search space: its first values are invalid: {err}") from None
 
 
 class FrozenDecoderHyperModel(TCNHyperModel):
