@@ -152,6 +152,7 @@ def test_the_job_runs_its_pieces_in_workers_quietly_and_keeps_them(sim_record, t
     line = job.reproduce(tmp_path / "out", **kw)
     err = capfd.readouterr().err
     assert "retracing" not in err and "cuda" not in err.lower() and "cpu_feature_guard" not in err
+    assert err.strip() == "", err  # nothing at all: no Python warning either
     assert line == {"claims": 17, "hold": 0, "p4581_shear_rmse": None, "p5198_ttsf_rmse": None}
     pieces = sorted(p.name for p in (tmp_path / "out" / "pieces").iterdir())
     assert pieces == ["sweep-from-scratch-0.1-s0.json", "zero-shot-p4581.json"]
