@@ -24,16 +24,22 @@ def check_fraction(fraction):
 def kept_events(data_dir, train_fraction=1.0):
     """``[onset, end]`` of the training events ``train_fraction`` keeps: the last
     ``ceil(fraction * n)``, nearest the validation part (at least one)."""
-    events = pipeline.split_arrays(data_dir, "train")["events"]
-    keep = max(1, math.ceil(check_fraction(train_fraction) * len(events) - 1e-9))
-    return events[len(events) - keep:] if keep < len(events) else events
+    return _kept(pipeline.split_arrays(data_dir, "train")["events"], train_fraction)
 
 
 def first_kept_step(data_dir, train_fraction=1.0):
     """The first training step ``train_fraction`` keeps: right after the end of the last
     dropped event (0 when none is dropped), so the kept part holds whole seismic cycles."""
-    events = pipeline.split_arrays(data_dir, "train")["events"]
-    dropped = len(events) - len(kept_events(data_dir, train_fraction))
+    return _first_kept_step(pipeline.split_arrays(data_dir, "train")["events"], train_fraction)
+
+
+def _kept(events, train_fraction):
+    keep = max(1, math.ceil(check_fraction(train_fraction) * len(events) - 1e-9))
+    return events[len(events) - keep:]
+
+
+def _first_kept_step(events, train_fraction):
+    dropped = len(events) - len(_kept(events, train_fraction))
     return int(events[dropped - 1, 1]) + 1 if dropped > 0 else 0
 
 
@@ -50,7 +56,7 @@ def training_windows(data_dir, seq_len, train_fraction=1.0):
     mask = arrays["label_mask"]
     if isinstance(mask, dict):  # one mask per target
         mask = np.all([mask[n] for n in names], axis=0)
-    start = max(seq_len - 1, first_kept_step(data_dir, train_fraction))
+    start = max(seq_len - 1, _first_kept_step(arrays["events"], train_fraction))
     ends = steps[np.asarray(mask, bool) & (steps >= start)]
     if len(ends) == 0:
         raise ValueError(f"{data_dir}: train_fraction {train_fraction} keeps no labelled "

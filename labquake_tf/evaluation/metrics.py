@@ -119,10 +119,11 @@ def predict(task, data_dir, split, intervals=True):
                           task.intervals if intervals else None)
     mask = labelled[ends]
     truth = np.where(mask, np.stack([arrays["targets"][n][ends] for n in names], axis=1), np.nan)
-    steps = arrays["time"]
-    events_time = steps[np.clip(arrays["events"], 0, len(steps) - 1)].reshape(-1, 2)
-    out.update(time=arrays["time"][ends], events_time=events_time, names=names, units=manifest["units"], true=truth,
-               mask=mask, true_scaled=preprocessor.scale_targets(truth).astype(np.float64))
+    time = arrays["time"]
+    events_time = time[np.clip(arrays["events"], 0, len(time) - 1)].reshape(-1, 2)
+    out.update(time=time[ends], events_time=events_time, names=names, units=manifest["units"],
+               true=truth, mask=mask,
+               true_scaled=preprocessor.scale_targets(truth).astype(np.float64))
     return out
 
 

@@ -6,6 +6,7 @@ a file (a rerun skips finished pieces). Every score is on the run's test split, 
 labelled step (``evaluation.metrics.evaluate_model``, what ``metrics.json`` holds).
 """
 
+import csv
 import pathlib
 
 import keras
@@ -15,7 +16,7 @@ from labquake_tf.data.pipeline import load_manifest, split_arrays
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.train_fraction import kept_events
 from labquake_tf.evaluation.metrics import evaluate_model
-from labquake_tf.files import DATA_FOLDER, read_json
+from labquake_tf.files import CONFIG_FILE, DATA_FOLDER, HISTORY_FILE, read_json
 from labquake_tf.jobs.finetune import finetune, finetune_config
 from labquake_tf.jobs.pretrain import pretrain
 from labquake_tf.jobs.transfer_matrix import transfer_matrix
@@ -71,7 +72,7 @@ def limited(out, dataset, target, mode, fraction, seed, epochs, blocks, seq_len,
     else:
         raise ValueError(f"mode must be pretrained-frozen or from-scratch, got {mode!r}")
     return {**_scores(task, out, target), "fraction": fraction,
-            "n_train_windows": _n_train_windows(out, fraction)}
+            "n_train_windows": _training_events(out, fraction)}
 
 
 def scratch_source(source, seed):
@@ -145,16 +146,15 @@ def _scores(task, run, target):
 
 
 def _val_loss(run):
-    """Member 0's validation loss per epoch, from the run's ``history.csv``."""
-    lines = (pathlib.Path(run) / "history.csv").read_text().splitlines()
-    column = lines[0].split(",").index("val_loss")
-    return [float(line.split(",")[column]) for line in lines[1:] if line.strip()]
+    """Member 0's validation loss per epoch, from the run's history (Keras' CSVLogger)."""
+    with open(pathlib.Path(run) / HISTORY_FILE, newline="") as f:
+        return [float(row["val_loss"]) for row in csv.DictReader(f)]
 
 
-def _n_train_windows(run, fraction):
+def _training_events(run, fraction):
     """The training events the run learnt from, of how many, and its calibration."""
     data = pathlib.Path(run) / DATA_FOLDER
-    cfg = read_json(pathlib.Path(run) / "config.json")["finetune"]
+    cfg = read_json(pathlib.Path(run) / CONFIG_FILE)["finetune"]
     return {"events": int(len(kept_events(data, fraction))),
             "of": int(len(split_arrays(data, "train")["events"])),
             "calibration": cfg["calibration"]}
