@@ -8,7 +8,8 @@ Fine-tunes the first ``--blocks`` blocks of a ``--preset`` TCN (random weights:
 speed does not depend on them) on p4581 shear stress, 5:1:4 split, as the
 ``finetune`` job does by default: an ensemble of ``--members`` heads
 (``training.ensemble.fit_members``, cached decoder activations, early stopping per
-head), then its forward-calibration twin (as many heads, fit on the training
+head; epochs and patience are the job's, ``jobs.finetune.TRAINING``, unless given),
+then its forward-calibration twin (as many heads, fit on the training
 windows before the middle event). ``keras_s`` is all of it, decoder passes
 included. With ``--torch-python`` the same heads train in that interpreter, one
 after the other, each for the epochs its Keras counterpart ran, with the frozen
@@ -36,10 +37,10 @@ def keras_bench(args):
     import numpy as np
 
     from labquake_tf.data import prepare
-    from labquake_tf.jobs.finetune import _arrays, forward_windows
+    from labquake_tf.jobs.finetune import _arrays, finetune_config, forward_windows
     from labquake_tf.models import PRESETS, build_tcn
     from labquake_tf.models import heads
-    from labquake_tf.training import TrainConfig, cache, ensemble
+    from labquake_tf.training import cache, ensemble
     from labquake_tf.training import finetune as ft
 
     kwargs = {**PRESETS[args.preset], "dropout": 0.0}
@@ -52,10 +53,13 @@ def keras_bench(args):
                     split=(0.5, 0.1, 0.4))
     train_xy, val_xy = (_arrays(tmp / "data", s, 512) for s in ("train", "val"))
     source = build_tcn(**{**kwargs, "seq_len": seq_len})
-    config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch,
-                         verbose=0)
+    # The fine-tune job's own training defaults (epochs, patience) unless given.
+    config = finetune_config(batch_size=args.batch, verbose=0,
+                             **{k: v for k, v in (("epochs", args.epochs),
+                                                  ("patience", args.patience)) if v is not None})
     result = {"preset": args.preset, "filters": kwargs["filters"], "seq_len": seq_len,
-              "blocks": blocks, "epochs": args.epochs, "members": args.members,
+              "blocks": blocks, "epochs": config.epochs, "patience": config.patience,
+              "members": args.members,
               "train_windows": len(train_xy[1]), "load_avg_1min_start": os.getloadavg()[0]}
 
     def finetune_model():
@@ -181,8 +185,10 @@ def main():
     p.add_argument("--filters", type=int, default=None, help="override the preset's filters")
     p.add_argument("--blocks", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per head (default: the fine-tune job's, jobs.finetune.TRAINING)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience (default: the fine-tune job's)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--members", type=int, default=None,
                    help="heads per ensemble (default: the fine-tune's, 5)")
@@ -198,7 +204,7 @@ def main():
     if args.torch_worker:
         return torch_worker(args)
     if args.members is None:
-        from labquake_tf.training.ensemble import DEFAULT_MEMBERS
+        from labquake_tf.models.heads import DEFAULT_MEMBERS
 
         args.members = DEFAULT_MEMBERS
     keras_bench(args)
