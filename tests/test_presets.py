@@ -119,3 +119,18 @@ def test_serve_takes_a_shipped_preset_name_as_its_base_path():
         assert args.model_base_path == str(saving.SHIPPED_DIR / "p5198-ttsf")
     finally:
         getattr(server, "close", lambda: None)()
+
+
+def test_each_shipped_preset_loads_in_a_fresh_interpreter_through_the_public_api():
+    # Nothing else imported first: a notebook's first cell (a trained network's saved
+    # compile config names the package's own AdamW, which must be registered by then).
+    code = ("import labquake_tf as lq\n"
+            "for name in lq.presets():\n"
+            "    task = lq.LabquakeRegressor.from_preset(name)\n"
+            "    print(name, task.network.count_params(), *task.target_names)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+    assert set(loaded) == set(presets()) and len(loaded) >= 3
+    assert all(int(params) > 0 and targets for params, *targets in loaded.values())

@@ -38,6 +38,9 @@ from labquake_tf.models.heads import head_layers, member_outputs
 from labquake_tf.models.preprocessor import Preprocessor
 from labquake_tf.serving.export import export_task
 from labquake_tf.streaming.streamer import Streamer
+# A trained network's saved compile config names the package's AdamW: registered here,
+# a task loads in a fresh interpreter, with no training module imported before.
+from labquake_tf.training import optimizer  # noqa: F401
 
 
 @keras.saving.register_keras_serializable(package="labquake_tf")
