@@ -38,9 +38,6 @@ from labquake_tf.models.heads import head_layers, member_outputs
 from labquake_tf.models.preprocessor import Preprocessor
 from labquake_tf.serving.export import export_task
 from labquake_tf.streaming.streamer import Streamer
-# A trained network's saved compile config names the package's AdamW: registered here,
-# a task loads in a fresh interpreter, with no training module imported before.
-from labquake_tf.training import optimizer  # noqa: F401
 
 
 @keras.saving.register_keras_serializable(package="labquake_tf")
@@ -136,7 +133,11 @@ class LabquakeRegressor(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        network = keras.saving.deserialize_keras_object(config.pop("network"))
+        # Tasks load uncompiled (load_model(compile=False) does not reach a nested
+        # model): a trained network's compile config names the package's AdamW or a
+        # tuner metric, which a fresh interpreter has not registered.
+        network = {k: v for k, v in config.pop("network").items() if k != "compile_config"}
+        network = keras.saving.deserialize_keras_object(network)
         preprocessor = keras.saving.deserialize_keras_object(config.pop("preprocessor"))
         return cls(network, preprocessor, **config)
 
