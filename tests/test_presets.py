@@ -57,8 +57,10 @@ def test_p4581_preset_scores_its_card_on_every_labelled_test_step_without_traini
 def test_p5198_ttsf_preset_meets_the_fine_tune_anchor(dds_dir):
     task = LabquakeRegressor.from_preset("p5198-ttsf")
     m = task.evaluate("p5198")["targets"]["ttsf"]
-    assert task.target_names == ["ttsf"] and m["rmse"] <= 0.55
-    assert m["n_labelled"] == saving.shipped_card("p5198-ttsf")["test_metrics"]["ttsf"]["n_labelled"]
+    card = saving.shipped_card("p5198-ttsf")["test_metrics"]["ttsf"]
+    assert task.target_names == ["ttsf"] and m["rmse"] <= 0.47 and 0.85 <= m["coverage"] <= 0.95
+    assert m["n_labelled"] == card["n_labelled"]
+    assert m["rmse"] == pytest.approx(card["rmse"], rel=1e-6)
 
 
 def _free_port():
