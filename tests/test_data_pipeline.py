@@ -203,7 +203,7 @@ def test_nan_in_shard_features_is_named(synthetic_dir, tmp_path):
     with tf.io.TFRecordWriter(str(path)) as w:
         for r in records:
             w.write(r.SerializeToString())
-    from labquake_tf.data.readers import sha256
+    from labquake_tf.data.checks import sha256
     shard.update(bytes=path.stat().st_size, sha256=sha256(path))
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or inf.*val-00000"):

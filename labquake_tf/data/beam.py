@@ -40,7 +40,7 @@ import numpy as np
 from labquake_tf.data import columns as columns_lib
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import shards
-from labquake_tf.data import readers, registry, splits
+from labquake_tf.data import checks, readers, registry, splits
 from labquake_tf.errors import DataError, LabquakeError, UsageError
 from labquake_tf.files import MANIFEST_FILE, read_json, write_json
 
@@ -215,7 +215,7 @@ def _raw_source(dataset, params):
     if options.get("columns"):
         cols = columns_lib.parse(options["columns"])
         source = columns_lib.open_source(path, cols)
-        channels = readers._channels(params["channels"], len(cols["ae"]), path)
+        channels = checks.pick_channels(params["channels"], len(cols["ae"]), path)
         return source, columns_lib.lv_args(cols, window, hop, output), channels
     if os.path.splitext(str(path))[1].lower() not in (".h5", ".hdf5"):
         return None
@@ -234,7 +234,7 @@ def _raw_source(dataset, params):
         return None  # read_hdf5 in the combine step says what is wrong, as locally
     source = columns_lib.Hdf5Source(path, {"ae": ["ae"], "rate": rate})
     source.check_finite = False  # read_hdf5 reports a bad window, as locally
-    return source, (rate, window, hop, output), readers._channels(params["channels"], n_ch, path)
+    return source, (rate, window, hop, output), checks.pick_channels(params["channels"], n_ch, path)
 
 
 def _compute(item, params):
@@ -310,7 +310,7 @@ def _record(params, parts, i):
 
 def _channels(params, path):
     cols = columns_lib.parse(params["options"]["columns"])
-    return readers._channels(params["channels"], len(cols["ae"]), path)
+    return checks.pick_channels(params["channels"], len(cols["ae"]), path)
 
 
 class _Staged:

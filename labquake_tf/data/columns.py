@@ -29,7 +29,7 @@ import re
 import numpy as np
 
 from labquake_tf.data import features as features_lib
-from labquake_tf.data import readers
+from labquake_tf.data import checks, hdf5_reader
 from labquake_tf.data.record import Record
 from labquake_tf.errors import DataError, UsageError, row_text
 
@@ -259,7 +259,7 @@ class Hdf5Source(_Source):
                                     f"{', '.join(found) or 'no datasets'} (--columns names them)")
                 lengths = {c: f[n].shape[0] if f[n].ndim else 0 for c, n in names.items()}
         except OSError as e:
-            raise DataError(f"{path}: not a readable HDF5 file ({readers._h5_reason(e)})") from None
+            raise DataError(f"{path}: not a readable HDF5 file ({hdf5_reader.h5_reason(e)})") from None
         if len(set(lengths.values())) != 1:
             raise DataError(f"{path}: datasets differ in length: "
                             + ", ".join(f"{c} {n}" for c, n in lengths.items()))
@@ -320,7 +320,7 @@ def read(path, columns, channels=None, name=None, window=0.1, hop=0.01, features
     columns = parse(columns)
     source = open_source(path, columns)
     lv = features_lib.LogVariance(*lv_args(columns, window, hop, output))
-    channels = readers._channels(channels, len(columns["ae"]), path)
+    channels = checks.pick_channels(channels, len(columns["ae"]), path)
     parts = [chunk_steps(source, k0, k1, lv_args(columns, window, hop, output), channels,
                          workers=None) for k0, k1 in step_chunks(source.n_rows, lv, chunk_samples)]
     return finish(path, columns, parts, channels, name=name, window=window, hop=hop,
@@ -334,16 +334,16 @@ def finish(path, columns, parts, channels, name=None, window=0.1, hop=0.01, outp
     lv = features_lib.LogVariance(*lv_args(columns, window, hop, output))
     if not parts:
         raise DataError(f"{path}: fewer AE samples than one window ({lv.window} at "
-                        f"{columns['rate']:g} Hz); a record needs at least {readers.MIN_ROWS} "
+                        f"{columns['rate']:g} Hz); a record needs at least {checks.MIN_ROWS} "
                         "windows")
     x = np.concatenate([p[0] for p in parts])
     picks = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
     time = lv.window_end_time(np.arange(len(x)))
-    name = name or readers._stem(path)
+    name = name or checks.stem(path)
     published = (picks["ttf"], picks["ttef"]) if "ttf" in picks and "ttef" in picks else None
     if "stress" in picks:
         target_options.pop("ttf", None)
-        record = readers._finish(name, path, time, x, channels, picks["stress"], published,
+        record = checks.finish(name, path, time, x, channels, picks["stress"], published,
                                  kind=output, **target_options)
     else:
         record = _ttf_record(name, path, time, x, channels, picks, output)
@@ -353,10 +353,10 @@ def finish(path, columns, parts, channels, name=None, window=0.1, hop=0.01, outp
 
 def _ttf_record(name, path, time, x, channels, picks, kind):
     """A record without stress: events where the time-to-failure countdown restarts."""
-    if len(time) < readers.MIN_ROWS:
+    if len(time) < checks.MIN_ROWS:
         raise DataError(f"{path}: {len(time)} windows of AE; a record needs at least "
-                        f"{readers.MIN_ROWS} (and three failures to split)")
-    readers._check_finite(path, f"AE {kind}", x, time)
+                        f"{checks.MIN_ROWS} (and three failures to split)")
+    checks.check_finite(path, f"AE {kind}", x, time)
     key = "ttf" if "ttf" in picks else "ttef"
     ttf = picks[key]
     at = np.flatnonzero(np.diff(ttf) > 0)
@@ -369,4 +369,4 @@ def _ttf_record(name, path, time, x, channels, picks, kind):
     return Record(name=name, time=time, features=np.asarray(x, np.float32),
                   feature_names=[f"{kind}_ch{c}" for c in channels], targets=targets,
                   label_mask=masks, events=events, source=os.path.abspath(path),
-                  sha256=readers.sha256(path), attrs=attrs)
+                  sha256=checks.sha256(path), attrs=attrs)

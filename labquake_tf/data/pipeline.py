@@ -20,7 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from labquake_tf.data.readers import sha256
+from labquake_tf.data.checks import sha256
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.files import MANIFEST_FILE, read_json
 

@@ -15,7 +15,7 @@ import pathlib
 import tempfile
 
 import labquake_tf
-from labquake_tf.data import readers
+from labquake_tf.data import checks, readers
 from labquake_tf.errors import DataError, UsageError
 
 _TCN_PAPER = "https://raw.githubusercontent.com/CountofGlamorgan/TCN_paper/main/data/"
@@ -76,7 +76,7 @@ def _dds_path(name, spec):
         if not path.exists():
             raise FileNotFoundError(f"{path}: not found (LABQUAKE_DATA_DIR={local}); put "
                                     f"{name}.csv there, or unset LABQUAKE_DATA_DIR to download it")
-        digest = readers.sha256(path)
+        digest = checks.sha256(path)
         if digest != spec["sha256"]:
             raise DataError(f"{path}: sha256 {digest} does not match the registry's "
                             f"{spec['sha256']} for {name} (LABQUAKE_DATA_DIR={local}: an edited "

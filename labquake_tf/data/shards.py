@@ -20,7 +20,7 @@ import labquake_tf
 from labquake_tf.data import features as features_lib
 from labquake_tf.data import registry, splits
 from labquake_tf.data import targets as targets_lib
-from labquake_tf.data.readers import sha256
+from labquake_tf.data.checks import sha256
 from labquake_tf.errors import DataError, UsageError
 from labquake_tf.files import MANIFEST_FILE, read_json
 

@@ -92,7 +92,7 @@ def _raw_hdf5(path, rate, t0, n, chunk_seconds, start, end):
     def chunks():
         import tensorflow_io as tfio
 
-        # IOTensor slices read only the rows asked for (see data.readers.iter_hdf5_ae).
+        # IOTensor slices read only the rows asked for (see data.raw_ae.hdf5_chunks).
         ae = tfio.IOTensor.from_hdf5(str(path))("/ae")
         for i in range(first, last, size):
             x = ae[i:min(i + size, last)].numpy()
