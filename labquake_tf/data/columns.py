@@ -259,7 +259,8 @@ class Hdf5Source(_Source):
                                     f"{', '.join(found) or 'no datasets'} (--columns names them)")
                 lengths = {c: f[n].shape[0] if f[n].ndim else 0 for c, n in names.items()}
         except OSError as e:
-            raise DataError(f"{path}: not a readable HDF5 file ({hdf5_reader.h5_reason(e)})") from None
+            raise DataError(f"{path}: not a readable HDF5 file "
+                            f"({hdf5_reader.h5_reason(e)})") from None
         if len(set(lengths.values())) != 1:
             raise DataError(f"{path}: datasets differ in length: "
                             + ", ".join(f"{c} {n}" for c, n in lengths.items()))

@@ -57,7 +57,8 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
             channels = checks.pick_channels(channels, logvar.shape[1], path)
             time = _attr(ds, "t0", path) + _attr(ds, "hop", path, positive=True) * np.arange(
                 len(logvar))
-            logvar = checks.numeric(path, "/features/logvar", logvar[:, [c - 1 for c in channels]], time)
+            logvar = checks.numeric(path, "/features/logvar",
+                                    logvar[:, [c - 1 for c in channels]], time)
             checks.check_finite(path, "/features/logvar", logvar, time)
             if output != "logvar":
                 logvar = (10.0 ** logvar if output == "var"
@@ -83,7 +84,8 @@ def read_hdf5(path, channels=None, name=None, window=0.1, hop=0.01, chunk_second
                             f"{_h5_datasets(f, h5py)}")
     time, logvar, stress = checks.onto_windows(path, "/mech/shear_stress", time, logvar,
                                          stress_time, stress)
-    record = checks.finish(name, path, time, logvar, channels, stress, kind=output, **target_options)
+    record = checks.finish(name, path, time, logvar, channels, stress, kind=output,
+                           **target_options)
     if "seed" in simulator:
         record.attrs["simulator"] = simulator
     return record

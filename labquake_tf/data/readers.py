@@ -87,8 +87,8 @@ def read_dds_csv(path, channels=None, ttf="published", name=None, features="logv
     x = np.stack([features_lib.from_variance(col[f"Var_Ch{c}"], features) for c in channels],
                  axis=1)
     published = (col["TimeToStartFailure"], col["TimeToEndFailure"]) if ttf == "published" else None
-    return checks.finish(name or checks.stem(path), path, col["Time"], x, channels, col["ShearStress"],
-                   published, kind=features, **target_options)
+    return checks.finish(name or checks.stem(path), path, col["Time"], x, channels,
+                         col["ShearStress"], published, kind=features, **target_options)
 
 
 def _csv_columns_slowly(path, header, rows, used):
