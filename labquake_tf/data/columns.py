@@ -345,7 +345,7 @@ def finish(path, columns, parts, channels, name=None, window=0.1, hop=0.01, outp
     if "stress" in picks:
         target_options.pop("ttf", None)
         record = checks.finish(name, path, time, x, channels, picks["stress"], published,
-                                 kind=output, **target_options)
+                               kind=output, **target_options)
     else:
         record = _ttf_record(name, path, time, x, channels, picks, output)
     record.attrs["columns"] = {k: v for k, v in columns.items()}
