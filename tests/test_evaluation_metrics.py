@@ -153,4 +153,4 @@ def test_evaluating_again_and_again_traces_no_new_function(caplog):
 def keras_trunk(model):
     import keras
 
-    return keras.Model(model.inputs, model.get_layer("decoder_block_1").output)
+    return keras.Model(model.inputs[0], model.get_layer("decoder_block_1").output)

@@ -149,7 +149,7 @@ def _with_norm_stats(model, seed=3):
 def _decoder_input(model, x):
     import keras
 
-    trunk = keras.Model(model.inputs, model.get_layer("decoder_block_0").input)
+    trunk = keras.Model(model.inputs[0], model.get_layer("decoder_block_0").input)
     return trunk(x, training=False).numpy()
 
 

@@ -68,7 +68,7 @@ def add_heads(model, n, seed=0):
                                              "name": f"member{i}_{layer.name}"})(x)
         outputs.append(x)
     mean = keras.layers.Average(name="prediction", dtype="float32")(outputs)
-    return keras.Model(model.inputs, mean, name=model.name)
+    return keras.Model(model.inputs[0], mean, name=model.name)
 
 
 def member_outputs(model):
@@ -97,7 +97,8 @@ def members_model(model):
     found = _MEMBERS_MODELS.get(model)
     if found is None:
         found = _MEMBERS_MODELS[model] = keras.Model(
-            model.inputs, [model.outputs[0], *member_outputs(model)], name=f"{model.name}_members")
+            model.inputs[0], [model.outputs[0], *member_outputs(model)],
+            name=f"{model.name}_members")
     return found
 
 

@@ -68,7 +68,7 @@ class LabquakeRegressor(keras.Model):
         kwargs.setdefault("name", network.name)
         # The task's graph is the network's own: its layers (decoder_block_i, heads)
         # are the task's, and keras saves them once.
-        super().__init__(inputs=network.inputs, outputs=network.outputs, **kwargs)
+        super().__init__(inputs=network.inputs[0], outputs=network.outputs, **kwargs)
         if int(network.input_shape[1]) != preprocessor.input_len:
             raise ValueError(f"the network reads {network.input_shape[1]} steps, its "
                              f"preprocessor {preprocessor.input_len}")
@@ -86,7 +86,7 @@ class LabquakeRegressor(keras.Model):
             >>> task.backbone.output.shape                         # doctest: +SKIP
             (None, 64, 32)
         """
-        return keras.Model(self.network.inputs, head_layers(self.network)[0].output,
+        return keras.Model(self.network.inputs[0], head_layers(self.network)[0].output,
                            name=f"{self.network.name}_backbone")
 
     @property

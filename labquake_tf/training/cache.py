@@ -55,7 +55,7 @@ def split_at_head(model):
     last = decoder_blocks(model)[-1]
     if is_streamable(model):
         last = model.get_layer("history_crop")
-    trunk = keras.Model(model.inputs, last.output, name=f"{model.name}_trunk")
+    trunk = keras.Model(model.inputs[0], last.output, name=f"{model.name}_trunk")
     inputs = keras.Input(last.output.shape[1:], name="decoder_output")
     x = inputs
     # The head is a chain; functional models list their layers in call order.

@@ -34,13 +34,13 @@ def fit_members(model, train_xy, val_xy, config, out_dir, use_cache=True):
         cache.check_cacheable(model)
     if use_cache:
         cache.check_cacheable(model)
-        trunk, _ = cache.split_at_head(keras.Model(model.inputs, outs[0]))
+        trunk, _ = cache.split_at_head(keras.Model(model.inputs[0], outs[0]))
         x_train = cache.decoder_activations(trunk, x_train, config.batch_size)
         x_val = cache.decoder_activations(trunk, x_val, config.batch_size)
     val_ds = batches(x_val, y_val, config.batch_size)
     histories = []
     for i, out in enumerate(outs):
-        member = keras.Model(model.inputs, out, name=f"{model.name}_member{i}")
+        member = keras.Model(model.inputs[0], out, name=f"{model.name}_member{i}")
         target = cache.split_at_head(member)[1] if use_cache else member
         member_config = dataclasses.replace(config, seed=member_seed(config.seed, i))
         keras.utils.set_random_seed(member_config.seed)
