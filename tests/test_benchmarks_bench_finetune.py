@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+from labquake_tf.models.heads import DEFAULT_MEMBERS
+
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_finetune.py"
 
 
@@ -15,8 +17,6 @@ def test_default_finetune_is_timed_whole(dds_dir):
                           "--patience", "1"], capture_output=True, text=True, timeout=600,
                          check=True, env={**os.environ, "LABQUAKE_DATA_DIR": str(dds_dir)})
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    from labquake_tf.models.heads import DEFAULT_MEMBERS
-
     assert result["members"] == DEFAULT_MEMBERS  # the job's default ensemble
     assert (result["epochs"], result["patience"]) == (2, 1)
     assert len(result["member_epochs"]) == len(result["twin_member_epochs"]) == DEFAULT_MEMBERS
