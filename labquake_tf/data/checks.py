@@ -12,7 +12,7 @@ from labquake_tf.data.record import Record
 from labquake_tf.errors import DataError, more_text
 
 DEFAULT_CHANNELS = (1,)
-KIND_TEXT = {"logvar": "log-variance", "std": "standard deviation", "var": "variance"}
+_KIND_TEXT = {"logvar": "log-variance", "std": "standard deviation", "var": "variance"}
 MIN_ROWS = 32
 """Fewer rows cannot hold a stick-slip cycle, nor feed the stress low-pass filter."""
 
@@ -47,14 +47,14 @@ def at_time(time, i):
 
 
 def finish(name, path, time, logvar, channels, shear_stress, published=None, kind="logvar",
-            **target_options):
+           **target_options):
     if len(time) < MIN_ROWS:
         raise DataError(f"{path}: {len(time)} rows of data; a record needs at least {MIN_ROWS} "
                         "(and three stick-slip events to split)")
     bad = ~np.isfinite(logvar)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{path}: AE {KIND_TEXT.get(kind, kind)} of channel {channels[col]} "
+        raise DataError(f"{path}: AE {_KIND_TEXT.get(kind, kind)} of channel {channels[col]} "
                         f"is not finite in "
                         f"the window ending t = {seconds(time[row])} s (a zero-variance or "
                         f"non-finite stretch of the AE){more_text(int(bad.sum()) - 1, 'window')}")
