@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from labquake_tf.jobs import finetune as job
+from labquake_tf.training import calibration
 from labquake_tf.models import Preprocessor, heads
 from labquake_tf.task import LabquakeRegressor
 
@@ -175,30 +176,6 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
         np.testing.assert_allclose(local[key], served, atol=1e-5)
 
 
-def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_record, tmp_path):
-    from labquake_tf.data import prepare
-    from labquake_tf.data.pipeline import split_arrays
-
-    data = tmp_path / "data"
-    prepare.prepare(sim_record, data, seq_len=8, targets=["shear_stress"],
-                    split=(0.5, 0.1, 0.4))
-    (x_early, y_early), (x_late, y_late) = job.forward_windows(data, 8)
-    train = split_arrays(data, "train")
-    events = train["events"]
-    cut = int(events[len(events) // 2 - 1, 1]) + 1
-    mask = train["label_mask"]["shear_stress"]  # one mask per target
-    assert len(y_early) == int(mask[7:cut].sum()) and len(y_late) == int(mask[cut:].sum())
-    assert x_early.shape == (len(y_early), 8, 1) and x_late.shape == (len(y_late), 8, 1)
-    # the first late window ends on the cut step and reads the 7 steps before it
-    from labquake_tf.data.scaling import MinMaxScaler
-    import json as _json
-
-    manifest = _json.loads((data / "manifest.json").read_text())
-    f = MinMaxScaler.from_dict(manifest["scaler"]["features"]).transform(train["features"])
-    first_late = np.flatnonzero(mask[cut:])[0] + cut
-    np.testing.assert_array_equal(x_late[0, :, 0], f[first_late - 7:first_late + 1, 0])
-
-
 def test_finetune_trains_longer_than_pretraining_by_default_and_the_cli_agrees():
     import argparse
 
@@ -236,7 +213,7 @@ def test_train_fraction_keeps_the_events_nearest_validation(sim_record, tmp_path
     np.testing.assert_array_equal(x, x_all[ends_all >= cut])
     assert x.shape == (len(y), 8, 1) and 0 < len(y) < len(y_all)
     # forward calibration splits the kept events only
-    (_, y_early), (_, y_late) = job.forward_windows(data, 8, 0.5)
+    (_, y_early), (_, y_late) = calibration.forward_windows(data, 8, 0.5)
     assert len(y_early) + len(y_late) == len(tf_.training_windows(data, 8, 0.5)[1])
     with pytest.raises(ValueError, match="train_fraction"):
         tf_.kept_events(data, -0.1)

@@ -25,12 +25,20 @@ def sha256(path, block=1 << 20):
     return h.hexdigest()
 
 
+class ChannelError(DataError):
+    """Channels the record does not have; ``n_available`` says how many it has."""
+
+    def __init__(self, message, n_available=None):  # a default: exceptions unpickle from args
+        super().__init__(message)
+        self.n_available = n_available
+
+
 def pick_channels(channels, n_available, path):
     channels = tuple(DEFAULT_CHANNELS if channels is None else channels)
     bad = [c for c in channels if not 1 <= int(c) <= n_available]
     if bad or not channels:
-        raise DataError(f"{path}: channels {list(channels)} not available "
-                        f"(the file has channels 1..{n_available}; --channels picks them)")
+        raise ChannelError(f"{path}: channels {list(channels)} not available (the file has "
+                           f"channels 1..{n_available}; --channels picks them)", n_available)
     return [int(c) for c in channels]
 
 

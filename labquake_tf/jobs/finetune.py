@@ -13,6 +13,7 @@ import numpy as np
 
 from labquake_tf import TARGETS
 from labquake_tf.data import pipeline, prepare
+from labquake_tf.data.checks import ChannelError
 from labquake_tf.data.record import channels_of, check_feature_names
 from labquake_tf.data.scaling import MinMaxScaler
 from labquake_tf.data.splits import parse_ratios
@@ -28,6 +29,7 @@ from labquake_tf.models import heads
 from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import select
+from labquake_tf.training.calibration import calibrate, forward_windows
 from labquake_tf.training.ensemble import fit_members
 from labquake_tf.training.artifacts import reuse_prepared, save_model
 from labquake_tf.training.config import TrainConfig
@@ -54,7 +56,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
              seq_len=None, decoder="pretrained-frozen", split=(0.5, 0.1, 0.4), config=None,
              use_cache=True, input_norm="auto", ensemble=None, coverage=0.9,
              interval_score="auto", search="auto", calibration="forward", data=None,
-             train_fraction=1.0):
+             train_fraction=1.0, channel="auto"):
     """The whole job: prepare ``dataset`` (or reuse the prepared ``data`` dir, which must
     hold windows as long as any the job reads), build, fit, write a run dir; returns
     the fine-tuned ``LabquakeRegressor`` (``task.metadata["training"]``: the summary
@@ -75,9 +77,11 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
     forward errors come from events after those the heads learnt from, as on test.
 
     ``search`` ("auto": for TTsF/TTeF with a frozen decoder) picks whichever of
-    ``blocks``/``seq_len`` is not given on the validation events (``training.select``);
-    the choice and every candidate's score land in ``config.json`` and
-    ``metrics.json`` (``selection``).
+    ``blocks``/``seq_len`` is not given on the validation events (``training.select``),
+    and, for a one-channel source on a record the job prepares, the AE ``channel``
+    (``select.CHANNELS``; ``channel=N`` fixes it). The choice and every candidate's
+    score land in ``config.json`` and ``metrics.json`` (``selection``); the task reads
+    the chosen channel (its ``feature_names``) from raw records and streams.
 
     ``train_fraction`` (0 < f <= 1) trains on the last ``ceil(f * n)`` of the ``n``
     training events only (those nearest the validation part; val and test are
@@ -136,49 +140,77 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
     prepared_len = (max(window_of(s, b) for s in seq_list for b in block_list) if search
                     else window_of(seq_len or source_len, blocks or n_source))
 
-    # Features are matched by name: the target record is read with the source's channels.
+    # Features are matched by name: the target record is read with the source's channels,
+    # or the one channel asked for, or each channel in turn when the search chooses it.
     names = source_task.preprocessor.feature_names
-    prepare_options = dict(targets=[target], split=split, channels=channels_of(names),
-                           features=source_task.preprocessor.feature_kind)
+    kind = source_task.preprocessor.feature_kind
+    channel = select.check_channel(channel, channels_of(names), source_name)
+    channels = [channel] if channel != "auto" else channels_of(names)
+    expected = names if channel == "auto" else [f"{kind}_ch{channel}"]
+    search_channels = search and channel == "auto" and data is None and len(channels or ()) == 1
+    prepare_options = dict(targets=[target], split=split, features=kind)
     # The run dir appears whole when the job completes; a failure leaves nothing.
     with atomic_dir(out_dir) as work:
         if data is None:
             data_dir = work / DATA_FOLDER
             manifest = prepare.prepare(dataset, data_dir, seq_len=prepared_len,
-                                       **prepare_options)
+                                       channels=channels, **prepare_options)
         else:
             data_dir = pathlib.Path(data).resolve()
             manifest = reuse_prepared(data_dir, prepared_len, [target])
             dataset = manifest.get("request", {}).get("dataset", dataset)
-        check_feature_names(names, manifest["feature_names"], source_name, f"{dataset}")
-        train_xy, val_xy = (_arrays(data_dir, s, config.batch_size, prepared_len)
-                            for s in ("train", "val"))
-        if train_fraction < 1:
-            train_xy = training_windows(data_dir, prepared_len, train_fraction)[0]
-            if calibration == "forward" and len(kept_events(data_dir, train_fraction)) < 2:
-                print(f"train_fraction {train_fraction}: fewer than two training events kept; "
-                      "calibrating on validation instead of forward")
-                calibration = "val"
+        check_feature_names(expected, manifest["feature_names"], source_name, f"{dataset}")
+
+        def arrays(folder, length):
+            xy = [_arrays(folder, s, config.batch_size, length) for s in ("train", "val")]
+            if train_fraction < 1:
+                xy[0] = training_windows(folder, length, train_fraction)[0]
+            return xy
+
+        train_xy, val_xy = arrays(data_dir, prepared_len)
+        if train_fraction < 1 and calibration == "forward" and len(
+                kept_events(data_dir, train_fraction)) < 2:
+            print(f"train_fraction {train_fraction}: fewer than two training events kept; "
+                  "calibrating on validation instead of forward")
+            calibration = "val"
         selection = None
         if search:
             scale = float(MinMaxScaler.from_dict(manifest["scaler"]["targets"]).scale[0])
             choice, table = select.search(source, train_xy, val_xy, scale, config, blocks, seq_len)
+            best_rmse = min(r["val_rmse"] for r in table)
+            if search_channels:  # the record's other channels, prepared and searched alike
+                table = [{"channel": channels[0], **r} for r in table]
+                choice = {"channel": channels[0], **choice}
+                for other in select.other_channels(channels[0]):
+                    folder = work / f"{DATA_FOLDER}-ch{other}"
+                    try:
+                        found = prepare.prepare(dataset, folder, seq_len=prepared_len,
+                                                channels=[other], **prepare_options)
+                    except ChannelError:  # the record has no more channels
+                        break
+                    xy = arrays(folder, prepared_len)
+                    c_choice, c_table = select.search(source, *xy, scale, config, blocks, seq_len)
+                    table += [{"channel": other, **r} for r in c_table]
+                    if min(r["val_rmse"] for r in c_table) < best_rmse:
+                        best_rmse = min(r["val_rmse"] for r in c_table)
+                        shutil.rmtree(data_dir)
+                        folder.rename(data_dir)
+                        choice, manifest = {"channel": other, **c_choice}, found
+                        train_xy, val_xy = xy
+                    shutil.rmtree(folder, ignore_errors=True)
             selection = {"chosen": choice, "candidates": table, "score": "val_rmse"}
-            print(f"chose blocks={choice['blocks']}, seq_len={choice['seq_len']} on validation "
-                  f"(RMSE {min(r['val_rmse'] for r in table):.4g}) of {len(table)} candidates")
+            print("chose " + ", ".join(f"{k}={v}" for k, v in choice.items()) + " on validation "
+                  f"(RMSE {best_rmse:.4g}) of {len(table)} candidates")
             blocks, seq_len = choice["blocks"], choice["seq_len"]
             if window_of(seq_len, blocks) != prepared_len:
                 if data is None:
                     manifest = prepare.prepare(dataset, data_dir,
                                                seq_len=window_of(seq_len, blocks), force=True,
+                                               channels=channels_of(manifest["feature_names"]),
                                                **prepare_options)
                 else:  # a prepared dir given by the user is read, never rewritten
                     manifest = reuse_prepared(data_dir, window_of(seq_len, blocks), [target])
-                train_xy, val_xy = (_arrays(data_dir, s, config.batch_size,
-                                            window_of(seq_len, blocks)) for s in ("train", "val"))
-                if train_fraction < 1:
-                    train_xy = training_windows(data_dir, window_of(seq_len, blocks),
-                                                train_fraction)[0]
+                train_xy, val_xy = arrays(data_dir, window_of(seq_len, blocks))
         blocks = blocks or n_source
         seq_len = seq_len or source_len
 
@@ -219,6 +251,7 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         summary = {"from": source_name,
                    "source_dataset": source_data.get("dataset"),
                    "dataset": dataset, "target": target, "blocks": blocks, "seq_len": seq_len,
+                   "feature_names": list(manifest["feature_names"]),
                    "decoder": decoder, "split": list(split), "cached": use_cache,
                    "input_norm": norm_source,
                    "ensemble": members, "coverage": coverage, "calibration": calibration,
@@ -250,55 +283,6 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
         write_json(work / METRICS_FILE,
                    {**summary["metrics"], **({"selection": selection} if selection else {})})
     return task
-
-
-def calibrate(model, val_xy, preprocessor, coverage=0.9, score="auto", where="val"):
-    """A task's ``intervals``: split-conformal on the calibration windows ``val_xy``
-    (scaled; ``where`` says which), in the targets' physical units."""
-    x_val, y_val = val_xy
-    mean, members = heads.predict_members(model, x_val)
-    mean = preprocessor.unscale_targets(mean)
-    spread = members.std(axis=0) * preprocessor.target_scale
-    y = preprocessor.unscale_targets(y_val)
-    chosen, report = intervals.choose(y, mean, spread, coverage)
-    if score == "auto":
-        # A normalized score calibrated on another ensemble's spread does not transfer:
-        # the forward twin, fit on half the events, disagrees more than the final heads
-        # (p5198 TTsF: 90 % on calibration, 70 % on test). An error size does.
-        score = chosen if where == "val" else "constant"
-    params = intervals.fit(y, mean, spread, coverage, score)
-    return {"method": "split-conformal", "coverage": coverage, "members": len(members),
-            "calibration": {"split": where, "n_windows": int(len(y))},
-            "score": score, "score_selection": report,
-            "score_rule": "lower cross-fitted interval score" if where == "val" else
-                          "constant: calibrated on a twin ensemble, whose spread is not the run's",
-            "targets": {name: {**p, "units": preprocessor.units[name]}
-                        for name, p in zip(preprocessor.target_names, params)}}
-
-
-def forward_windows(data_dir, seq_len, train_fraction=1.0):
-    """Scaled ``(early_xy, late_xy)`` windows of the training split (of its kept events,
-    ``train_fraction``), cut after the end of their middle event: heads fit on the early
-    part and scored on the late one err as the run's heads do on test, on events after
-    those they learnt from.
-
-    Late windows may read AE from before the cut (input is causal; labels are not
-    shared). Raises ValueError when fewer than two training events are kept.
-    """
-    events = kept_events(data_dir, train_fraction)
-    if len(events) < 2:
-        raise ValueError(f"{data_dir}: the training split has {len(events)} event(s); forward "
-                         "calibration needs two (use --calibration val)")
-    cut = int(events[len(events) // 2 - 1, 1]) + 1
-    (x, y), steps = training_windows(data_dir, seq_len, train_fraction)
-
-    def part(keep):
-        if not keep.any():
-            raise ValueError(f"{data_dir}: no {seq_len}-step window on one side of the "
-                             "training split's middle event (use --calibration val)")
-        return x[keep], y[keep]
-
-    return part(steps < cut), part(steps >= cut)
 
 
 def _arrays(data_dir, split, batch_size, seq_len=None):
@@ -335,8 +319,12 @@ def add_arguments(parser):
     parser.add_argument("--no-cache", action="store_true",
                         help="run the frozen decoder every step instead of caching its output")
     parser.add_argument("--search", choices=("auto", "on", "off"), default="auto",
-                        help="choose --blocks/--seq-len (those not given) on the validation "
-                             "events; auto: for ttsf/ttef with a frozen decoder")
+                        help="choose --blocks/--seq-len/--channel (those not given) on the "
+                             "validation events; auto: for ttsf/ttef with a frozen decoder")
+    parser.add_argument("--channel", default="auto",
+                        help="the AE channel (1-based) a one-channel source reads on the target "
+                             "record; auto: the source's, or each of the record's first "
+                             f"{len(select.CHANNELS)} when searching")
     parser.add_argument("--ensemble", type=_positive_int, default=None, metavar="N",
                         help=f"heads trained on the one frozen decoder and averaged (default "
                              f"{heads.DEFAULT_MEMBERS}; 1 with --decoder trainable)")
@@ -369,7 +357,7 @@ def run(args):
                           ensemble=args.ensemble, coverage=args.coverage,
                           interval_score=args.interval_score,
                           search={"on": True, "off": False}.get(args.search, "auto"),
-                          calibration=args.calibration, data=args.data)
+                          calibration=args.calibration, data=args.data, channel=args.channel)
     summary = task.metadata["training"]
     test = summary["metrics"]["test"]
     print(f"wrote {out}; trainable {summary['trainable_fraction']:.2%}; test: "

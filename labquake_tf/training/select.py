@@ -17,6 +17,7 @@ import warnings
 import keras
 import numpy as np
 
+from labquake_tf.errors import UsageError
 from labquake_tf.models import decoder_blocks, head_length, input_length
 from labquake_tf.training import cache
 from labquake_tf.training import finetune as ft
@@ -32,6 +33,12 @@ the window. Shear stress is not: on p4581 its three validation events cannot ran
 windows (seeds 0/1/2 chose 4 blocks x 128 steps, 3 x 64 and 4 x 32, with validation
 RMSEs 0.021-0.030 MPa; the test RMSEs of those runs spread 0.050-0.068 MPa against
 0.056 for the source's 4 x 64), so it keeps the source's shape unless ``--search on``."""
+CHANNELS = (1, 2, 3, 4)
+"""AE channels searched (as many as the record has) when the source reads one channel and
+the job prepares the record: each costs a prepare and a search. The channel a sensor
+hears best varies by experiment: validation chose channel 2 for p5198 TTsF in each of
+seeds 0/1/2 (RMSE 0.15-0.17 s against channel 1's 0.36 s); for p4581 shear stress it
+would keep channel 1 (0.025-0.028 MPa against 0.044-0.050)."""
 SEARCH_PATIENCE = 10
 """Early-stopping patience of a candidate's head: a ranking needs less than a final fit."""
 SEARCH_EPOCHS = 100
@@ -43,6 +50,29 @@ def candidates(n_blocks, source_seq_len, blocks=None, seq_len=None):
     block_list = [blocks] if blocks else sorted({b or n_blocks for b in BLOCKS if (b or 0) <= n_blocks})
     seq_list = [seq_len] if seq_len else sorted({s or source_seq_len for s in SEQ_LENS})
     return block_list, seq_list
+
+
+def check_channel(channel, source_channels, source_name):
+    """``"auto"`` or the 1-based channel asked for; a UsageError where the source does
+    not read exactly one named AE channel."""
+    if channel in (None, "auto"):
+        return "auto"
+    try:
+        number = int(channel)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(number) != str(channel).strip():
+        raise UsageError(f"--channel: expected 'auto' or a 1-based channel number, got {channel!r}")
+    if not source_channels or len(source_channels) != 1:
+        raise UsageError(f"--channel {number}: {source_name} reads "
+                         f"{len(source_channels or ())} named AE channel(s), not one; only a "
+                         "one-channel model can be moved to another channel")
+    return number
+
+
+def other_channels(first):
+    """The channels searched after ``first``, in order (stop at one the record lacks)."""
+    return [c for c in CHANNELS if c != first]
 
 
 def search(source, train_xy, val_xy, target_scale, config, blocks=None, seq_len=None):
