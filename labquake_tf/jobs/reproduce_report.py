@@ -20,7 +20,12 @@ gets there counts as its epochs + 1."""
 FIG5_R2 = 0.5
 """Fig. 5 "works": mean test R² above this AND mean RMSE below predicting the training mean."""
 TARGETS = {("p4581", "shear_stress"): ("RMSE <= 0.048 MPa and R² >= 0.95", 0.048, 0.95),
-           ("p5198", "ttsf"): ("RMSE <= 0.45 s", 0.45, None)}
+           ("p5198", "ttsf"): ("RMSE <= 0.45 s", 0.45, None),
+           ("p4581", "ttsf"): ("RMSE <= 1.5 s", 1.5, None),
+           ("p4581", "ttef"): ("RMSE <= 0.9 s", 0.9, None)}
+"""The issue's accuracy targets. p4581's TTsF/TTeF had none: these were set from their
+first measurement (1.571 ± 0.069 s and 0.965 ± 0.022 s over seeds 0/1/2), a few percent
+past it, before the channel search existed."""
 COVERAGE = (0.87, 0.93)
 README_MARKERS = ("<!-- reproduce-claims:start -->", "<!-- reproduce-claims:end -->")
 
