@@ -8,8 +8,8 @@ One reproducible run, offline once the DDS records are at hand (``LABQUAKE_DATA_
    fine-tune, forward-calibrated 90 % interval, but 3 heads on the frozen decoder, not
    5: its 64-step head is 0.53 M weights, and five would not fit the 25 MB the presets
    may take; on validation three heads scored as five, 0.0333 vs 0.0332 MPa);
-3. ``p5198-ttsf``: fine-tuned from it on p5198 time to start of failure (blocks and
-   window chosen on validation, as ``labquake finetune`` does by default).
+3. ``p5198-ttsf``: fine-tuned from it on p5198 time to start of failure (AE channel,
+   blocks and window chosen on validation, as ``labquake finetune`` does by default).
 
 Each preset folder (``labquake_tf/presets/NAME/``) is a TF Serving model base path
 (``1/``, the SavedModel, its ``assets/model.keras`` the whole task) with a model
