@@ -140,6 +140,9 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
     iv = task.intervals
     assert iv["members"] == 3 and iv["coverage"] == 0.8
     assert iv["calibration"]["split"].startswith("train, later half")  # the default: forward
+    # the twin behind the interval and the heads, both on the validation windows
+    gap = iv["calibration"]["val_rmse"]
+    assert gap["twin"]["shear_stress"] > 0 and gap["heads"]["shear_stress"] > 0
     assert set(iv["score_selection"]) <= set(intervals.SCORES)
     assert iv["targets"]["shear_stress"]["offset"] > 0
     metrics = json.loads((run / "metrics.json").read_text())
@@ -147,6 +150,8 @@ def test_finetune_job_calibrates_an_interval_and_the_export_serves_it(pretrained
         scores = metrics[split]["targets"]["shear_stress"]
         assert 0 <= scores["coverage"] <= 1 and scores["width"] > 0
         assert scores["interval_target"] == 0.8
+    assert gap["heads"]["shear_stress"] == pytest.approx(
+        metrics["val"]["targets"]["shear_stress"]["rmse"], rel=1e-4)
     assert json.loads((run / "config.json").read_text())["finetune"]["ensemble"] == 3
     assert not (run / "forward").exists()
 

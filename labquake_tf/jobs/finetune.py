@@ -29,7 +29,7 @@ from labquake_tf.models import heads
 from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import select
-from labquake_tf.training.calibration import calibrate, forward_windows
+from labquake_tf.training.calibration import calibrate, forward_windows, val_rmse
 from labquake_tf.training.ensemble import fit_members
 from labquake_tf.training.artifacts import reuse_prepared, save_model
 from labquake_tf.training.config import TrainConfig
@@ -247,6 +247,10 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
             cal_xy, where = late, "train, later half (heads fit on the earlier half)"
         calibrated = calibrate(cal_model, cal_xy, preprocessor, coverage, interval_score,
                                where=where)
+        if cal_model is not model:
+            calibrated["calibration"]["val_rmse"] = {
+                "heads": val_rmse(model, val_xy, preprocessor),
+                "twin": val_rmse(cal_model, val_xy, preprocessor)}
         source_data = source_task.metadata.get("data") or {}
         summary = {"from": source_name,
                    "source_dataset": source_data.get("dataset"),

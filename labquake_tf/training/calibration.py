@@ -2,6 +2,8 @@
 and the forward windows it is calibrated on by default (``forward_windows``): errors of
 heads on events after those they learnt from, as the run's heads err on test."""
 
+import numpy as np
+
 from labquake_tf.data.train_fraction import kept_events, training_windows
 from labquake_tf.evaluation import intervals
 from labquake_tf.models import heads
@@ -29,6 +31,17 @@ def calibrate(model, val_xy, preprocessor, coverage=0.9, score="auto", where="va
                           "constant: calibrated on a twin ensemble, whose spread is not the run's",
             "targets": {name: {**p, "units": preprocessor.units[name]}
                         for name, p in zip(preprocessor.target_names, params)}}
+
+
+def val_rmse(model, val_xy, preprocessor):
+    """``{target: RMSE}`` of ``model``'s mean prediction on the scaled windows ``val_xy``,
+    in physical units. Beside the final heads', the forward twin's says how much weaker
+    the ensemble behind the interval is: on p5198 TTsF (channel 2) the twin scored
+    0.23-0.25 s against the heads' 0.155 s, and its interval covered 97.8 % of test."""
+    mean = preprocessor.unscale_targets(heads.predict_members(model, val_xy[0])[0])
+    errors = mean - preprocessor.unscale_targets(val_xy[1])
+    return {name: float(np.sqrt(np.mean(errors[:, i] ** 2)))
+            for i, name in enumerate(preprocessor.target_names)}
 
 
 def forward_windows(data_dir, seq_len, train_fraction=1.0):
