@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from labquake_tf.jobs import finetune as job
-from labquake_tf.training import calibration
+from labquake_tf.evaluation import calibration
 from labquake_tf.models import Preprocessor, heads
 from labquake_tf.task import LabquakeRegressor
 

@@ -29,7 +29,7 @@ from labquake_tf.models import heads
 from labquake_tf.task import LabquakeRegressor
 from labquake_tf.training import config as config_lib
 from labquake_tf.training import select
-from labquake_tf.training.calibration import calibrate, forward_windows, val_rmse
+from labquake_tf.evaluation.calibration import calibrate, forward_windows, val_rmse
 from labquake_tf.training.ensemble import fit_members
 from labquake_tf.training.artifacts import reuse_prepared, save_model
 from labquake_tf.training.config import TrainConfig

@@ -5,7 +5,7 @@ import numpy as np
 from labquake_tf.data import prepare
 from labquake_tf.data.pipeline import split_arrays
 from labquake_tf.data.scaling import MinMaxScaler
-from labquake_tf.training.calibration import forward_windows
+from labquake_tf.evaluation.calibration import forward_windows
 
 
 def test_forward_windows_cut_the_training_split_after_its_middle_event(sim_record, tmp_path):
