@@ -191,8 +191,9 @@ def finetune(pretrained, dataset=None, out_dir=None, target="shear_stress", bloc
                     xy = arrays(folder, prepared_len)
                     c_choice, c_table = select.search(source, *xy, scale, config, blocks, seq_len)
                     table += [{"channel": other, **r} for r in c_table]
-                    if min(r["val_rmse"] for r in c_table) < best_rmse:
-                        best_rmse = min(r["val_rmse"] for r in c_table)
+                    c_best = min(r["val_rmse"] for r in c_table)
+                    if c_best < best_rmse:
+                        best_rmse = c_best
                         shutil.rmtree(data_dir)
                         folder.rename(data_dir)
                         choice, manifest = {"channel": other, **c_choice}, found

@@ -36,9 +36,10 @@ RMSEs 0.021-0.030 MPa; the test RMSEs of those runs spread 0.050-0.068 MPa again
 CHANNELS = (1, 2, 3, 4)
 """AE channels searched (as many as the record has) when the source reads one channel and
 the job prepares the record: each costs a prepare and a search. The channel a sensor
-hears best varies by experiment: validation chose channel 2 for p5198 TTsF in each of
-seeds 0/1/2 (RMSE 0.15-0.17 s against channel 1's 0.36 s); for p4581 shear stress it
-would keep channel 1 (0.025-0.028 MPa against 0.044-0.050)."""
+hears best varies by experiment: over seeds 0/1/2 the search chose channel 2 for p5198
+TTsF (best validation RMSE 0.22-0.24 s against channel 1's 0.41-0.45 s) and for p4581
+TTsF, channel 1 for p4581 TTeF; the final heads on p4581 shear stress also score better
+on channel 1 (validation 0.025-0.028 MPa against 0.044-0.050)."""
 SEARCH_PATIENCE = 10
 """Early-stopping patience of a candidate's head: a ranking needs less than a final fit."""
 SEARCH_EPOCHS = 100
