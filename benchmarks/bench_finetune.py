@@ -37,7 +37,8 @@ def keras_bench(args):
     import numpy as np
 
     from labquake_tf.data import prepare
-    from labquake_tf.jobs.finetune import _arrays, finetune_config, forward_windows
+    from labquake_tf.evaluation.calibration import forward_windows
+    from labquake_tf.jobs.finetune import _arrays, finetune_config
     from labquake_tf.models import PRESETS, build_tcn
     from labquake_tf.models import heads
     from labquake_tf.training import cache, ensemble

@@ -26,11 +26,7 @@ def sha256(path, block=1 << 20):
 
 
 class ChannelError(DataError):
-    """Channels the record does not have; ``n_available`` says how many it has."""
-
-    def __init__(self, message, n_available=None):  # a default: exceptions unpickle from args
-        super().__init__(message)
-        self.n_available = n_available
+    """Channels the record does not have (the fine-tune's search stops at the first)."""
 
 
 def pick_channels(channels, n_available, path):
@@ -38,7 +34,7 @@ def pick_channels(channels, n_available, path):
     bad = [c for c in channels if not 1 <= int(c) <= n_available]
     if bad or not channels:
         raise ChannelError(f"{path}: channels {list(channels)} not available (the file has "
-                           f"channels 1..{n_available}; --channels picks them)", n_available)
+                           f"channels 1..{n_available}; --channels picks them)")
     return [int(c) for c in channels]
 
 

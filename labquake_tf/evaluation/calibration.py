@@ -2,10 +2,9 @@
 and the forward windows it is calibrated on by default (``forward_windows``): errors of
 heads on events after those they learnt from, as the run's heads err on test."""
 
-import numpy as np
-
 from labquake_tf.data.train_fraction import kept_events, training_windows
 from labquake_tf.evaluation import intervals
+from labquake_tf.evaluation.metrics import regression_metrics
 from labquake_tf.models import heads
 
 
@@ -39,8 +38,8 @@ def val_rmse(model, val_xy, preprocessor):
     the ensemble behind the interval is: on p5198 TTsF (channel 2) the twin scored
     0.23-0.25 s against the heads' 0.155 s, and its interval covered 97.8 % of test."""
     mean = preprocessor.unscale_targets(heads.predict_members(model, val_xy[0])[0])
-    errors = mean - preprocessor.unscale_targets(val_xy[1])
-    return {name: float(np.sqrt(np.mean(errors[:, i] ** 2)))
+    y = preprocessor.unscale_targets(val_xy[1])
+    return {name: regression_metrics(y[:, i], mean[:, i])["rmse"]
             for i, name in enumerate(preprocessor.target_names)}
 
 
